@@ -1,0 +1,64 @@
+"""JSON encoding and decoding, fast when orjson is installed.
+
+Values are stored and sent as JSON text and are never re-encoded on the hot
+paths; where we must encode or decode, orjson is several times faster than the
+standard library. It is optional: without it the standard library is used and
+the output is the same compact JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+try:  # pragma: no cover - which branch runs depends on the installation
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None
+
+__all__ = ["JSONDecodeError", "dumps", "dumps_sorted", "loads"]
+
+
+class JSONDecodeError(ValueError):
+    """The text is not valid JSON (or uses NaN/Infinity, which JSON lacks)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise JSONDecodeError(f"{name} is not valid JSON")
+
+
+if _orjson is not None:
+
+    def dumps(obj: Any) -> str:
+        """Encode ``obj`` as compact JSON text (UTF-8, no ASCII escaping)."""
+        return _orjson.dumps(obj).decode("utf-8")
+
+    def dumps_sorted(obj: Any) -> str:
+        """Encode ``obj`` as compact JSON with object keys sorted (canonical)."""
+        return _orjson.dumps(obj, option=_orjson.OPT_SORT_KEYS).decode("utf-8")
+
+    def loads(text: str | bytes) -> Any:
+        """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid."""
+        try:
+            return _orjson.loads(text)
+        except _orjson.JSONDecodeError as exc:
+            raise JSONDecodeError(str(exc)) from None
+
+else:  # pragma: no cover
+
+    def dumps(obj: Any) -> str:
+        """Encode ``obj`` as compact JSON text (UTF-8, no ASCII escaping)."""
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+    def dumps_sorted(obj: Any) -> str:
+        """Encode ``obj`` as compact JSON with object keys sorted (canonical)."""
+        return json.dumps(
+            obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
+        )
+
+    def loads(text: str | bytes) -> Any:
+        """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid."""
+        try:
+            return json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            raise JSONDecodeError(str(exc)) from None

@@ -1,0 +1,7 @@
+"""``python -m idsync_server_ref`` runs the server, as ``idsync-server`` does."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""``idsync-server``: run the reference server.
+
+Listens on 127.0.0.1:8765 with a SQLite file in the per-user data folder
+unless told otherwise; every flag has an ``IDSYNC_*`` environment variable.
+Stops cleanly on SIGINT and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import waitress
+
+from idsync_client.protocol import Limits
+
+from .api import ServerApp
+from .config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, default_database_path
+from .storage import SqliteStorage, StorageError
+
+log = logging.getLogger("idsync.server")
+
+_LIMIT_FLAGS = [name for name in Limits.__dataclass_fields__]
+
+
+def _env(name: str, default: Any) -> Any:
+    return os.environ.get(f"IDSYNC_{name.upper()}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``idsync-server``."""
+    parser = argparse.ArgumentParser(
+        prog="idsync-server", description="Run the idsync reference sync server."
+    )
+    parser.add_argument(
+        "--host",
+        default=_env("host", DEFAULT_HOST),
+        help="address to listen on (IDSYNC_HOST; default %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("port", DEFAULT_PORT)),
+        help="port; 0 picks a free one (IDSYNC_PORT; default %(default)s)",
+    )
+    parser.add_argument(
+        "--database",
+        type=Path,
+        default=Path(_env("database", default_database_path())),
+        help="SQLite file (IDSYNC_DATABASE; default %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(_env("threads", 32)),
+        help="worker threads; each long-poll holds one (default %(default)s)",
+    )
+    parser.add_argument(
+        "--busy-timeout-ms",
+        type=int,
+        default=int(_env("busy_timeout_ms", 5000)),
+        help="how long a write waits for the database lock before 503",
+    )
+    parser.add_argument(
+        "--auth-token",
+        default=_env("auth_token", None),
+        help="require 'Authorization: Bearer TOKEN' (IDSYNC_AUTH_TOKEN)",
+    )
+    parser.add_argument(
+        "--backoff-threshold",
+        type=int,
+        default=int(_env("backoff_threshold", 24)),
+        help="send the back-off hint when more requests are in flight",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=_env("log_level", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+    limits = parser.add_argument_group("limits (see docs/protocol.md)")
+    defaults = Limits()
+    for name in _LIMIT_FLAGS:
+        default = getattr(defaults, name)
+        limits.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=type(default),
+            default=type(default)(_env(name, default)),
+            help=f"(IDSYNC_{name.upper()}; default %(default)s)",
+        )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """Turn parsed flags into a ServerConfig; ValueError on a bad limit."""
+    limits = Limits().with_overrides(**{name: getattr(args, name) for name in _LIMIT_FLAGS})
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        database=args.database,
+        limits=limits,
+        threads=args.threads,
+        busy_timeout_ms=args.busy_timeout_ms,
+        auth_token=args.auth_token or None,
+        backoff_threshold=args.backoff_threshold,
+    )
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGINT/SIGTERM; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        storage = SqliteStorage(config.database, busy_timeout_ms=config.busy_timeout_ms)
+    except StorageError as exc:
+        print(f"idsync-server: cannot open {config.database}: {exc}", file=sys.stderr)
+        return 2
+    app = ServerApp(storage, config)
+    server = waitress.create_server(
+        app,
+        host=config.host,
+        port=config.port,
+        threads=config.threads,
+        max_request_body_size=config.limits.max_body_bytes + 1024,
+        channel_timeout=int(config.limits.max_wait_seconds) + 30,
+        ident="idsync",
+    )
+    port = server.effective_port  # type: ignore[union-attr]
+    print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
+    print(f"idsync-server database {config.database.resolve()}", flush=True)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        app.notifier.close()
+        server.close()
+        storage.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The storage contract every server backend implements.
+
+A backend keeps, per store, an append-only change log with strictly
+increasing sequence numbers, the current state beside it (live records, their
+index items, deleted keys), and what it applied per client for idempotent
+uploads. Driver errors never leave a backend: they are wrapped once, here, as
+:class:`StorageBusy` or :class:`StorageFailure`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from idsync_client.protocol import Change, Cursor, Outcome
+
+
+class StorageError(Exception):
+    """Root of the errors a storage backend raises."""
+
+
+class StoreNotFound(StorageError):
+    """The named store does not exist."""
+
+
+class StoreExists(StorageError):
+    """A store with that name exists already."""
+
+
+class ResetRequired(StorageError):
+    """The cursor is from another epoch or behind the compaction horizon."""
+
+
+class CursorAhead(StorageError):
+    """The cursor names a sequence the store has not reached: not one we issued."""
+
+
+class StorageBusy(StorageError):
+    """The database is locked by other work; retrying soon can succeed."""
+
+
+class StorageFailure(StorageError):
+    """The database failed; ``original`` is the driver's exception."""
+
+    def __init__(self, message: str, original: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.original = original
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """A store's identity and figures at one instant."""
+
+    name: str
+    epoch: str
+    head_seq: int
+    horizon_seq: int
+    live_records: int
+    log_length: int
+    created_at: float
+
+    @property
+    def head_cursor(self) -> Cursor:
+        """The cursor after the newest change."""
+        return Cursor(self.epoch, self.head_seq)
+
+    def to_wire(self) -> dict[str, object]:
+        """The JSON-ready form served by the stores endpoints."""
+        return {
+            "name": self.name,
+            "epoch": self.epoch,
+            "head_cursor": self.head_cursor.encode(),
+            "head_seq": self.head_seq,
+            "horizon_seq": self.horizon_seq,
+            "live_records": self.live_records,
+            "log_length": self.log_length,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page of JSON objects, already encoded, ready to splice into a response.
+
+    ``cursor`` is where the next page starts; ``more`` says whether one is
+    ready now.
+    """
+
+    items_json: list[str]
+    cursor: Cursor
+    more: bool
+
+
+@dataclass(frozen=True)
+class SnapshotPage:
+    """A page of live records as of ``at`` (a cursor), ordered by their sequence.
+
+    Pass ``next_after`` back to get the next page; when ``more`` is false the
+    snapshot is complete and the client continues pulling from ``at``.
+    """
+
+    records_json: list[str]
+    at: Cursor
+    next_after: int
+    more: bool
+
+
+class Storage(abc.ABC):
+    """Contract of a server storage backend.
+
+    Every method is safe to call from many threads at once. Every write is
+    one database transaction: all of it is durable when the method returns,
+    none of it when it raises.
+    """
+
+    @abc.abstractmethod
+    def create_store(self, name: str) -> StoreInfo:
+        """Create an empty store with a fresh epoch; StoreExists if taken."""
+
+    @abc.abstractmethod
+    def list_stores(self) -> list[StoreInfo]:
+        """All stores, by name."""
+
+    @abc.abstractmethod
+    def get_store(self, name: str) -> StoreInfo:
+        """One store's figures; StoreNotFound if missing."""
+
+    @abc.abstractmethod
+    def drop_store(self, name: str) -> None:
+        """Delete a store, its log and its state; StoreNotFound if missing.
+
+        A store created later under the same name gets a new epoch, so old
+        cursors answer ResetRequired.
+        """
+
+    @abc.abstractmethod
+    def push(self, name: str, client_id: str, changes: Sequence[Change]) -> list[Outcome]:
+        """Apply a client's changes in order, in one transaction.
+
+        Returns one outcome per change, in order. A change number this client
+        sent before, with the same body, returns its first outcome and
+        applies nothing; with another body it is rejected
+        (``change_number_conflict``). A rejection never stops the changes
+        after it. Each applied change gets the next sequence number.
+        """
+
+    @abc.abstractmethod
+    def pull(self, name: str, after: Cursor | None, limit: int, max_bytes: int) -> Page:
+        """Changes after ``after`` (from the start when None), oldest first.
+
+        At most ``limit`` changes and, past the first, about ``max_bytes`` of
+        JSON. Raises ResetRequired when ``after`` is from another epoch or
+        behind the horizon, CursorAhead when it is past the head. No change
+        is ever skipped: a reader that saw seq N later sees every seq > N.
+        """
+
+    @abc.abstractmethod
+    def snapshot(
+        self, name: str, at: Cursor | None, after: int, limit: int, max_bytes: int
+    ) -> SnapshotPage:
+        """Live records as of ``at`` (now when None), with sequence > ``after``.
+
+        Pages of one snapshot are consistent with each other while writes go
+        on. ResetRequired if ``at`` is from another epoch or behind the horizon.
+        """
+
+    @abc.abstractmethod
+    def get_record(self, name: str, key: str) -> str | None:
+        """The live record with ``key`` as JSON text, or None."""
+
+    @abc.abstractmethod
+    def find(
+        self, name: str, item: str, prefix: bool, after: int, limit: int
+    ) -> tuple[list[str], int, bool]:
+        """Live records with index item ``item`` (or starting with it).
+
+        Returns (records as JSON text, token for the next page, more?);
+        pass the token back as ``after``.
+        """
+
+    @abc.abstractmethod
+    def head(self, name: str) -> int:
+        """The store's newest sequence number; StoreNotFound if missing."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections. The backend is unusable afterwards."""

@@ -1,0 +1,125 @@
+"""The server's SQLite schema, as peewee models.
+
+The models define the tables and their indexes; the hot paths in
+:mod:`.sqlite` query them with plain SQL through the same connection.
+"""
+
+from __future__ import annotations
+
+from peewee import (
+    AutoField,
+    CompositeKey,
+    FloatField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+#: Bump when the tables change; the server refuses a file of another version.
+SCHEMA_VERSION = 1
+
+
+class BaseModel(Model):
+    """Models bound to the server database at open time."""
+
+
+class MetaRow(BaseModel):
+    """Facts about the database file itself (``schema_version``)."""
+
+    key = TextField(primary_key=True)
+    value = TextField()
+
+    class Meta:
+        table_name = "meta"
+
+
+class StoreRow(BaseModel):
+    """A store: its name, current epoch, head sequence and counters."""
+
+    id = AutoField()
+    name = TextField(unique=True)
+    epoch = TextField()
+    head_seq = IntegerField(default=0)
+    horizon_seq = IntegerField(default=0)
+    live_records = IntegerField(default=0)
+    log_length = IntegerField(default=0)
+    created_at = FloatField()
+
+    class Meta:
+        table_name = "stores"
+
+
+class ChangeRow(BaseModel):
+    """One entry of a store's append-only change log."""
+
+    store_id = IntegerField()
+    seq = IntegerField()
+    op = TextField()
+    key = TextField()
+    index_json = TextField(null=True)
+    value_json = TextField(null=True)
+
+    class Meta:
+        table_name = "changes"
+        primary_key = CompositeKey("store_id", "seq")
+        without_rowid = True
+
+
+class RecordRow(BaseModel):
+    """Current state: every key a store ever had; ``deleted_seq`` marks deletion."""
+
+    id = AutoField()
+    store_id = IntegerField()
+    key = TextField()
+    index_json = TextField()
+    value_json = TextField()
+    added_seq = IntegerField()
+    deleted_seq = IntegerField(null=True)
+
+    class Meta:
+        table_name = "records"
+        indexes = (
+            (("store_id", "key"), True),
+            (("store_id", "added_seq"), False),
+        )
+
+
+class IndexItemRow(BaseModel):
+    """An index item of a live record; points at the record's integer id."""
+
+    store_id = IntegerField()
+    item = TextField()
+    record_id = IntegerField()
+
+    class Meta:
+        table_name = "index_items"
+        primary_key = CompositeKey("store_id", "item", "record_id")
+        without_rowid = True
+
+
+class ClientChangeRow(BaseModel):
+    """What a client's numbered change did, so a retried upload is answered the same."""
+
+    store_id = IntegerField()
+    client_id = TextField()
+    n = IntegerField()
+    body_hash = TextField()
+    status = TextField()
+    seq = IntegerField(null=True)
+    code = TextField(null=True)
+    message = TextField(null=True)
+
+    class Meta:
+        table_name = "client_changes"
+        primary_key = CompositeKey("store_id", "client_id", "n")
+        without_rowid = True
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    MetaRow,
+    StoreRow,
+    ChangeRow,
+    RecordRow,
+    IndexItemRow,
+    ClientChangeRow,
+]

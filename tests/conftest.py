@@ -1,0 +1,96 @@
+"""Shared fixtures: a real reference server process, fresh stores, HTTP helpers."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from idsync_server_ref.process import ServerProcess
+
+_store_numbers = itertools.count(1)
+
+
+class Api:
+    """A thin HTTP helper over one server: JSON in, (status, JSON) out."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.session = requests.Session()
+        self.session.trust_env = False
+
+    def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+        if body is not None:
+            kwargs["json"] = body
+        return self.session.request(method, self.url + path, timeout=30, **kwargs)
+
+    def create_store(self, name: str) -> dict[str, Any]:
+        response = self.call("POST", "/v1/stores", {"name": name})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def push(self, store: str, client_id: str, changes: list[dict[str, Any]]) -> list[dict]:
+        response = self.call(
+            "POST", f"/v1/stores/{store}/push", {"client_id": client_id, "changes": changes}
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["outcomes"]
+
+    def pull_all(self, store: str, cursor: str | None = None) -> tuple[list[dict], str]:
+        changes: list[dict] = []
+        while True:
+            params = {"cursor": cursor} if cursor else {}
+            response = self.call("GET", f"/v1/stores/{store}/changes", params=params)
+            assert response.status_code == 200, response.text
+            page = response.json()
+            changes += page["changes"]
+            cursor = page["cursor"]
+            if not page["more"]:
+                return changes, cursor
+
+
+def add(n: int, key: str | None = None, value: Any = None, index: list[str] | None = None) -> dict:
+    """An add change as a client sends it."""
+    return {
+        "n": n,
+        "op": "add",
+        "key": key or str(uuid.uuid4()),
+        "index": index or [],
+        "value": {"n": n} if value is None else value,
+    }
+
+
+def delete(n: int, key: str) -> dict:
+    """A delete change as a client sends it."""
+    return {"n": n, "op": "delete", "key": key}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One reference server process for the session, on a real SQLite file."""
+    db = tmp_path_factory.mktemp("server") / "server.sqlite3"
+    with ServerProcess(db) as proc:
+        yield proc
+
+
+@pytest.fixture
+def api(server: ServerProcess) -> Api:
+    return Api(server.url)
+
+
+@pytest.fixture
+def store(api: Api) -> str:
+    """A fresh, empty store on the session's server."""
+    name = f"t{next(_store_numbers)}-{uuid.uuid4().hex[:8]}"
+    api.create_store(name)
+    return name
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "db.sqlite3"

@@ -1,0 +1,227 @@
+"""The SQLite storage backend on a real file: outcomes, pages, snapshots, lookups."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from idsync_client import jsoncodec
+from idsync_client.protocol import Change, Cursor
+from idsync_server_ref.storage import (
+    CursorAhead,
+    ResetRequired,
+    SqliteStorage,
+    StorageFailure,
+    StoreExists,
+    StoreNotFound,
+)
+from idsync_server_ref.storage.sqlite import _prefix_upper_bound
+
+
+@pytest.fixture
+def storage(db_path: Path):
+    s = SqliteStorage(db_path)
+    s.create_store("notes")
+    yield s
+    s.close()
+
+
+def add(n: int, key: str, value: object = None, index: tuple[str, ...] = ()) -> Change:
+    return Change(n, "add", key, tuple(sorted(index)), jsoncodec.dumps(value or {"n": n}))
+
+
+def delete(n: int, key: str) -> Change:
+    return Change(n, "delete", key)
+
+
+def statuses(outcomes) -> list[tuple]:
+    return [(o.status, o.seq, o.code) for o in outcomes]
+
+
+def test_sequence_numbers_increase_and_state_follows(storage: SqliteStorage) -> None:
+    out = storage.push("notes", "c1", [add(1, "a"), add(2, "b"), delete(3, "a")])
+    assert statuses(out) == [("applied", 1, None), ("applied", 2, None), ("applied", 3, None)]
+    info = storage.get_store("notes")
+    assert (info.head_seq, info.live_records, info.log_length) == (3, 1, 3)
+    assert storage.get_record("notes", "a") is None
+    assert jsoncodec.loads(storage.get_record("notes", "b"))["value"] == {"n": 2}
+
+
+def test_each_defined_outcome(storage: SqliteStorage) -> None:
+    storage.push("notes", "c1", [add(1, "k", {"v": 1}, ("tag:x",)), add(2, "gone"),
+                                 delete(3, "gone")])
+    out = storage.push("notes", "c2", [
+        add(1, "k", {"v": 1}, ("tag:x",)),  # same content again: a success
+        add(2, "k", {"v": 2}, ("tag:x",)),  # other content
+        add(3, "gone"),  # reuse of a deleted key
+        delete(4, "never"),  # unknown key
+        delete(5, "gone"),  # second delete
+        add(6, "fresh"),  # still applied after the rejections
+    ])
+    assert statuses(out) == [
+        ("duplicate", 1, None),
+        ("rejected", None, "key_exists"),
+        ("rejected", None, "key_deleted"),
+        ("rejected", None, "key_not_found"),
+        ("duplicate", 3, None),
+        ("applied", 4, None),
+    ]
+    assert all(o.message for o in out if o.status == "rejected")
+
+
+def test_identical_content_ignores_object_key_order(storage: SqliteStorage) -> None:
+    storage.push("notes", "c1", [Change(1, "add", "k", (), '{"a":1,"b":2}')])
+    out = storage.push("notes", "c2", [Change(1, "add", "k", (), '{"b":2,"a":1}')])
+    assert out[0].status == "duplicate"
+
+
+def test_replay_returns_first_outcomes_and_applies_nothing(storage: SqliteStorage) -> None:
+    batch = [add(1, "a"), add(2, "a", {"other": True}), delete(3, "zzz")]
+    first = storage.push("notes", "c1", batch)
+    again = storage.push("notes", "c1", batch)
+    assert first == again
+    assert storage.get_store("notes").head_seq == 1
+
+
+def test_same_change_number_with_other_body_is_rejected(storage: SqliteStorage) -> None:
+    storage.push("notes", "c1", [add(1, "a")])
+    out = storage.push("notes", "c1", [add(1, "b"), add(2, "c")])
+    assert statuses(out) == [("rejected", None, "change_number_conflict"), ("applied", 2, None)]
+    assert storage.get_record("notes", "b") is None
+
+
+def test_pull_pages_by_count_and_bytes(storage: SqliteStorage) -> None:
+    storage.push("notes", "c1", [add(n, f"k{n}", {"pad": "x" * 100}) for n in range(1, 11)])
+    page = storage.pull("notes", None, limit=4, max_bytes=10**6)
+    assert [jsoncodec.loads(i)["seq"] for i in page.items_json] == [1, 2, 3, 4]
+    assert page.more and page.cursor.seq == 4
+    small = storage.pull("notes", page.cursor, limit=100, max_bytes=350)
+    assert [jsoncodec.loads(i)["seq"] for i in small.items_json] == [5, 6]
+    assert small.more
+    # One change is always returned, even when it alone is over the byte bound.
+    one = storage.pull("notes", small.cursor, limit=100, max_bytes=1)
+    assert len(one.items_json) == 1
+    rest = storage.pull("notes", one.cursor, limit=100, max_bytes=10**6)
+    assert [jsoncodec.loads(i)["seq"] for i in rest.items_json] == [8, 9, 10]
+    assert not rest.more
+
+
+def test_pull_items_are_valid_json_with_the_stored_value(storage: SqliteStorage) -> None:
+    value = {"text": 'quote " backslash \\ é 😀', "list": [1, 2.5, None, True]}
+    storage.push("notes", "c1", [add(1, 'key "with" quotes', value, ("tag:a",)), delete(2, 'key "with" quotes')])
+    items = [jsoncodec.loads(i) for i in storage.pull("notes", None, 10, 10**6).items_json]
+    assert items == [
+        {"seq": 1, "op": "add", "key": 'key "with" quotes', "index": ["tag:a"], "value": value},
+        {"seq": 2, "op": "delete", "key": 'key "with" quotes'},
+    ]
+
+
+def test_cursor_checks(storage: SqliteStorage) -> None:
+    storage.push("notes", "c1", [add(1, "a")])
+    epoch = storage.get_store("notes").epoch
+    with pytest.raises(CursorAhead):
+        storage.pull("notes", Cursor(epoch, 2), 10, 1000)
+    with pytest.raises(ResetRequired):
+        storage.pull("notes", Cursor("0" * 16, 1), 10, 1000)
+    with pytest.raises(StoreNotFound):
+        storage.pull("nope", None, 10, 1000)
+
+
+def test_drop_and_recreate_changes_the_epoch(storage: SqliteStorage) -> None:
+    storage.push("notes", "c1", [add(1, "a")])
+    old = storage.get_store("notes").head_cursor
+    storage.drop_store("notes")
+    with pytest.raises(StoreNotFound):
+        storage.get_store("notes")
+    with pytest.raises(StoreExists):
+        storage.create_store(storage.create_store("notes").name)
+    with pytest.raises(ResetRequired):
+        storage.pull("notes", old, 10, 1000)
+    assert storage.get_record("notes", "a") is None
+    # The key belonged to the dropped store: the new one accepts it.
+    assert storage.push("notes", "c1", [add(1, "a")])[0].status == "applied"
+
+
+def test_snapshot_is_consistent_while_writes_go_on(storage: SqliteStorage) -> None:
+    storage.push("notes", "c1", [add(n, f"k{n}") for n in range(1, 21)])
+    first = storage.snapshot("notes", None, 0, limit=5, max_bytes=10**6)
+    assert first.at.seq == 20 and first.more
+    # Writes after the snapshot started: deletes of unseen records, new adds.
+    storage.push("notes", "c1", [delete(21, "k15"), delete(22, "k2"), add(23, "late")])
+    keys = [jsoncodec.loads(r)["key"] for r in first.records_json]
+    page = first
+    while page.more:
+        page = storage.snapshot("notes", first.at, page.next_after, limit=5, max_bytes=10**6)
+        keys += [jsoncodec.loads(r)["key"] for r in page.records_json]
+    assert keys == [f"k{n}" for n in range(1, 21)]
+    now = storage.snapshot("notes", None, 0, limit=100, max_bytes=10**6)
+    now_keys = {jsoncodec.loads(r)["key"] for r in now.records_json}
+    assert now_keys == {f"k{n}" for n in range(1, 21)} - {"k15", "k2"} | {"late"}
+
+
+def test_find_exact_and_prefix_with_paging(storage: SqliteStorage) -> None:
+    changes = [add(n, f"k{n}", index=(f"tag:{n % 3}", f"owner:{n % 2}")) for n in range(1, 31)]
+    storage.push("notes", "c1", changes)
+    storage.push("notes", "c1", [delete(31, "k3")])
+    exact, _, more = storage.find("notes", "tag:0", False, 0, 100)
+    assert {jsoncodec.loads(r)["key"] for r in exact} == {f"k{n}" for n in range(6, 31, 3)}
+    assert not more
+    found: list[str] = []
+    after, more = 0, True
+    while more:
+        page, after, more = storage.find("notes", "tag:", True, after, 7)
+        found += [jsoncodec.loads(r)["key"] for r in page]
+    assert sorted(found) == sorted(f"k{n}" for n in range(1, 31) if n != 3)
+    assert storage.find("notes", "tag:9", False, 0, 10) == ([], 0, False)
+
+
+def test_prefix_upper_bound() -> None:
+    assert _prefix_upper_bound("tag:") == "tag;"
+    assert _prefix_upper_bound("a\U0010ffff") == "b"
+    assert _prefix_upper_bound("\ud7ff") == "\ue000"
+    assert _prefix_upper_bound("") is None
+
+
+def test_push_is_one_transaction(storage: SqliteStorage, monkeypatch) -> None:
+    # A failure in the middle of a batch leaves nothing of the batch behind.
+    calls = {"n": 0}
+    real_apply = storage._apply
+
+    def failing_apply(store_id, seq, change):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_apply(store_id, seq, change)
+
+    monkeypatch.setattr(storage, "_apply", failing_apply)
+    with pytest.raises(StorageFailure):
+        storage.push("notes", "c1", [add(1, "a"), add(2, "b"), add(3, "c")])
+    monkeypatch.undo()
+    assert storage.get_store("notes").head_seq == 0
+    assert storage.pull("notes", None, 10, 1000).items_json == []
+    assert storage.push("notes", "c1", [add(1, "a")])[0].status == "applied"
+
+
+def test_schema_version_is_checked(db_path: Path) -> None:
+    SqliteStorage(db_path).close()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StorageFailure, match="schema version 99"):
+        SqliteStorage(db_path)
+
+
+def test_concurrent_pushes_get_distinct_gapless_sequences(storage: SqliteStorage) -> None:
+    def worker(client: str) -> None:
+        for n in range(1, 21):
+            storage.push("notes", client, [add(n, f"{client}-{n}")])
+
+    threads = [threading.Thread(target=worker, args=(f"c{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seqs = [jsoncodec.loads(i)["seq"] for i in storage.pull("notes", None, 1000, 10**7).items_json]
+    assert seqs == list(range(1, 81))
