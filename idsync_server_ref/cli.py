@@ -137,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=config.host,
         port=config.port,
         threads=config.threads,
-        max_request_body_size=config.limits.max_body_bytes + 1024,
+        # Above our own limit, so that an oversize body gets our JSON 413.
+        max_request_body_size=2 * config.limits.max_body_bytes + 1024 * 1024,
         channel_timeout=int(config.limits.max_wait_seconds) + 30,
         ident="idsync",
     )

@@ -39,9 +39,16 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> ServerProcess:
         """Start the server and wait until it listens; RuntimeError if it cannot."""
         cmd = [
-            sys.executable, "-m", "idsync_server_ref",
-            "--port", str(self.port), "--database", str(self.database),
-            "--log-level", "WARNING", *self.extra_args,
+            sys.executable,
+            "-m",
+            "idsync_server_ref",
+            "--port",
+            str(self.port),
+            "--database",
+            str(self.database),
+            "--log-level",
+            "WARNING",
+            *self.extra_args,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
@@ -87,7 +94,8 @@ class ServerProcess:
         return self.proc.returncode
 
     def __enter__(self) -> ServerProcess:
-        return self.start() if self.proc is None else self
+        running = self.proc is not None and self.proc.poll() is None
+        return self if running else self.start()
 
     def __exit__(
         self,

@@ -51,16 +51,21 @@ def test_sequence_numbers_increase_and_state_follows(storage: SqliteStorage) -> 
 
 
 def test_each_defined_outcome(storage: SqliteStorage) -> None:
-    storage.push("notes", "c1", [add(1, "k", {"v": 1}, ("tag:x",)), add(2, "gone"),
-                                 delete(3, "gone")])
-    out = storage.push("notes", "c2", [
-        add(1, "k", {"v": 1}, ("tag:x",)),  # same content again: a success
-        add(2, "k", {"v": 2}, ("tag:x",)),  # other content
-        add(3, "gone"),  # reuse of a deleted key
-        delete(4, "never"),  # unknown key
-        delete(5, "gone"),  # second delete
-        add(6, "fresh"),  # still applied after the rejections
-    ])
+    storage.push(
+        "notes", "c1", [add(1, "k", {"v": 1}, ("tag:x",)), add(2, "gone"), delete(3, "gone")]
+    )
+    out = storage.push(
+        "notes",
+        "c2",
+        [
+            add(1, "k", {"v": 1}, ("tag:x",)),  # same content again: a success
+            add(2, "k", {"v": 2}, ("tag:x",)),  # other content
+            add(3, "gone"),  # reuse of a deleted key
+            delete(4, "never"),  # unknown key
+            delete(5, "gone"),  # second delete
+            add(6, "fresh"),  # still applied after the rejections
+        ],
+    )
     assert statuses(out) == [
         ("duplicate", 1, None),
         ("rejected", None, "key_exists"),
@@ -111,7 +116,11 @@ def test_pull_pages_by_count_and_bytes(storage: SqliteStorage) -> None:
 
 def test_pull_items_are_valid_json_with_the_stored_value(storage: SqliteStorage) -> None:
     value = {"text": 'quote " backslash \\ é 😀', "list": [1, 2.5, None, True]}
-    storage.push("notes", "c1", [add(1, 'key "with" quotes', value, ("tag:a",)), delete(2, 'key "with" quotes')])
+    storage.push(
+        "notes",
+        "c1",
+        [add(1, 'key "with" quotes', value, ("tag:a",)), delete(2, 'key "with" quotes')],
+    )
     items = [jsoncodec.loads(i) for i in storage.pull("notes", None, 10, 10**6).items_json]
     assert items == [
         {"seq": 1, "op": "add", "key": 'key "with" quotes', "index": ["tag:a"], "value": value},

@@ -1,0 +1,61 @@
+"""The documents say what the code does: codes, limits, endpoints, commands."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from idsync_client.protocol import ERRORS, REJECTION_CODES, Limits
+from idsync_server_ref.api import ServerApp
+from idsync_server_ref.config import ServerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL = (ROOT / "docs" / "protocol.md").read_text()
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 1 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_every_error_code_is_documented_with_its_status() -> None:
+    rows = table_rows(PROTOCOL)
+    for code, spec in ERRORS.items():
+        assert code in rows, f"{code} is missing from docs/protocol.md"
+        assert rows[code][0] == str(spec.status), code
+        assert rows[code][1] == ("yes" if spec.retryable else "no"), code
+
+
+def test_every_rejection_code_is_documented() -> None:
+    rows = table_rows(PROTOCOL)
+    for code in REJECTION_CODES:
+        assert code in rows, code
+
+
+def test_every_limit_is_documented() -> None:
+    rows = table_rows(PROTOCOL)
+    for name in Limits.__dataclass_fields__:
+        assert name in rows, name
+
+
+def test_every_endpoint_is_documented(tmp_path) -> None:
+    from idsync_server_ref.storage import SqliteStorage
+
+    app = ServerApp(SqliteStorage(tmp_path / "x.sqlite3"), ServerConfig())
+    documented = set(re.findall(r"^### `([A-Z]+) (/v1/[^?`]*)", PROTOCOL, re.M))
+    for pattern, methods in app._routes:
+        path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern.pattern)
+        for method in methods:
+            assert (method, path) in documented, f"{method} {path} is not documented"
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    match = re.search(r"```sh\n(.*pytest.*)\n```", readme)
+    assert match, "README has no test command"
+    assert match.group(1).strip() in ci
