@@ -1,0 +1,232 @@
+"""The Client: a local database, optionally synced with a server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from .background import BackgroundSync
+from .errors import AuthError, ClientClosed, IdsyncError, SyncLocked, TemporaryError
+from .localdb import ChangeEvent, LocalDB, RejectedChange
+from .processlock import ProcessLock
+from .protocol import Limits, validate_store_name
+from .retry import RetryPolicy
+from .status import StatusTracker, SyncStatus
+from .store import Store
+from .subscriptions import SubscriptionHub
+from .sync import SyncEngine, SyncReport
+from .transport import HttpTransport
+
+
+class Client:
+    """An offline-first client on one local SQLite file.
+
+    ``server`` is the server's base URL (``http://127.0.0.1:8765``); without
+    it the client is purely local. ``token`` is sent as a bearer token.
+    ``synchronous`` is the local durability (``FULL`` by default, see
+    docs/client.md). ``retry`` replaces the retry policy (tests inject one
+    with a fake sleep). ``long_poll`` is how long background pulls wait on
+    the server.
+
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        server: str | None = None,
+        *,
+        token: str | None = None,
+        synchronous: str = "FULL",
+        create_stores: bool = True,
+        retry: RetryPolicy | None = None,
+        long_poll: float = 10.0,
+        batch_size: int = 500,
+        limits: Limits | None = None,
+    ) -> None:
+        if not isinstance(path, str | Path):
+            raise TypeError("path must be a str or a Path")
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        self.path = Path(path)
+        self.limits = limits or Limits()
+        self.db = LocalDB(self.path, synchronous=synchronous)
+        self._hub = SubscriptionHub()
+        self._stores: dict[str, Store] = {}
+        self._closed = False
+        self._lock = ProcessLock(self.path.with_name(self.path.name + ".sync-lock"))
+        self.transport = HttpTransport(server, token) if server is not None else None
+        self._status = StatusTracker(
+            SyncStatus(
+                state="idle" if server else "local",
+                pending=self.db.pending_count(),
+                rejected=len(self.db.rejected()),
+            )
+        )
+        self._engine = (
+            None
+            if self.transport is None
+            else SyncEngine(
+                self.db,
+                self.transport,
+                retry or RetryPolicy(),
+                self._hub,
+                batch_size=batch_size,
+                create_stores=create_stores,
+            )
+        )
+        self._long_poll = long_poll
+        self._background: BackgroundSync | None = None
+        self._sync_lock = threading.Lock()
+
+    @property
+    def client_id(self) -> str:
+        """This local database's stable id, which the server keys idempotency on."""
+        return self.db.client_id
+
+    # -- stores -------------------------------------------------------------
+
+    def store(self, name: str) -> Store:
+        """The store called ``name`` (created locally on first use)."""
+        self._check_open()
+        validate_store_name(name)
+        if name not in self._stores:
+            self._stores[name] = Store(self, name)
+            if self._background is not None:
+                self._background.add_store(name)
+        return self._stores[name]
+
+    def _local(self) -> LocalDB:
+        self._check_open()
+        return self.db
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("the client is closed")
+
+    def _changed(self, event: ChangeEvent) -> None:
+        """A local write committed: tell subscribers, update the count, push soon."""
+        self._hub.publish(event)
+        self._status.update(pending=self.db.pending_count())
+        if self._background is not None:
+            self._background.kick()
+
+    def _counts(self) -> tuple[int, int]:
+        return self.db.pending_count(), len(self.db.rejected())
+
+    # -- sync ---------------------------------------------------------------
+
+    def _require_engine(self) -> SyncEngine:
+        self._check_open()
+        if self._engine is None:
+            raise IdsyncError("this client has no server configured")
+        return self._engine
+
+    def sync(self) -> SyncReport:
+        """One sync round for every store opened on this client, now.
+
+        Raises the last TemporaryError when the server stays unreachable
+        through the retries, AuthError when credentials are refused, and
+        SyncLocked when another process is syncing this file.
+        """
+        engine = self._require_engine()
+        with self._sync_lock:
+            if not self._lock.acquire():
+                raise SyncLocked(f"another process is syncing {self.path}")
+            try:
+                total = SyncReport()
+                self._status.update(state="syncing")
+                for name in sorted(self._stores):
+                    report = engine.sync(name)
+                    total.pushed += report.pushed
+                    total.pulled += report.pulled
+                    total.resets += report.resets
+                    total.rejected += report.rejected
+            except AuthError as exc:
+                self._status.update(state="auth_error", last_error=str(exc))
+                raise
+            except TemporaryError as exc:
+                self._status.update(state="offline", last_error=str(exc))
+                raise
+            finally:
+                if self._background is None:
+                    self._lock.release()
+        self._status.succeeded(*self._counts())
+        return total
+
+    def start(self) -> None:
+        """Start syncing in the background (threads); returns at once."""
+        engine = self._require_engine()
+        if self._background is not None:
+            return
+        self._background = BackgroundSync(
+            engine, self._status, self._lock, self._counts, long_poll=self._long_poll
+        )
+        self._background.start(sorted(self._stores))
+
+    def stop(self) -> None:
+        """Stop background sync (pending changes stay in the outbox)."""
+        if self._background is not None:
+            self._background.stop()
+            self._background = None
+            self._status.update(state="idle")
+
+    def kick(self) -> None:
+        """Ask background sync to try the server now (after the network came back)."""
+        if self._background is not None:
+            self._background.kick()
+
+    def set_token(self, token: str | None) -> None:
+        """Replace the bearer token; resumes a sync paused by an auth error."""
+        engine = self._require_engine()
+        engine.transport.token = token
+        if self._background is not None:
+            self._background.resume()
+
+    # -- status and rejected changes ----------------------------------------
+
+    @property
+    def status(self) -> SyncStatus:
+        """The sync status now (state, pending and rejected counts, last error/sync)."""
+        return self._status.current
+
+    def on_status(self, callback: Callable[[SyncStatus], None]) -> Callable[[], None]:
+        """Call ``callback(status)`` whenever the status changes; returns an unsubscribe."""
+        return self._status.listen(callback)
+
+    def rejected(self) -> list[RejectedChange]:
+        """Changes the server refused for good, oldest first, until dismissed."""
+        return self._local().rejected()
+
+    def dismiss(self, rejected_id: int) -> bool:
+        """Forget a rejected change; False if there is none with that id."""
+        found = self._local().dismiss(rejected_id)
+        self._status.update(rejected=len(self.db.rejected()))
+        return found
+
+    # -- lifetime -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop syncing and close the local database. Safe to call twice."""
+        if self._closed:
+            return
+        self.stop()
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+        self._lock.release()
+        self.db.close()
+        self._status.update(state="closed")
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,121 @@
+"""The client's exceptions: one tree, with the branches the retry policy keys on.
+
+::
+
+    IdsyncError
+    ├── TemporaryError          retry with backoff (network, timeouts, 408, 429, 5xx but 501)
+    ├── PermanentError          never retried (other 4xx, 501, validation)
+    │   ├── AuthError           401/403: sync pauses until credentials change
+    │   ├── ResetRequired       410: the engine reloads a snapshot
+    │   └── StoreNotFound       404 store_not_found
+    ├── SyncLocked              another process is syncing this local file
+    └── ClientClosed            the client was closed
+
+Misuse of the API (a wrong type, an oversize value) raises ``TypeError`` or
+``ValueError`` (:class:`~idsync_client.protocol.ProtocolViolation` is one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class IdsyncError(Exception):
+    """Root of every error idsync raises on purpose."""
+
+
+class TemporaryError(IdsyncError):
+    """A failure that can pass: safe to retry, after ``retry_after`` seconds if given.
+
+    Raised for connection refused/reset, DNS failure, timeouts, and HTTP
+    408, 429 and 5xx other than 501.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        timeout: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+        self.timeout = timeout
+
+
+class PermanentError(IdsyncError):
+    """A failure that retrying cannot fix (the request itself is wrong)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.details = details or {}
+
+
+class AuthError(PermanentError):
+    """The server refused the credentials (401) or the access (403)."""
+
+
+class ResetRequired(PermanentError):
+    """The local cursor is no longer valid on the server: reload a snapshot."""
+
+
+class StoreNotFound(PermanentError):
+    """The store does not exist on the server."""
+
+
+class SyncLocked(IdsyncError):
+    """Another process holds this local database's sync lock."""
+
+
+class ClientClosed(IdsyncError):
+    """The client was closed; open a new one."""
+
+
+@dataclass(frozen=True)
+class RetryRule:
+    """One row of the classification table."""
+
+    what: str
+    retried: bool
+    action: str
+
+
+#: The classification every HTTP failure goes through, as documented in docs/client.md.
+CLASSIFICATION: list[RetryRule] = [
+    RetryRule("connection refused / reset, DNS failure", True, "backoff with full jitter"),
+    RetryRule("timeout (connect or read)", True, "backoff with full jitter"),
+    RetryRule("408 Request Timeout", True, "backoff with full jitter"),
+    RetryRule("429 Too Many Requests", True, "wait Retry-After, else backoff"),
+    RetryRule("500, 502, 503, 504 and other 5xx", True, "wait Retry-After, else backoff"),
+    RetryRule("501 Not Implemented", False, "permanent error"),
+    RetryRule("401, 403", False, "sync pauses until set_token()"),
+    RetryRule("410 reset_required", False, "reload the snapshot, keep pending changes"),
+    RetryRule("413 batch_too_large / body_too_large", False, "split the batch and resend"),
+    RetryRule("422 invalid_change", False, "that change moves to rejected; the rest resent"),
+    RetryRule("other 4xx", False, "permanent error"),
+    RetryRule("Idsync-Backoff header", True, "no request until the hint has passed"),
+]
+
+
+def classify_status(status: int) -> type[IdsyncError]:
+    """The exception class for an HTTP error status (the table above, in code)."""
+    if status in (408, 429) or (status >= 500 and status != 501):
+        return TemporaryError
+    if status in (401, 403):
+        return AuthError
+    if status == 410:
+        return ResetRequired
+    return PermanentError

@@ -1,0 +1,586 @@
+"""The client's local SQLite database (peewee): records, index, outbox, sync state.
+
+Guarantees:
+
+- A local write (record, index items, outbox entry) is one transaction.
+- Reads see local writes at once: the ``records`` table is the local view,
+  synced records (``seq`` set) and pending ones (``seq`` NULL) together.
+- Applying a pulled page and advancing the cursor is one transaction.
+- Outbox numbers (the client's change numbers) are never reused
+  (``AUTOINCREMENT``), so the server's idempotency never confuses two changes.
+- Deleted keys are remembered (``tombstones``): a pulled add of a key deleted
+  here, pending or not, never brings the record back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from peewee import SqliteDatabase
+
+from . import jsoncodec
+from .protocol import Outcome
+from .schema import ALL_MODELS, SCHEMA_VERSION, MetaRow
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record as the app sees it. ``seq`` is None while it is not yet on the server."""
+
+    key: str
+    index: tuple[str, ...]
+    value_json: str
+    seq: int | None
+
+    @property
+    def value(self) -> Any:
+        """The value, decoded from its JSON text."""
+        return jsoncodec.loads(self.value_json)
+
+    @property
+    def pending(self) -> bool:
+        """True while the record waits to be uploaded."""
+        return self.seq is None
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """What changed in a store, told to subscribers after the change committed.
+
+    ``origin`` is ``local`` (this client wrote it) or ``remote`` (pulled, or
+    a local write undone because the server rejected it). ``reset`` means the
+    store was reloaded from a snapshot: re-read everything.
+    """
+
+    store: str
+    origin: Literal["local", "remote"]
+    added: tuple[Record, ...] = ()
+    deleted: tuple[Record, ...] = ()
+    reset: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.deleted or self.reset)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A local change waiting to be uploaded; ``n`` is its change number."""
+
+    n: int
+    store: str
+    op: Literal["add", "delete"]
+    key: str
+    index_json: str | None
+    value_json: str | None
+
+    def to_wire_json(self) -> str:
+        """The change as JSON text for a push body (the value is spliced, not re-encoded)."""
+        key = jsoncodec.dumps(self.key)
+        if self.op == "delete":
+            return f'{{"n":{self.n},"op":"delete","key":{key}}}'
+        return (
+            f'{{"n":{self.n},"op":"add","key":{key},'
+            f'"index":{self.index_json},"value":{self.value_json}}}'
+        )
+
+
+@dataclass(frozen=True)
+class RejectedChange:
+    """A local change the server refused for good; the app may show and dismiss it."""
+
+    id: int
+    n: int
+    store: str
+    op: str
+    key: str
+    index: tuple[str, ...]
+    value: Any
+    code: str
+    message: str
+    at: float
+
+
+class KeyInUse(ValueError):
+    """The key exists, or existed, in this store: keys are never reused."""
+
+
+_RECORD = "key, index_json, value_json, seq"
+
+
+def _record(row: Sequence[Any]) -> Record:
+    key, index_json, value_json, seq = row
+    return Record(key, tuple(jsoncodec.loads(index_json)), value_json, seq)
+
+
+class LocalDB:
+    """One local database file. Safe to use from several threads and processes.
+
+    ``synchronous`` is SQLite's durability: ``FULL`` (default) survives power
+    loss after a write returns; ``NORMAL`` survives a process crash but may
+    lose the last writes on power loss, and is several times faster.
+    """
+
+    def __init__(
+        self, path: str | Path, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
+    ) -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = SqliteDatabase(
+            str(self.path),
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": synchronous.upper(),
+                "busy_timeout": busy_timeout_ms,
+                "foreign_keys": 0,
+            },
+            timeout=busy_timeout_ms / 1000,
+        )
+        self.db.bind(ALL_MODELS)
+        with self.transaction():
+            self.db.create_tables(ALL_MODELS, safe=True)
+            version = MetaRow.get_or_none(MetaRow.key == "schema_version")
+            if version is None:
+                MetaRow.create(key="schema_version", value=str(SCHEMA_VERSION))
+                MetaRow.create(key="client_id", value=uuid.uuid4().hex)
+            elif version.value != str(SCHEMA_VERSION):
+                raise RuntimeError(
+                    f"{self.path} has local schema version {version.value}; "
+                    f"this client knows version {SCHEMA_VERSION}"
+                )
+        self.client_id: str = MetaRow.get(MetaRow.key == "client_id").value
+
+    # -- plumbing -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE``); nested ones are savepoints."""
+        with self.db.atomic("IMMEDIATE"):
+            yield
+
+    def _sql(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.db.execute_sql(sql, params)
+
+    def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.db.connection().executemany(sql, rows)
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        if not self.db.is_closed():
+            self.db.close()
+
+    # -- local writes (call inside transaction()) ---------------------------
+
+    def _key_in_use(self, store: str, key: str) -> bool:
+        return bool(
+            self._sql("SELECT 1 FROM records WHERE store = ? AND key = ?", (store, key)).fetchone()
+            or self._sql(
+                "SELECT 1 FROM tombstones WHERE store = ? AND key = ?", (store, key)
+            ).fetchone()
+        )
+
+    def add(self, store: str, key: str, index: tuple[str, ...], value_json: str) -> Record:
+        """Add a pending record with its outbox entry. KeyInUse if the key was ever used."""
+        if self._key_in_use(store, key):
+            raise KeyInUse(f"key {key!r} exists or existed in store {store!r}")
+        index_json = jsoncodec.dumps(list(index))
+        record_id = self._sql(
+            "INSERT INTO records (store, key, index_json, value_json, seq) VALUES (?, ?, ?, ?, NULL)",
+            (store, key, index_json, value_json),
+        ).lastrowid
+        if index:
+            self._many(
+                "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
+                [(store, item, record_id) for item in index],
+            )
+        self._sql(
+            "INSERT INTO outbox (store, op, key, index_json, value_json) VALUES (?, 'add', ?, ?, ?)",
+            (store, key, index_json, value_json),
+        )
+        return Record(key, index, value_json, None)
+
+    def add_many(self, store: str, rows: Sequence[tuple[str, tuple[str, ...], str]]) -> None:
+        """Add many pending records at once (bulk); KeyInUse if any key was used."""
+        keys = [key for key, _, _ in rows]
+        if len(set(keys)) != len(keys):
+            raise KeyInUse("the same key appears twice in the batch")
+        for chunk_start in range(0, len(keys), 500):
+            chunk = keys[chunk_start : chunk_start + 500]
+            marks = ",".join("?" * len(chunk))
+            used = self._sql(
+                f"SELECT key FROM records WHERE store = ? AND key IN ({marks}) UNION ALL "
+                f"SELECT key FROM tombstones WHERE store = ? AND key IN ({marks})",
+                (store, *chunk, store, *chunk),
+            ).fetchone()
+            if used:
+                raise KeyInUse(f"key {used[0]!r} exists or existed in store {store!r}")
+        encoded = [
+            (key, jsoncodec.dumps(list(index)), value_json) for key, index, value_json in rows
+        ]
+        conn = self.db.connection()
+        first_new = self._sql("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]
+        conn.executemany(
+            "INSERT INTO records (store, key, index_json, value_json, seq) VALUES (?, ?, ?, ?, NULL)",
+            [(store, key, index_json, value_json) for key, index_json, value_json in encoded],
+        )
+        self._index_new_records(store, "r.id > ?", (first_new,))
+        conn.executemany(
+            "INSERT INTO outbox (store, op, key, index_json, value_json) VALUES (?, 'add', ?, ?, ?)",
+            [(store, key, index_json, value_json) for key, index_json, value_json in encoded],
+        )
+
+    def _index_new_records(self, store: str, where: str, params: Sequence[Any]) -> None:
+        self._sql(
+            "INSERT OR IGNORE INTO index_items (store, item, record_id)"
+            " SELECT r.store, j.value, r.id FROM records r, json_each(r.index_json) j"
+            f" WHERE r.store = ? AND {where}",
+            (store, *params),
+        )
+
+    def delete(self, store: str, key: str) -> Record:
+        """Delete a record by key with its outbox entry; KeyError if there is none."""
+        row = self._sql(
+            f"SELECT id, {_RECORD} FROM records WHERE store = ? AND key = ?", (store, key)
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"no record with key {key!r} in store {store!r}")
+        self._remove(store, row[0])
+        self._sql("INSERT OR IGNORE INTO tombstones (store, key) VALUES (?, ?)", (store, key))
+        self._sql("INSERT INTO outbox (store, op, key) VALUES (?, 'delete', ?)", (store, key))
+        return _record(row[1:])
+
+    def _remove(self, store: str, record_id: int) -> None:
+        self._sql("DELETE FROM index_items WHERE store = ? AND record_id = ?", (store, record_id))
+        self._sql("DELETE FROM records WHERE id = ?", (record_id,))
+
+    # -- reads --------------------------------------------------------------
+
+    def get(self, store: str, key: str) -> Record | None:
+        """The record with ``key`` (synced or pending), or None."""
+        row = self._sql(
+            f"SELECT {_RECORD} FROM records WHERE store = ? AND key = ?", (store, key)
+        ).fetchone()
+        return None if row is None else _record(row)
+
+    def find(
+        self, store: str, item: str, prefix: bool, after: int, limit: int
+    ) -> list[tuple[int, Record]]:
+        """Records with index item ``item`` (or an item starting with it), by id."""
+        if prefix:
+            where = "item >= ? AND item < ?"
+            params: tuple[Any, ...] = (item, item + "\U0010ffff")
+        else:
+            where, params = "item = ?", (item,)
+        rows = self._sql(
+            f"SELECT r.id, {_RECORD} FROM records r WHERE r.id IN"
+            f" (SELECT record_id FROM index_items WHERE store = ? AND {where} AND record_id > ?)"
+            " ORDER BY r.id LIMIT ?",
+            (store, *params, after, limit),
+        ).fetchall()
+        return [(row[0], _record(row[1:])) for row in rows]
+
+    def scan(self, store: str, after: int, limit: int) -> list[tuple[int, Record]]:
+        """Records of a store in insertion order, ``limit`` at a time."""
+        rows = self._sql(
+            f"SELECT id, {_RECORD} FROM records WHERE store = ? AND id > ? ORDER BY id LIMIT ?",
+            (store, after, limit),
+        ).fetchall()
+        return [(row[0], _record(row[1:])) for row in rows]
+
+    def count(self, store: str) -> int:
+        """How many records the local view of a store holds."""
+        return self._sql("SELECT count(*) FROM records WHERE store = ?", (store,)).fetchone()[0]
+
+    # -- outbox -------------------------------------------------------------
+
+    def pending(self, store: str, limit: int) -> list[OutboxEntry]:
+        """The oldest ``limit`` changes waiting to be uploaded for ``store``."""
+        rows = self._sql(
+            "SELECT n, store, op, key, index_json, value_json FROM outbox"
+            " WHERE store = ? ORDER BY n LIMIT ?",
+            (store, limit),
+        ).fetchall()
+        return [OutboxEntry(*row) for row in rows]
+
+    def pending_count(self, store: str | None = None) -> int:
+        """Changes waiting to be uploaded (in one store, or in all)."""
+        if store is None:
+            return self._sql("SELECT count(*) FROM outbox").fetchone()[0]
+        return self._sql("SELECT count(*) FROM outbox WHERE store = ?", (store,)).fetchone()[0]
+
+    def settle(
+        self, store: str, entries: Sequence[OutboxEntry], outcomes: Sequence[Outcome]
+    ) -> tuple[list[RejectedChange], ChangeEvent]:
+        """Record what the server did with uploaded changes, in one transaction.
+
+        Applied and duplicate changes leave the outbox (an add gets its seq);
+        rejected ones move to the rejected list and their local effect is undone.
+        """
+        by_n = {o.n: o for o in outcomes}
+        rejected: list[RejectedChange] = []
+        undone: list[Record] = []
+        with self.transaction():
+            for entry in entries:
+                outcome = by_n.get(entry.n)
+                if outcome is None:
+                    continue
+                if outcome.ok:
+                    if entry.op == "add":
+                        self._sql(
+                            "UPDATE records SET seq = ? WHERE store = ? AND key = ?"
+                            " AND seq IS NULL",
+                            (outcome.seq, store, entry.key),
+                        )
+                    self._sql("DELETE FROM outbox WHERE n = ?", (entry.n,))
+                else:
+                    rejection, record = self._reject(
+                        entry, outcome.code or "rejected", outcome.message or ""
+                    )
+                    rejected.append(rejection)
+                    if record is not None:
+                        undone.append(record)
+        return rejected, ChangeEvent(store, "remote", deleted=tuple(undone))
+
+    def reject(
+        self, entry: OutboxEntry, code: str, message: str
+    ) -> tuple[RejectedChange, ChangeEvent]:
+        """Move one outbox entry to the rejected list (its local effect undone)."""
+        with self.transaction():
+            rejection, record = self._reject(entry, code, message)
+        return rejection, ChangeEvent(entry.store, "remote", deleted=(record,) if record else ())
+
+    def _reject(
+        self, entry: OutboxEntry, code: str, message: str
+    ) -> tuple[RejectedChange, Record | None]:
+        now = time.time()
+        cursor = self._sql(
+            "INSERT INTO rejected (n, store, op, key, index_json, value_json, code, message, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.n,
+                entry.store,
+                entry.op,
+                entry.key,
+                entry.index_json,
+                entry.value_json,
+                code,
+                message,
+                now,
+            ),
+        )
+        self._sql("DELETE FROM outbox WHERE n = ?", (entry.n,))
+        record = None
+        if entry.op == "add":
+            row = self._sql(
+                f"SELECT id, {_RECORD} FROM records WHERE store = ? AND key = ? AND seq IS NULL",
+                (entry.store, entry.key),
+            ).fetchone()
+            if row is not None:
+                self._remove(entry.store, row[0])
+                record = _record(row[1:])
+        rejection = RejectedChange(
+            cursor.lastrowid,
+            entry.n,
+            entry.store,
+            entry.op,
+            entry.key,
+            tuple(jsoncodec.loads(entry.index_json or "[]")),
+            jsoncodec.loads(entry.value_json) if entry.value_json else None,
+            code,
+            message,
+            now,
+        )
+        return rejection, record
+
+    def rejected(self) -> list[RejectedChange]:
+        """Every rejected change not yet dismissed, oldest first."""
+        rows = self._sql(
+            "SELECT id, n, store, op, key, index_json, value_json, code, message, at"
+            " FROM rejected ORDER BY id"
+        ).fetchall()
+        return [
+            RejectedChange(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                tuple(jsoncodec.loads(r[5] or "[]")),
+                jsoncodec.loads(r[6]) if r[6] else None,
+                r[7],
+                r[8],
+                r[9],
+            )
+            for r in rows
+        ]
+
+    def dismiss(self, rejected_id: int) -> bool:
+        """Forget a rejected change; False if there was none with that id."""
+        with self.transaction():
+            return self._sql("DELETE FROM rejected WHERE id = ?", (rejected_id,)).rowcount > 0
+
+    # -- sync state and pulled changes ---------------------------------------
+
+    def cursor(self, store: str) -> str | None:
+        """The cursor after the last pulled change of ``store``, if any."""
+        row = self._sql("SELECT cursor FROM sync_state WHERE store = ?", (store,)).fetchone()
+        return row[0] if row else None
+
+    def _set_cursor(self, store: str, cursor: str) -> None:
+        self._sql(
+            "INSERT INTO sync_state (store, cursor) VALUES (?, ?)"
+            " ON CONFLICT(store) DO UPDATE SET cursor = excluded.cursor",
+            (store, cursor),
+        )
+
+    def apply_pulled(
+        self, store: str, changes: Sequence[dict[str, Any]], cursor: str, pulled_from: str | None
+    ) -> ChangeEvent | None:
+        """Apply a pulled page and advance the cursor, in one transaction.
+
+        ``pulled_from`` is the cursor the page was asked after; if another
+        thread moved the cursor meanwhile, nothing is applied and None is
+        returned (pull again).
+        """
+        added: list[Record] = []
+        deleted: list[Record] = []
+        dumps = jsoncodec.dumps
+        with self.transaction():
+            if self.cursor(store) != pulled_from:
+                return None
+            dead = self._tombstoned(store, [c["key"] for c in changes if c["op"] == "add"])
+            for change in changes:
+                key = change["key"]
+                if change["op"] == "delete":
+                    row = self._sql(
+                        f"SELECT id, {_RECORD} FROM records WHERE store = ? AND key = ?",
+                        (store, key),
+                    ).fetchone()
+                    if row is not None:
+                        self._remove(store, row[0])
+                        deleted.append(_record(row[1:]))
+                    self._sql(
+                        "INSERT OR IGNORE INTO tombstones (store, key) VALUES (?, ?)", (store, key)
+                    )
+                    continue
+                if key in dead:
+                    continue
+                index = tuple(change["index"])
+                record = Record(key, index, dumps(change["value"]), change["seq"])
+                if self._upsert_pulled(store, record):
+                    added.append(record)
+            self._set_cursor(store, cursor)
+        return ChangeEvent(store, "remote", tuple(added), tuple(deleted))
+
+    def _tombstoned(self, store: str, keys: list[str]) -> set[str]:
+        dead: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            rows = self._sql(
+                f"SELECT key FROM tombstones WHERE store = ? AND key IN"
+                f" ({','.join('?' * len(chunk))})",
+                (store, *chunk),
+            )
+            dead.update(row[0] for row in rows)
+        return dead
+
+    def _upsert_pulled(self, store: str, record: Record) -> bool:
+        """Insert a pulled record; True if it is new to the local view."""
+        index_json = jsoncodec.dumps(list(record.index))
+        cur = self._sql(
+            "INSERT INTO records (store, key, index_json, value_json, seq) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(store, key) DO NOTHING",
+            (store, record.key, index_json, record.value_json, record.seq),
+        )
+        if cur.rowcount == 1:
+            if record.index:
+                record_id = cur.lastrowid
+                self._many(
+                    "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
+                    [(store, item, record_id) for item in record.index],
+                )
+            return True
+        # Known already: our own pending add coming back, or (after a key clash)
+        # the server's version, which wins.
+        row = self._sql(
+            "SELECT id, index_json, value_json FROM records WHERE store = ? AND key = ?",
+            (store, record.key),
+        ).fetchone()
+        record_id, old_index, old_value = row
+        self._sql(
+            "UPDATE records SET seq = ?, index_json = ?, value_json = ? WHERE id = ?",
+            (record.seq, index_json, record.value_json, record_id),
+        )
+        if old_index != index_json:
+            self._sql(
+                "DELETE FROM index_items WHERE store = ? AND record_id = ?", (store, record_id)
+            )
+            self._many(
+                "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
+                [(store, item, record_id) for item in record.index],
+            )
+        return old_index != index_json or old_value != record.value_json
+
+    # -- snapshot reload (reset) ---------------------------------------------
+
+    def stage_clear(self, store: str) -> None:
+        """Start a snapshot reload: empty the staging area of ``store``."""
+        with self.transaction():
+            self._sql("DELETE FROM snapshot_stage WHERE store = ?", (store,))
+
+    def stage_page(self, store: str, records: Sequence[dict[str, Any]]) -> None:
+        """Keep one snapshot page in the staging area (on disk, not in memory)."""
+        dumps = jsoncodec.dumps
+        with self.transaction():
+            self._many(
+                "INSERT OR REPLACE INTO snapshot_stage (store, key, index_json, value_json, seq)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (store, r["key"], dumps(r["index"]), dumps(r["value"]), r["seq"])
+                    for r in records
+                ],
+            )
+
+    def stage_install(self, store: str, at: str) -> ChangeEvent:
+        """Replace the synced records of ``store`` by the staged snapshot, atomically.
+
+        Pending local changes survive: pending adds stay, pending deletes keep
+        their records out.
+        """
+        with self.transaction():
+            old = self.cursor(store)
+            if old is None or old.split(".")[0] != at.split(".")[0]:
+                # A new epoch: forget deletions the old history made, but keep
+                # the ones still waiting to be uploaded.
+                self._sql(
+                    "DELETE FROM tombstones WHERE store = ? AND key NOT IN"
+                    " (SELECT key FROM outbox WHERE store = ? AND op = 'delete')",
+                    (store, store),
+                )
+            self._sql(
+                "DELETE FROM index_items WHERE store = ? AND record_id IN"
+                " (SELECT id FROM records WHERE store = ? AND seq IS NOT NULL)",
+                (store, store),
+            )
+            self._sql("DELETE FROM records WHERE store = ? AND seq IS NOT NULL", (store,))
+            first_new = self._sql("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]
+            self._sql(
+                "INSERT INTO records (store, key, index_json, value_json, seq)"
+                " SELECT store, key, index_json, value_json, seq FROM snapshot_stage s"
+                " WHERE s.store = ? AND s.key NOT IN (SELECT key FROM tombstones WHERE store = ?)"
+                " AND s.key NOT IN (SELECT key FROM records WHERE store = ?)"
+                " ORDER BY s.seq",
+                (store, store, store),
+            )
+            self._index_new_records(store, "r.id > ?", (first_new,))
+            self._sql("DELETE FROM snapshot_stage WHERE store = ?", (store,))
+            self._set_cursor(store, at)
+        return ChangeEvent(store, "remote", reset=True)

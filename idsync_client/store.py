@@ -1,0 +1,191 @@
+"""A store handle: add, delete, get, find, iterate, subscribe, attributes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import attributes
+from .localdb import ChangeEvent, Record
+from .protocol import encode_value, validate_index_items, validate_key
+from .subscriptions import Callback, Subscription
+
+if TYPE_CHECKING:
+    from .client import Client
+
+
+class Store:
+    """A named collection of records in a :class:`~idsync_client.Client`.
+
+    Every write commits locally, with its outbox entry, before it returns:
+    it survives a crash and is uploaded by the next sync. Reads see local
+    writes at once.
+    """
+
+    def __init__(self, client: Client, name: str) -> None:
+        self._client = client
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Store {self.name!r}>"
+
+    # -- writes -------------------------------------------------------------
+
+    def add(self, value: Any, *, index: Iterable[str] = (), key: str | None = None) -> str:
+        """Add a record; returns its key (a new UUID unless ``key`` is given).
+
+        Raises ``ValueError`` for an invalid key, index item or value (and
+        :class:`~idsync_client.localdb.KeyInUse` if the key was ever used here).
+        """
+        limits = self._client.limits
+        key = str(uuid.uuid4()) if key is None else validate_key(key, limits, "invalid_change")
+        items = validate_index_items(list(index), limits, "invalid_change")
+        value_json = encode_value(value, limits, "invalid_change")
+        db = self._client._local()
+        with db.transaction():
+            record = db.add(self.name, key, items, value_json)
+        self._client._changed(ChangeEvent(self.name, "local", added=(record,)))
+        return key
+
+    def add_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Add many records in one transaction (the bulk API); returns their keys.
+
+        Each item is a mapping with ``value`` and optionally ``index`` and
+        ``key``. All are validated first: one bad item adds nothing.
+        """
+        limits = self._client.limits
+        rows: list[tuple[str, tuple[str, ...], str]] = []
+        for item in items:
+            if not isinstance(item, Mapping) or "value" not in item:
+                raise TypeError("each item must be a mapping with a 'value'")
+            unknown = set(item) - {"value", "index", "key"}
+            if unknown:
+                raise ValueError(f"unknown item fields {sorted(unknown)}")
+            key = item.get("key")
+            key = str(uuid.uuid4()) if key is None else validate_key(key, limits, "invalid_change")
+            index = validate_index_items(list(item.get("index") or ()), limits, "invalid_change")
+            rows.append((key, index, encode_value(item["value"], limits, "invalid_change")))
+        db = self._client._local()
+        with db.transaction():
+            db.add_many(self.name, rows)
+        added = tuple(Record(key, index, value_json, None) for key, index, value_json in rows)
+        self._client._changed(ChangeEvent(self.name, "local", added=added))
+        return [row[0] for row in rows]
+
+    def delete(self, key: str) -> None:
+        """Delete a record by key; ``KeyError`` if this store has no such record."""
+        validate_key(key, self._client.limits)
+        db = self._client._local()
+        with db.transaction():
+            record = db.delete(self.name, key)
+        self._client._changed(ChangeEvent(self.name, "local", deleted=(record,)))
+
+    # -- reads --------------------------------------------------------------
+
+    def get(self, key: str) -> Record | None:
+        """The record with ``key`` (synced or pending), or None."""
+        validate_key(key, self._client.limits)
+        return self._client._local().get(self.name, key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def find(self, item: str, *, prefix: bool = False, page_size: int = 500) -> Iterator[Record]:
+        """Records with index item ``item``, or with an item starting with it.
+
+        Iterates page by page (``page_size`` rows per query), in the order the
+        records arrived locally.
+        """
+        if prefix:
+            if not isinstance(item, str):
+                raise TypeError("item must be a string")
+        else:
+            validate_index_items([item], self._client.limits)
+        if page_size < 1:
+            raise ValueError("page_size must be positive")
+        after = 0
+        while True:
+            rows = self._client._local().find(self.name, item, prefix, after, page_size)
+            for _, record in rows:
+                yield record
+            if len(rows) < page_size:
+                return
+            after = rows[-1][0]
+
+    def __iter__(self) -> Iterator[Record]:
+        after = 0
+        while True:
+            rows = self._client._local().scan(self.name, after, 500)
+            for _, record in rows:
+                yield record
+            if len(rows) < 500:
+                return
+            after = rows[-1][0]
+
+    def __len__(self) -> int:
+        return self._client._local().count(self.name)
+
+    def subscribe(self, callback: Callback, *, index: str | None = None) -> Subscription:
+        """Call ``callback(event)`` after local or remote changes to this store.
+
+        With ``index``, only changes to records carrying that index item.
+        Callbacks run on the thread that made the change.
+        """
+        return self._client._hub.add(self.name, callback, index)
+
+    # -- attribute records --------------------------------------------------
+
+    def set_attr(self, entity: str, name: str, value: Any) -> str:
+        """Set attribute ``name`` of ``entity``: add the new value, delete the old ones.
+
+        Returns the key of the record holding the new value.
+        """
+        item = attributes.index_item(entity, name)
+        value_json = encode_value(
+            {"entity": entity, "name": name, "value": value}, self._client.limits, "invalid_change"
+        )
+        db = self._client._local()
+        with db.transaction():
+            old = attributes.holders(db, self.name, item)
+            added = db.add(self.name, attributes.new_key(), (item,), value_json)
+            deleted = tuple(db.delete(self.name, record.key) for record in old)
+        self._client._changed(ChangeEvent(self.name, "local", added=(added,), deleted=deleted))
+        return added.key
+
+    def get_attr(self, entity: str, name: str, default: Any = None) -> Any:
+        """The value of attribute ``name`` of ``entity``, or ``default`` if unset."""
+        item = attributes.index_item(entity, name)
+        record = attributes.winner(attributes.holders(self._client._local(), self.name, item))
+        return default if record is None else attributes.value_of(record)
+
+    def delete_attr(self, entity: str, name: str) -> bool:
+        """Unset an attribute; False if it had no value."""
+        item = attributes.index_item(entity, name)
+        db = self._client._local()
+        with db.transaction():
+            deleted = tuple(
+                db.delete(self.name, r.key) for r in attributes.holders(db, self.name, item)
+            )
+        self._client._changed(ChangeEvent(self.name, "local", deleted=deleted))
+        return bool(deleted)
+
+    def attrs(self, entity: str) -> dict[str, Any]:
+        """Every attribute of ``entity`` with its current value."""
+        grouped: dict[str, list[Record]] = {}
+        prefix = attributes.entity_prefix(entity)
+        for record in self.find(prefix, prefix=True):
+            for item in record.index:
+                if item.startswith(prefix):
+                    grouped.setdefault(item[len(prefix) :], []).append(record)
+        return {
+            name: attributes.value_of(attributes.winner(records))
+            for name, records in grouped.items()
+        }
+
+    def entities(self) -> list[str]:
+        """Every entity that has at least one attribute in this store."""
+        found: set[str] = set()
+        for record in self.find(attributes.PREFIX, prefix=True):
+            found.add(record.value["entity"])
+        return sorted(found)

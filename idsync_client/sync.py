@@ -1,0 +1,201 @@
+"""The sync engine: push the outbox, pull by cursor, reload on reset.
+
+It runs one step at a time on the caller's thread; :mod:`.background` runs it
+in threads. Every network call goes through the one retry policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import attributes
+from .errors import PermanentError, ResetRequired, StoreNotFound
+from .localdb import ChangeEvent, LocalDB, OutboxEntry, RejectedChange
+from .protocol import Outcome
+from .retry import RetryPolicy
+from .subscriptions import SubscriptionHub
+from .transport import HttpTransport
+
+log = logging.getLogger("idsync.client")
+
+_SPLIT_CODES = ("batch_too_large", "body_too_large")
+
+
+@dataclass
+class SyncReport:
+    """What one sync round did."""
+
+    pushed: int = 0
+    pulled: int = 0
+    rejected: list[RejectedChange] = field(default_factory=list)
+    resets: int = 0
+
+
+class SyncEngine:
+    """Moves changes between a :class:`LocalDB` and a server.
+
+    ``create_stores``: create a store on the server when it does not exist
+    (otherwise sync of that store fails with StoreNotFound).
+    """
+
+    def __init__(
+        self,
+        db: LocalDB,
+        transport: HttpTransport,
+        policy: RetryPolicy,
+        hub: SubscriptionHub,
+        batch_size: int = 500,
+        create_stores: bool = True,
+        on_rejected: Callable[[RejectedChange], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.transport = transport
+        self.policy = policy
+        self.hub = hub
+        self.batch_size = batch_size
+        self.create_stores = create_stores
+        self.on_rejected = on_rejected
+        # Pushes from two threads would only send the same changes twice
+        # (harmless, the server is idempotent); the lock saves the traffic.
+        self._push_lock = threading.Lock()
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        return self.policy.call(fn)
+
+    def _ensure_store(self, store: str, exc: StoreNotFound) -> None:
+        if not self.create_stores:
+            raise exc
+        self._call(lambda: self.transport.create_store(store))
+
+    # -- push ---------------------------------------------------------------
+
+    def push(self, store: str, report: SyncReport | None = None) -> SyncReport:
+        """Upload every pending change of ``store``, oldest first, in batches."""
+        report = report or SyncReport()
+        with self._push_lock:
+            while True:
+                entries = self.db.pending(store, self.batch_size)
+                if not entries:
+                    return report
+                self._push_batch(store, entries, report)
+
+    def _push_batch(self, store: str, entries: Sequence[OutboxEntry], report: SyncReport) -> None:
+        wire = [e.to_wire_json() for e in entries]
+        client_id = self.db.client_id
+        try:
+            try:
+                outcomes = self._call(lambda: self.transport.push(store, client_id, wire))
+            except StoreNotFound as exc:
+                self._ensure_store(store, exc)
+                outcomes = self._call(lambda: self.transport.push(store, client_id, wire))
+        except PermanentError as exc:
+            self._handle_refused_batch(store, entries, exc, report)
+            return
+        self._settle(store, entries, outcomes, report)
+
+    def _handle_refused_batch(
+        self, store: str, entries: Sequence[OutboxEntry], exc: PermanentError, report: SyncReport
+    ) -> None:
+        if exc.code in _SPLIT_CODES and len(entries) > 1:
+            half = len(entries) // 2
+            self._push_batch(store, entries[:half], report)
+            self._push_batch(store, entries[half:], report)
+            return
+        bad_n = exc.details.get("n") if exc.code == "invalid_change" else None
+        if exc.code in _SPLIT_CODES or bad_n is not None:
+            bad = entries[0] if bad_n is None else next((e for e in entries if e.n == bad_n), None)
+            if bad is not None:
+                rejection, event = self.db.reject(bad, exc.code or "rejected", str(exc))
+                self._rejected([rejection], event, report)
+                return
+        raise exc
+
+    def _settle(
+        self,
+        store: str,
+        entries: Sequence[OutboxEntry],
+        outcomes: list[Outcome],
+        report: SyncReport,
+    ) -> None:
+        rejected, event = self.db.settle(store, entries, outcomes)
+        report.pushed += len(entries) - len(rejected)
+        self._rejected(rejected, event, report)
+
+    def _rejected(
+        self, rejected: list[RejectedChange], event: ChangeEvent, report: SyncReport
+    ) -> None:
+        report.rejected += rejected
+        self.hub.publish(event)
+        for rejection in rejected:
+            log.warning(
+                "change %s on %s rejected: %s", rejection.n, rejection.key, rejection.message
+            )
+            if self.on_rejected is not None:
+                self.on_rejected(rejection)
+
+    # -- pull ---------------------------------------------------------------
+
+    def pull(self, store: str, wait: float = 0.0, report: SyncReport | None = None) -> SyncReport:
+        """Pull and apply pages until caught up; the first request may long-poll."""
+        report = report or SyncReport()
+        while True:
+            cursor = self.db.cursor(store)
+            try:
+                page = self._call(lambda: self.transport.pull(store, cursor, wait))  # noqa: B023
+            except ResetRequired:
+                self.reset(store)
+                report.resets += 1
+                continue
+            except StoreNotFound as exc:
+                self._ensure_store(store, exc)
+                continue
+            wait = 0.0
+            event = self.db.apply_pulled(store, page["changes"], page["cursor"], cursor)
+            if event is None:
+                continue  # another thread applied this page first
+            report.pulled += len(page["changes"])
+            self.hub.publish(event)
+            self._clean_up_attributes(store, event)
+            if not page["more"]:
+                return report
+
+    def _clean_up_attributes(self, store: str, event: ChangeEvent) -> None:
+        losing = attributes.losers_after_pull(self.db, store, event)
+        if not losing:
+            return
+        deleted = []
+        with self.db.transaction():
+            for key in losing:
+                if self.db.get(store, key) is not None:
+                    deleted.append(self.db.delete(store, key))
+        self.hub.publish(ChangeEvent(store, "remote", deleted=tuple(deleted)))
+
+    def reset(self, store: str) -> None:
+        """Reload the store from a snapshot, keeping every pending local change."""
+        log.info("store %s: reloading from a snapshot", store)
+        self.db.stage_clear(store)
+        at: str | None = None
+        after = 0
+        while True:
+            page = self._call(lambda: self.transport.snapshot(store, at, after))  # noqa: B023
+            self.db.stage_page(store, page["records"])
+            at, after = page["at"], page["after"]
+            if not page["more"]:
+                break
+        assert at is not None
+        self.hub.publish(self.db.stage_install(store, at))
+
+    # -- a whole round ------------------------------------------------------
+
+    def sync(self, store: str) -> SyncReport:
+        """One round for ``store``: push, pull, and push what the pull produced."""
+        report = SyncReport()
+        self.push(store, report)
+        self.pull(store, report=report)
+        if self.db.pending_count(store):
+            self.push(store, report)
+        return report
