@@ -77,6 +77,8 @@ class Client:
                 create_stores=create_stores,
             )
         )
+        for name in self.db.known_stores():
+            self._stores[name] = Store(self, name)
         self._long_poll = long_poll
         self._background: BackgroundSync | None = None
         self._sync_lock = threading.Lock()
@@ -89,7 +91,11 @@ class Client:
     # -- stores -------------------------------------------------------------
 
     def store(self, name: str) -> Store:
-        """The store called ``name`` (created locally on first use)."""
+        """The store called ``name`` (created locally on first use).
+
+        Sync covers every store opened this way, and every store the local
+        file has synced before.
+        """
         self._check_open()
         validate_store_name(name)
         if name not in self._stores:

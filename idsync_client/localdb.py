@@ -429,6 +429,11 @@ class LocalDB:
 
     # -- sync state and pulled changes ---------------------------------------
 
+    def known_stores(self) -> list[str]:
+        """Stores this database has synced or has pending changes for."""
+        rows = self._sql("SELECT store FROM sync_state UNION SELECT store FROM outbox")
+        return sorted(row[0] for row in rows)
+
     def cursor(self, store: str) -> str | None:
         """The cursor after the last pulled change of ``store``, if any."""
         row = self._sql("SELECT cursor FROM sync_state WHERE store = ?", (store,)).fetchone()
