@@ -142,10 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         channel_timeout=int(config.limits.max_wait_seconds) + 30,
         ident="idsync",
     )
+    signal.signal(signal.SIGTERM, _stop)
     port = server.effective_port  # type: ignore[union-attr]
     print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
     print(f"idsync-server database {config.database.resolve()}", flush=True)
-    signal.signal(signal.SIGTERM, _stop)
     try:
         server.run()
     except KeyboardInterrupt:
