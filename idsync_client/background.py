@@ -35,7 +35,7 @@ class BackgroundSync:
         long_poll: float = 10.0,
         idle_interval: float = 30.0,
         standby_interval: float = 1.0,
-        max_offline_delay: float = 15.0,
+        max_offline_delay: float = 5.0,
     ) -> None:
         self.engine = engine
         self.status = status
@@ -47,6 +47,7 @@ class BackgroundSync:
         self.max_offline_delay = max_offline_delay
         self._stop = threading.Event()
         self._kick = threading.Event()
+        self._wake_pulls = threading.Event()
         self._resume = threading.Event()
         self._resume.set()
         self._threads: list[threading.Thread] = []
@@ -77,6 +78,7 @@ class BackgroundSync:
     def kick(self) -> None:
         """Push soon: a local write happened, or the network may be back."""
         self._kick.set()
+        self._wake_pulls.set()
 
     def resume(self) -> None:
         """Leave the auth-error pause (new credentials were given)."""
@@ -88,6 +90,7 @@ class BackgroundSync:
         self._stop.set()
         self._resume.set()
         self._kick.set()
+        self._wake_pulls.set()
         for thread in self._threads:
             thread.join(timeout if thread.name == "idsync-push" else 0.2)
         self.lock.release()
@@ -133,7 +136,8 @@ class BackgroundSync:
                     self.kick()
             else:
                 delay = min(self.max_offline_delay, max(0.5, delay * 2))
-                self._stop.wait(delay)
+                self._wake_pulls.wait(delay)
+                self._wake_pulls.clear()
         self.engine.db.close()
 
     def _round(self, work: Callable[[], object], stop_check: bool = False) -> bool:

@@ -1,0 +1,143 @@
+"""``idsync-notes`` / ``python -m demo_app``: open the notes window.
+
+With ``--with-server`` a reference server is started too (on the server
+URL's port, with its default SQLite file) unless one already answers there.
+Without a display the window cannot open: the command says so, and with
+``--with-server`` keeps the server running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from idsync_client import Client
+from idsync_server_ref.config import DEFAULT_HOST, DEFAULT_PORT, default_database_path
+from idsync_server_ref.process import ServerProcess
+
+DEFAULT_SERVER = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+
+
+def default_notes_path() -> Path:
+    """The demo's local database: beside the server's, in the per-user data folder."""
+    return default_database_path().with_name("notes-demo.sqlite3")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``idsync-notes``."""
+    parser = argparse.ArgumentParser(
+        prog="idsync-notes", description="An offline-first notes app on idsync."
+    )
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("IDSYNC_SERVER", DEFAULT_SERVER),
+        help="server URL (default %(default)s); 'none' for local only",
+    )
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=default_notes_path(),
+        help="local database file (default %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("IDSYNC_TOKEN"),
+        help="bearer token, when the server needs one (IDSYNC_TOKEN)",
+    )
+    parser.add_argument("--store", default="notes", help="store name (default %(default)s)")
+    parser.add_argument("--title", default="idsync notes", help="window title")
+    parser.add_argument(
+        "--with-server",
+        action="store_true",
+        help="also start a reference server on the server URL's port",
+    )
+    return parser
+
+
+def server_answers(url: str) -> bool:
+    """True if an idsync server answers health checks at ``url``."""
+    try:
+        return requests.get(url.rstrip("/") + "/v1/health", timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def start_server(url: str) -> ServerProcess | None:
+    """Start a reference server for ``url`` unless one answers there already."""
+    if server_answers(url):
+        print(f"idsync-notes: using the server already running at {url}")
+        return None
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost"):
+        raise SystemExit(f"idsync-notes: --with-server needs a local URL, not {url}")
+    database = default_database_path()
+    proc = ServerProcess(database, "--log-level", "INFO", port=parts.port or 80).start()
+    print(f"idsync-notes: started the reference server at {proc.url} (database {database})")
+    return proc
+
+
+def has_display() -> bool:
+    """Whether a window can be shown (always assumed on Windows and macOS)."""
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def run_window(args: argparse.Namespace, server: str | None) -> int:
+    """Open the notes window and run until it is closed."""
+    try:
+        import tkinter as tk
+
+        from .model import NotesModel
+        from .ui import NotesWindow
+
+        root = tk.Tk()
+    except (ImportError, RuntimeError) as exc:  # no Tk, or no usable display
+        print(f"idsync-notes: cannot open a window: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # tkinter.TclError: the display refused us
+        print(f"idsync-notes: cannot open a window: {exc}", file=sys.stderr)
+        return 1
+    client = Client(args.db, server, token=args.token)
+    model = NotesModel(client, args.store)
+    if server:
+        client.start()
+    NotesWindow(root, model, title=args.title)
+    try:
+        root.mainloop()
+    finally:
+        model.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the app; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    server = None if args.server.lower() == "none" else args.server
+    proc = start_server(server) if args.with_server and server else None
+    try:
+        if has_display():
+            return run_window(args, server)
+        print("idsync-notes: no display (DISPLAY is not set), so the notes window cannot open.")
+        if proc is None:
+            return 1
+        print(f"idsync-notes: the server keeps running at {proc.url}; press Ctrl-C to stop it.")
+        try:
+            assert proc.proc is not None
+            proc.proc.wait()
+        except KeyboardInterrupt:
+            pass
+        return 0
+    finally:
+        if proc is not None:
+            proc.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
