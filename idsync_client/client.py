@@ -43,7 +43,7 @@ class Client:
         create_stores: bool = True,
         retry: RetryPolicy | None = None,
         long_poll: float = 10.0,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         limits: Limits | None = None,
     ) -> None:
         if not isinstance(path, str | Path):

@@ -327,26 +327,28 @@ class LocalDB:
         by_n = {o.n: o for o in outcomes}
         rejected: list[RejectedChange] = []
         undone: list[Record] = []
+        done: list[tuple[int]] = []
+        synced: list[tuple[int | None, str, str]] = []
         with self.transaction():
             for entry in entries:
                 outcome = by_n.get(entry.n)
                 if outcome is None:
                     continue
                 if outcome.ok:
+                    done.append((entry.n,))
                     if entry.op == "add":
-                        self._sql(
-                            "UPDATE records SET seq = ? WHERE store = ? AND key = ?"
-                            " AND seq IS NULL",
-                            (outcome.seq, store, entry.key),
-                        )
-                    self._sql("DELETE FROM outbox WHERE n = ?", (entry.n,))
-                else:
-                    rejection, record = self._reject(
-                        entry, outcome.code or "rejected", outcome.message or ""
-                    )
-                    rejected.append(rejection)
-                    if record is not None:
-                        undone.append(record)
+                        synced.append((outcome.seq, store, entry.key))
+                    continue
+                rejection, record = self._reject(
+                    entry, outcome.code or "rejected", outcome.message or ""
+                )
+                rejected.append(rejection)
+                if record is not None:
+                    undone.append(record)
+            self._many(
+                "UPDATE records SET seq = ? WHERE store = ? AND key = ? AND seq IS NULL", synced
+            )
+            self._many("DELETE FROM outbox WHERE n = ?", done)
         return rejected, ChangeEvent(store, "remote", deleted=tuple(undone))
 
     def reject(
@@ -457,33 +459,75 @@ class LocalDB:
         """
         added: list[Record] = []
         deleted: list[Record] = []
+        fresh: dict[str, Record] = {}  # new to the local view: inserted together at the end
         dumps = jsoncodec.dumps
         with self.transaction():
             if self.cursor(store) != pulled_from:
                 return None
-            dead = self._tombstoned(store, [c["key"] for c in changes if c["op"] == "add"])
+            add_keys = [c["key"] for c in changes if c["op"] == "add"]
+            dead = self._tombstoned(store, add_keys)
+            local = self._present(store, add_keys)
             for change in changes:
                 key = change["key"]
                 if change["op"] == "delete":
-                    row = self._sql(
-                        f"SELECT id, {_RECORD} FROM records WHERE store = ? AND key = ?",
-                        (store, key),
-                    ).fetchone()
-                    if row is not None:
-                        self._remove(store, row[0])
-                        deleted.append(_record(row[1:]))
+                    if fresh.pop(key, None) is None:
+                        self._delete_pulled(store, key, deleted)
+                    dead.add(key)
                     self._sql(
                         "INSERT OR IGNORE INTO tombstones (store, key) VALUES (?, ?)", (store, key)
                     )
                     continue
                 if key in dead:
                     continue
-                index = tuple(change["index"])
-                record = Record(key, index, dumps(change["value"]), change["seq"])
-                if self._upsert_pulled(store, record):
-                    added.append(record)
+                record = Record(key, tuple(change["index"]), dumps(change["value"]), change["seq"])
+                if key in local:
+                    if self._update_pulled(store, record):
+                        added.append(record)
+                else:
+                    fresh[key] = record
+            self._insert_pulled(store, list(fresh.values()))
             self._set_cursor(store, cursor)
-        return ChangeEvent(store, "remote", tuple(added), tuple(deleted))
+        return ChangeEvent(store, "remote", (*added, *fresh.values()), tuple(deleted))
+
+    def _present(self, store: str, keys: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            rows = self._sql(
+                f"SELECT key FROM records WHERE store = ? AND key IN ({','.join('?' * len(chunk))})",
+                (store, *chunk),
+            )
+            found.update(row[0] for row in rows)
+        return found
+
+    def _delete_pulled(self, store: str, key: str, deleted: list[Record]) -> None:
+        row = self._sql(
+            f"SELECT id, {_RECORD} FROM records WHERE store = ? AND key = ?", (store, key)
+        ).fetchone()
+        if row is not None:
+            self._remove(store, row[0])
+            deleted.append(_record(row[1:]))
+
+    def _insert_pulled(self, store: str, records: list[Record]) -> None:
+        """Insert records new to the local view, with explicit ids, in two executemany."""
+        if not records:
+            return
+        # Ids are chosen here, inside the write transaction, so that index rows
+        # can be written in the same batch.
+        first = self._sql("SELECT coalesce(max(id), 0) + 1 FROM records").fetchone()[0]
+        dumps = jsoncodec.dumps
+        self._many(
+            "INSERT INTO records (id, store, key, index_json, value_json, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (first + i, store, r.key, dumps(list(r.index)), r.value_json, r.seq)
+                for i, r in enumerate(records)
+            ],
+        )
+        self._many(
+            "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
+            [(store, item, first + i) for i, r in enumerate(records) for item in r.index],
+        )
 
     def _tombstoned(self, store: str, keys: list[str]) -> set[str]:
         dead: set[str] = set()
@@ -497,29 +541,15 @@ class LocalDB:
             dead.update(row[0] for row in rows)
         return dead
 
-    def _upsert_pulled(self, store: str, record: Record) -> bool:
-        """Insert a pulled record; True if it is new to the local view."""
+    def _update_pulled(self, store: str, record: Record) -> bool:
+        """A pulled add of a key the local view has: our own pending add coming
+        back, or (after a key clash) the server's version, which wins. True if
+        the visible content changed."""
         index_json = jsoncodec.dumps(list(record.index))
-        cur = self._sql(
-            "INSERT INTO records (store, key, index_json, value_json, seq) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(store, key) DO NOTHING",
-            (store, record.key, index_json, record.value_json, record.seq),
-        )
-        if cur.rowcount == 1:
-            if record.index:
-                record_id = cur.lastrowid
-                self._many(
-                    "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
-                    [(store, item, record_id) for item in record.index],
-                )
-            return True
-        # Known already: our own pending add coming back, or (after a key clash)
-        # the server's version, which wins.
-        row = self._sql(
+        record_id, old_index, old_value = self._sql(
             "SELECT id, index_json, value_json FROM records WHERE store = ? AND key = ?",
             (store, record.key),
         ).fetchone()
-        record_id, old_index, old_value = row
         self._sql(
             "UPDATE records SET seq = ?, index_json = ?, value_json = ? WHERE id = ?",
             (record.seq, index_json, record.value_json, record_id),

@@ -297,32 +297,50 @@ def validate_index_items(
     return tuple(sorted(set(items)))
 
 
+_INT_MIN = -_INT64_MAX - 1
+
+
+def _check_scalar(item: Any) -> bool:
+    """Check a non-container value; False if it is a container (list or dict)."""
+    kind = type(item)
+    if kind is str or kind is bool or item is None:
+        return True
+    if kind is int:
+        if not _INT_MIN <= item <= _INT64_MAX:
+            raise ValueError("integers must fit in 64 bits")
+        return True
+    if kind is float:
+        if not math.isfinite(item):
+            raise ValueError("NaN and infinities are not JSON")
+        return True
+    if kind is list or kind is dict:
+        return False
+    raise ValueError(f"{kind.__name__} is not a JSON type")
+
+
 def _check_json_value(value: Any, max_depth: int) -> None:
-    """Walk a value iteratively: JSON types only, finite numbers, bounded depth."""
+    """Walk a value iteratively: JSON types only, finite numbers, bounded depth.
+
+    Exact type checks (no subclasses) keep the walk cheap on the write path and
+    make the accepted values the same whichever JSON encoder is installed.
+    """
+    if _check_scalar(value):
+        return
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if item is None or isinstance(item, bool | str):
-            continue
-        if isinstance(item, int):
-            if not -_INT64_MAX - 1 <= item <= _INT64_MAX:
-                raise ValueError("integers must fit in 64 bits")
-            continue
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                raise ValueError("NaN and infinities are not JSON")
-            continue
         if depth > max_depth:
             raise ValueError(f"nested deeper than {max_depth} levels")
-        if isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
-        elif isinstance(item, dict):
-            for child_key, child in item.items():
-                if not isinstance(child_key, str):
+        if type(item) is dict:
+            for child_key in item:
+                if type(child_key) is not str:
                     raise ValueError("object keys must be strings")
-                stack.append((child, depth + 1))
+            children = item.values()
         else:
-            raise ValueError(f"{type(item).__name__} is not a JSON type")
+            children = item
+        for child in children:
+            if not _check_scalar(child):
+                stack.append((child, depth + 1))
 
 
 def encode_value(value: Any, limits: Limits, code: str = "invalid_request") -> str:

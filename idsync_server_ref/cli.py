@@ -143,10 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ident="idsync",
     )
     signal.signal(signal.SIGTERM, _stop)
-    port = server.effective_port  # type: ignore[union-attr]
-    print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
-    print(f"idsync-server database {config.database.resolve()}", flush=True)
     try:
+        port = server.effective_port  # type: ignore[union-attr]
+        print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
+        print(f"idsync-server database {config.database.resolve()}", flush=True)
         server.run()
     except KeyboardInterrupt:
         log.info("stopping")

@@ -194,24 +194,37 @@ def test_prefix_upper_bound() -> None:
     assert _prefix_upper_bound("") is None
 
 
-def test_push_is_one_transaction(storage: SqliteStorage, monkeypatch) -> None:
-    # A failure in the middle of a batch leaves nothing of the batch behind.
-    calls = {"n": 0}
-    real_apply = storage._apply
-
-    def failing_apply(store_id, seq, change):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise sqlite3.OperationalError("disk I/O error")
-        return real_apply(store_id, seq, change)
-
-    monkeypatch.setattr(storage, "_apply", failing_apply)
+def test_push_is_one_transaction(storage: SqliteStorage, db_path: Path) -> None:
+    # A failure in the middle of a batch (here a trigger refusing one key)
+    # leaves nothing of the batch behind.
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse_c BEFORE INSERT ON records WHEN NEW.key = 'c'"
+            " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
     with pytest.raises(StorageFailure):
         storage.push("notes", "c1", [add(1, "a"), add(2, "b"), add(3, "c")])
-    monkeypatch.undo()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("DROP TRIGGER refuse_c")
     assert storage.get_store("notes").head_seq == 0
     assert storage.pull("notes", None, 10, 1000).items_json == []
     assert storage.push("notes", "c1", [add(1, "a")])[0].status == "applied"
+
+
+def test_add_and_delete_of_one_key_in_one_batch(storage: SqliteStorage) -> None:
+    out = storage.push(
+        "notes", "c1", [add(1, "k", index=("tag:a",)), delete(2, "k"), delete(3, "k"), add(4, "k")]
+    )
+    assert statuses(out) == [
+        ("applied", 1, None),
+        ("applied", 2, None),
+        ("duplicate", 2, None),
+        ("rejected", None, "key_deleted"),
+    ]
+    assert storage.get_record("notes", "k") is None
+    assert storage.find("notes", "tag:a", False, 0, 10)[0] == []
+    info = storage.get_store("notes")
+    assert (info.live_records, info.log_length) == (0, 2)
 
 
 def test_schema_version_is_checked(db_path: Path) -> None:

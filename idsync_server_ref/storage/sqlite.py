@@ -13,6 +13,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from .base import (
 )
 from .sqlite_schema import ALL_MODELS, SCHEMA_VERSION, MetaRow
 
+# A record's content lives once, in the log entry that added it.
+_CONTENT = "JOIN changes c ON c.store_id = r.store_id AND c.seq = r.added_seq"
 _STORE_COLUMNS = "name, epoch, head_seq, horizon_seq, live_records, log_length, created_at"
 
 
@@ -57,6 +60,111 @@ def _prefix_upper_bound(prefix: str) -> str | None:
 
 def _record_json(key: str, index_json: str, value_json: str, seq: int) -> str:
     return f'{{"key":{jsoncodec.dumps(key)},"index":{index_json},"value":{value_json},"seq":{seq}}}'
+
+
+@dataclass
+class _KnownRecord:
+    """A record's row as the batch sees it (possibly added or deleted by the batch)."""
+
+    id: int
+    index_json: str
+    value_json: str
+    added_seq: int
+    deleted_seq: int | None
+    new: bool = False
+    deleted_now: bool = False
+    index: tuple[str, ...] = ()
+
+
+class _PushBatch:
+    """Decides each change's outcome in order, in memory; the rows are written after."""
+
+    def __init__(self, store_id: int, head: int, next_record_id: int) -> None:
+        self.store_id = store_id
+        self.head = head
+        self.next_record_id = next_record_id
+        self.prior: dict[int, tuple[Any, ...]] = {}
+        self.known: dict[str, _KnownRecord] = {}
+        self.log: list[tuple[Any, ...]] = []
+        self.client_rows: list[tuple[Any, ...]] = []
+        self.live_delta = 0
+
+    def apply(self, change: Change, body_hash: str) -> Outcome:
+        prior = self.prior.get(change.n)
+        if prior is not None:
+            return _replayed(change.n, body_hash, prior)
+        record = self.known.get(change.key)
+        outcome = self._add(change, record) if change.op == "add" else self._delete(change, record)
+        row = (change.n, body_hash, outcome.status, outcome.seq, outcome.code, outcome.message)
+        self.client_rows.append(row)
+        self.prior[change.n] = row[1:]
+        return outcome
+
+    def _add(self, change: Change, record: _KnownRecord | None) -> Outcome:
+        index_json = jsoncodec.dumps(list(change.index))
+        if record is not None:
+            if record.deleted_seq is not None:
+                return Outcome(
+                    change.n,
+                    "rejected",
+                    code="key_deleted",
+                    message=f"key {change.key!r} was deleted; keys are never reused",
+                )
+            if record.index_json == index_json and (
+                record.value_json == change.value_json
+                or jsoncodec.loads(record.value_json) == jsoncodec.loads(change.value_json)
+            ):
+                return Outcome(change.n, "duplicate", seq=record.added_seq)
+            return Outcome(
+                change.n,
+                "rejected",
+                code="key_exists",
+                message=f"key {change.key!r} exists with other content",
+            )
+        self.head += 1
+        self.known[change.key] = _KnownRecord(
+            self.next_record_id,
+            index_json,
+            change.value_json,
+            self.head,
+            None,
+            new=True,
+            index=change.index,
+        )
+        self.next_record_id += 1
+        self.log.append((self.head, "add", change.key, index_json, change.value_json))
+        self.live_delta += 1
+        return Outcome(change.n, "applied", seq=self.head)
+
+    def _delete(self, change: Change, record: _KnownRecord | None) -> Outcome:
+        if record is None:
+            return Outcome(
+                change.n,
+                "rejected",
+                code="key_not_found",
+                message=f"no record with key {change.key!r} was ever added",
+            )
+        if record.deleted_seq is not None:
+            return Outcome(change.n, "duplicate", seq=record.deleted_seq)
+        self.head += 1
+        record.deleted_seq = self.head
+        record.deleted_now = True
+        self.log.append((self.head, "delete", change.key, None, None))
+        self.live_delta -= 1
+        return Outcome(change.n, "applied", seq=self.head)
+
+
+def _replayed(n: int, body_hash: str, prior: tuple[Any, ...]) -> Outcome:
+    """The first outcome of a change number seen before (or a conflict if the body differs)."""
+    stored_hash, status, seq, code, message = prior
+    if stored_hash != body_hash:
+        return Outcome(
+            n,
+            "rejected",
+            code="change_number_conflict",
+            message=f"change number {n} was sent before with another body",
+        )
+    return Outcome(n, status, seq=seq, code=code, message=message)
 
 
 class SqliteStorage(Storage):
@@ -97,16 +205,23 @@ class SqliteStorage(Storage):
         except (PeeweeException, sqlite3.Error) as exc:
             raise StorageFailure(str(exc), original=exc) from exc
 
+    # Each server thread keeps its own connection open (peewee's connections
+    # are per thread): opening one per request costs more than the request.
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
-        with self._guard(), self.db.connection_context(), self.db.atomic("IMMEDIATE"):
-            yield
+        with self._guard():
+            self.db.connect(reuse_if_open=True)
+            with self.db.atomic("IMMEDIATE"):
+                yield
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[None]:
         # A deferred transaction: every statement inside sees one snapshot.
-        with self._guard(), self.db.connection_context(), self.db.atomic():
-            yield
+        with self._guard():
+            self.db.connect(reuse_if_open=True)
+            with self.db.atomic():
+                yield
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self.db.execute_sql(sql, params)
@@ -188,127 +303,82 @@ class SqliteStorage(Storage):
     def push(self, name: str, client_id: str, changes: Sequence[Change]) -> list[Outcome]:
         with self._write():
             store_id, _epoch, head, _horizon = self._store_row(name)
-            outcomes: list[Outcome] = []
-            applied_before = head
-            live_delta = 0
-            for change in changes:
-                body_hash = _change_hash(change)
-                prior = self._sql(
-                    "SELECT body_hash, status, seq, code, message FROM client_changes"
-                    " WHERE store_id = ? AND client_id = ? AND n = ?",
-                    (store_id, client_id, change.n),
-                ).fetchone()
-                if prior is not None:
-                    outcomes.append(self._replayed(change.n, body_hash, prior))
-                    continue
-                outcome = self._apply(store_id, head + 1, change)
-                if outcome.status == "applied":
-                    head += 1
-                    live_delta += 1 if change.op == "add" else -1
-                self._sql(
-                    "INSERT INTO client_changes (store_id, client_id, n, body_hash, status,"
-                    " seq, code, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        store_id,
-                        client_id,
-                        change.n,
-                        body_hash,
-                        outcome.status,
-                        outcome.seq,
-                        outcome.code,
-                        outcome.message,
-                    ),
-                )
-                outcomes.append(outcome)
-            if head != applied_before:
-                self._sql(
-                    "UPDATE stores SET head_seq = ?, log_length = log_length + ?,"
-                    " live_records = live_records + ? WHERE id = ?",
-                    (head, head - applied_before, live_delta, store_id),
-                )
+            batch = _PushBatch(store_id, head, self._next_record_id())
+            batch.prior = self._prior_outcomes(store_id, client_id, [c.n for c in changes])
+            batch.known = self._known_records(store_id, [c.key for c in changes])
+            outcomes = [batch.apply(change, _change_hash(change)) for change in changes]
+            self._write_batch(store_id, client_id, batch)
             return outcomes
 
-    @staticmethod
-    def _replayed(n: int, body_hash: str, prior: tuple[Any, ...]) -> Outcome:
-        stored_hash, status, seq, code, message = prior
-        if stored_hash != body_hash:
-            return Outcome(
-                n,
-                "rejected",
-                code="change_number_conflict",
-                message=f"change number {n} was sent before with another body",
-            )
-        return Outcome(n, status, seq=seq, code=code, message=message)
+    def _next_record_id(self) -> int:
+        # Ids are handed out here, under the write lock, so one executemany can
+        # insert records and their index items together.
+        return self._sql("SELECT coalesce(max(id), 0) + 1 FROM records").fetchone()[0]
 
-    def _apply(self, store_id: int, seq: int, change: Change) -> Outcome:
-        row = self._sql(
-            "SELECT id, index_json, value_json, added_seq, deleted_seq FROM records"
-            " WHERE store_id = ? AND key = ?",
-            (store_id, change.key),
-        ).fetchone()
-        if change.op == "add":
-            return self._apply_add(store_id, seq, change, row)
-        return self._apply_delete(store_id, seq, change, row)
+    def _chunked(self, sql: str, fixed: tuple[Any, ...], values: list[Any]) -> list[Any]:
+        rows: list[Any] = []
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += self._sql(sql.format(marks=marks), (*fixed, *chunk)).fetchall()
+        return rows
 
-    def _apply_add(self, store_id: int, seq: int, change: Change, row: Any) -> Outcome:
-        index_json = jsoncodec.dumps(list(change.index))
-        if row is not None:
-            _id, old_index, old_value, added_seq, deleted_seq = row
-            if deleted_seq is not None:
-                return Outcome(
-                    change.n,
-                    "rejected",
-                    code="key_deleted",
-                    message=f"key {change.key!r} was deleted; keys are never reused",
-                )
-            if old_index == index_json and (
-                old_value == change.value_json
-                or jsoncodec.loads(old_value) == jsoncodec.loads(change.value_json)
-            ):
-                return Outcome(change.n, "duplicate", seq=added_seq)
-            return Outcome(
-                change.n,
-                "rejected",
-                code="key_exists",
-                message=f"key {change.key!r} exists with other content",
-            )
-        self._sql(
+    def _prior_outcomes(
+        self, store_id: int, client_id: str, numbers: list[int]
+    ) -> dict[int, tuple[Any, ...]]:
+        rows = self._chunked(
+            "SELECT n, body_hash, status, seq, code, message FROM client_changes"
+            " WHERE store_id = ? AND client_id = ? AND n IN ({marks})",
+            (store_id, client_id),
+            numbers,
+        )
+        return {row[0]: row[1:] for row in rows}
+
+    def _known_records(self, store_id: int, keys: list[str]) -> dict[str, _KnownRecord]:
+        rows = self._chunked(
+            "SELECT r.key, r.id, c.index_json, c.value_json, r.added_seq, r.deleted_seq"
+            f" FROM records r {_CONTENT} WHERE r.store_id = ? AND r.key IN ({{marks}})",
+            (store_id,),
+            sorted(set(keys)),
+        )
+        return {row[0]: _KnownRecord(*row[1:]) for row in rows}
+
+    def _write_batch(self, store_id: int, client_id: str, batch: _PushBatch) -> None:
+        conn = self.db.connection()
+        conn.executemany(
             "INSERT INTO changes (store_id, seq, op, key, index_json, value_json)"
-            " VALUES (?, ?, 'add', ?, ?, ?)",
-            (store_id, seq, change.key, index_json, change.value_json),
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(store_id, *row) for row in batch.log],
         )
-        record_id = self._sql(
-            "INSERT INTO records (store_id, key, index_json, value_json, added_seq)"
+        new = [(key, rec) for key, rec in batch.known.items() if rec.new]
+        conn.executemany(
+            "INSERT INTO records (id, store_id, key, added_seq, deleted_seq)"
             " VALUES (?, ?, ?, ?, ?)",
-            (store_id, change.key, index_json, change.value_json, seq),
-        ).lastrowid
-        if change.index:
-            self.db.connection().executemany(
-                "INSERT INTO index_items (store_id, item, record_id) VALUES (?, ?, ?)",
-                [(store_id, item, record_id) for item in change.index],
-            )
-        return Outcome(change.n, "applied", seq=seq)
-
-    def _apply_delete(self, store_id: int, seq: int, change: Change, row: Any) -> Outcome:
-        if row is None:
-            return Outcome(
-                change.n,
-                "rejected",
-                code="key_not_found",
-                message=f"no record with key {change.key!r} was ever added",
-            )
-        record_id, _index, _value, _added, deleted_seq = row
-        if deleted_seq is not None:
-            return Outcome(change.n, "duplicate", seq=deleted_seq)
-        self._sql(
-            "INSERT INTO changes (store_id, seq, op, key) VALUES (?, ?, 'delete', ?)",
-            (store_id, seq, change.key),
+            [(r.id, store_id, key, r.added_seq, r.deleted_seq) for key, r in new],
         )
-        self._sql("UPDATE records SET deleted_seq = ? WHERE id = ?", (seq, record_id))
-        self._sql(
-            "DELETE FROM index_items WHERE store_id = ? AND record_id = ?", (store_id, record_id)
+        conn.executemany(
+            "INSERT INTO index_items (store_id, item, record_id) VALUES (?, ?, ?)",
+            [(store_id, item, r.id) for _, r in new if r.deleted_seq is None for item in r.index],
         )
-        return Outcome(change.n, "applied", seq=seq)
+        gone = [rec for rec in batch.known.values() if rec.deleted_now and not rec.new]
+        conn.executemany(
+            "UPDATE records SET deleted_seq = ? WHERE id = ?", [(r.deleted_seq, r.id) for r in gone]
+        )
+        conn.executemany(
+            "DELETE FROM index_items WHERE store_id = ? AND record_id = ?",
+            [(store_id, r.id) for r in gone],
+        )
+        conn.executemany(
+            "INSERT INTO client_changes (store_id, client_id, n, body_hash, status, seq, code,"
+            " message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(store_id, client_id, *row) for row in batch.client_rows],
+        )
+        if batch.log:
+            self._sql(
+                "UPDATE stores SET head_seq = ?, log_length = log_length + ?,"
+                " live_records = live_records + ? WHERE id = ?",
+                (batch.head, len(batch.log), batch.live_delta, store_id),
+            )
 
     # -- reads --------------------------------------------------------------
 
@@ -349,10 +419,10 @@ class SqliteStorage(Storage):
             at = at or Cursor(epoch, head)
             self._check_cursor(at, epoch, head, horizon)
             rows = self._sql(
-                "SELECT key, index_json, value_json, added_seq FROM records"
-                " WHERE store_id = ? AND added_seq > ? AND added_seq <= ?"
-                " AND (deleted_seq IS NULL OR deleted_seq > ?)"
-                " ORDER BY added_seq LIMIT ?",
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                " WHERE r.store_id = ? AND r.added_seq > ? AND r.added_seq <= ?"
+                " AND (r.deleted_seq IS NULL OR r.deleted_seq > ?)"
+                " ORDER BY r.added_seq LIMIT ?",
                 (store_id, after, at.seq, at.seq, limit + 1),
             ).fetchall()
         items: list[str] = []
@@ -372,8 +442,8 @@ class SqliteStorage(Storage):
         with self._read():
             store_id = self._store_row(name)[0]
             row = self._sql(
-                "SELECT key, index_json, value_json, added_seq FROM records"
-                " WHERE store_id = ? AND key = ? AND deleted_seq IS NULL",
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                " WHERE r.store_id = ? AND r.key = ? AND r.deleted_seq IS NULL",
                 (store_id, key),
             ).fetchone()
         return None if row is None else _record_json(*row)
@@ -392,7 +462,7 @@ class SqliteStorage(Storage):
         with self._read():
             store_id = self._store_row(name)[0]
             rows = self._sql(
-                "SELECT r.id, r.key, r.index_json, r.value_json, r.added_seq FROM records r"
+                f"SELECT r.id, r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
                 " WHERE r.id IN (SELECT DISTINCT record_id FROM index_items"
                 f"   WHERE store_id = ? AND {where} AND record_id > ?)"
                 " ORDER BY r.id LIMIT ?",

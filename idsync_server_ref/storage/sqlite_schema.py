@@ -66,13 +66,15 @@ class ChangeRow(BaseModel):
 
 
 class RecordRow(BaseModel):
-    """Current state: every key a store ever had; ``deleted_seq`` marks deletion."""
+    """Current state: every key a store ever had; ``deleted_seq`` marks deletion.
+
+    The content (index items, value) is not copied here: it is read from the
+    log entry at ``added_seq``, which is kept while the record lives.
+    """
 
     id = AutoField()
     store_id = IntegerField()
     key = TextField()
-    index_json = TextField()
-    value_json = TextField()
     added_seq = IntegerField()
     deleted_seq = IntegerField(null=True)
 
