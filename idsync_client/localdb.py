@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -145,6 +146,7 @@ class LocalDB:
             timeout=busy_timeout_ms / 1000,
         )
         self.db.bind(ALL_MODELS)
+        self._write_lock = threading.RLock()
         with self.transaction():
             self.db.create_tables(ALL_MODELS, safe=True)
             version = MetaRow.get_or_none(MetaRow.key == "schema_version")
@@ -163,7 +165,9 @@ class LocalDB:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction (``BEGIN IMMEDIATE``); nested ones are savepoints."""
-        with self.db.atomic("IMMEDIATE"):
+        # Threads of this process queue here rather than in SQLite's busy
+        # handler, whose sleeps grow to 100 ms and would stall the UI and sync.
+        with self._write_lock, self.db.atomic("IMMEDIATE"):
             yield
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
@@ -465,8 +469,8 @@ class LocalDB:
             if self.cursor(store) != pulled_from:
                 return None
             add_keys = [c["key"] for c in changes if c["op"] == "add"]
-            dead = self._tombstoned(store, add_keys)
-            local = self._present(store, add_keys)
+            dead = self._tombstoned(store, add_keys) if self._has("tombstones", store) else set()
+            local = self._present(store, add_keys) if self._has("records", store) else set()
             for change in changes:
                 key = change["key"]
                 if change["op"] == "delete":
@@ -488,6 +492,12 @@ class LocalDB:
             self._insert_pulled(store, list(fresh.values()))
             self._set_cursor(store, cursor)
         return ChangeEvent(store, "remote", (*added, *fresh.values()), tuple(deleted))
+
+    def _has(self, table: str, store: str) -> bool:
+        # A first sync into an empty store skips the per-key look-ups.
+        return bool(
+            self._sql(f"SELECT 1 FROM {table} WHERE store = ? LIMIT 1", (store,)).fetchone()
+        )
 
     def _present(self, store: str, keys: list[str]) -> set[str]:
         found: set[str] = set()

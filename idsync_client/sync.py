@@ -51,6 +51,7 @@ class SyncEngine:
         batch_size: int = 500,
         create_stores: bool = True,
         on_rejected: Callable[[RejectedChange], None] | None = None,
+        page_size: int | None = 5000,
     ) -> None:
         self.db = db
         self.transport = transport
@@ -59,6 +60,8 @@ class SyncEngine:
         self.batch_size = batch_size
         self.create_stores = create_stores
         self.on_rejected = on_rejected
+        # Large pages mean fewer round trips and commits on a first sync.
+        self.page_size: int | None = page_size
         # Pushes from two threads would only send the same changes twice
         # (harmless, the server is idempotent); the lock saves the traffic.
         self._push_lock = threading.Lock()
@@ -145,13 +148,20 @@ class SyncEngine:
         while True:
             cursor = self.db.cursor(store)
             try:
-                page = self._call(lambda: self.transport.pull(store, cursor, wait))  # noqa: B023
+                page = self._call(
+                    lambda: self.transport.pull(store, cursor, wait, self.page_size)  # noqa: B023
+                )
             except ResetRequired:
                 self.reset(store)
                 report.resets += 1
                 continue
             except StoreNotFound as exc:
                 self._ensure_store(store, exc)
+                continue
+            except PermanentError as exc:
+                if exc.code != "invalid_request" or self.page_size is None:
+                    raise
+                self.page_size = None  # a server with a smaller max_page: use its default
                 continue
             wait = 0.0
             event = self.db.apply_pulled(store, page["changes"], page["cursor"], cursor)

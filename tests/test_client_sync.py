@@ -255,3 +255,15 @@ def test_two_processes_on_one_file(tmp_path, server, api, store) -> None:
     )
     assert result.stdout.strip() == "synced", result.stderr
     assert api.call("GET", f"/v1/stores/{store}").json()["live_records"] == 22
+
+
+def test_server_with_smaller_pages_is_still_pulled(tmp_path) -> None:
+    with ServerProcess(tmp_path / "s.db", "--max-page", "50", "--default-page", "20") as srv:
+        writer = Client(tmp_path / "w.db", srv.url, retry=fast_policy())
+        reader = Client(tmp_path / "r.db", srv.url, retry=fast_policy())
+        with writer, reader:
+            writer.store("notes").add_many([{"value": i} for i in range(120)])
+            writer.sync()
+            reader.store("notes")
+            assert reader.sync().pulled == 120
+            assert len(reader.store("notes")) == 120

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -188,6 +189,7 @@ class SqliteStorage(Storage):
             },
             timeout=busy_timeout_ms / 1000,
         )
+        self._write_lock = threading.Lock()
         with self._guard():
             self._check_schema()
 
@@ -210,7 +212,10 @@ class SqliteStorage(Storage):
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
-        with self._guard():
+        # Writers of this process queue on a lock rather than in SQLite's busy
+        # handler, whose growing sleeps would add latency; other processes
+        # holding the file still meet the busy timeout.
+        with self._guard(), self._write_lock:
             self.db.connect(reuse_if_open=True)
             with self.db.atomic("IMMEDIATE"):
                 yield
