@@ -37,6 +37,11 @@ from .base import (
 )
 from .sqlite_schema import ALL_MODELS, SCHEMA_VERSION, MetaRow
 
+_CHANGE_JSON = (
+    'CASE op WHEN \'add\' THEN \'{"seq":\' || seq || \',"op":"add","key":\' || json_quote(key)'
+    " || ',\"index\":' || index_json || ',\"value\":' || value_json || '}'"
+    ' ELSE \'{"seq":\' || seq || \',"op":"delete","key":\' || json_quote(key) || \'}\' END'
+)
 # A record's content lives once, in the log entry that added it.
 _CONTENT = "JOIN changes c ON c.store_id = r.store_id AND c.seq = r.added_seq"
 _STORE_COLUMNS = "name, epoch, head_seq, horizon_seq, live_records, log_length, created_at"
@@ -392,28 +397,22 @@ class SqliteStorage(Storage):
             store_id, epoch, head, horizon = self._store_row(name)
             after = after or Cursor(epoch, 0)
             self._check_cursor(after, epoch, head, horizon)
+            # SQLite writes each change's JSON itself: the stored JSON text is
+            # spliced, never decoded and re-encoded.
             rows = self._sql(
-                "SELECT seq, op, key, index_json, value_json FROM changes"
+                f"SELECT seq, {_CHANGE_JSON} FROM changes"
                 " WHERE store_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (store_id, after.seq, limit),
-            )
-            items: list[str] = []
-            size = 0
-            last = after.seq
-            dumps = jsoncodec.dumps
-            for seq, op, key, index_json, value_json in rows:
-                if op == "add":
-                    item = (
-                        f'{{"seq":{seq},"op":"add","key":{dumps(key)},'
-                        f'"index":{index_json},"value":{value_json}}}'
-                    )
-                else:
-                    item = f'{{"seq":{seq},"op":"delete","key":{dumps(key)}}}'
-                size += len(item)
-                if items and size > max_bytes:
-                    break
-                items.append(item)
-                last = seq
+            ).fetchall()
+        items: list[str] = []
+        size = 0
+        last = after.seq
+        for seq, item in rows:
+            size += len(item)
+            if items and size > max_bytes:
+                break
+            items.append(item)
+            last = seq
         return Page(items, Cursor(epoch, last), more=last < head)
 
     def snapshot(

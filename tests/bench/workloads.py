@@ -150,7 +150,7 @@ def raw_pull_ceiling(folder: Path, url: str, store: str) -> float:
     started = time.perf_counter()
     next_id = 1
     while more:
-        params = {"cursor": cursor} if cursor else {}
+        params = {"cursor": cursor, "limit": 5000} if cursor else {"limit": 5000}
         page = jsoncodec.loads(
             session.get(f"{url}/v1/stores/{store}/changes", params=params, timeout=60).content
         )
@@ -196,7 +196,7 @@ def http_stream(url: str, store: str) -> float:
     count, cursor, more = 0, None, True
     started = time.perf_counter()
     while more:
-        params = {"cursor": cursor} if cursor else {}
+        params = {"cursor": cursor, "limit": 5000} if cursor else {"limit": 5000}
         body = session.get(f"{url}/v1/stores/{store}/changes", params=params, timeout=60).content
         # Only the page's tail is read, to find the cursor: no full parse.
         tail = jsoncodec.loads(b"{" + body[body.rindex(b'"cursor"') :])
