@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from peewee import SqliteDatabase
-
 from . import jsoncodec
+from .errors import IdsyncError
 from .protocol import Outcome
 from .schema import ALL_MODELS, SCHEMA_VERSION, MetaRow
+from .sqlitedb import open_database
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,34 +131,21 @@ class LocalDB:
     def __init__(
         self, path: str | Path, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
     ) -> None:
-        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
-            raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = SqliteDatabase(
-            str(self.path),
-            pragmas={
-                "journal_mode": "wal",
-                "synchronous": synchronous.upper(),
-                "busy_timeout": busy_timeout_ms,
-                "foreign_keys": 0,
-            },
-            timeout=busy_timeout_ms / 1000,
-        )
-        self.db.bind(ALL_MODELS)
+        self.db = open_database(self.path, synchronous, busy_timeout_ms)
         self._write_lock = threading.RLock()
-        with self.transaction():
+        with self.transaction(), self.db.bind_ctx(ALL_MODELS):
             self.db.create_tables(ALL_MODELS, safe=True)
             version = MetaRow.get_or_none(MetaRow.key == "schema_version")
             if version is None:
                 MetaRow.create(key="schema_version", value=str(SCHEMA_VERSION))
                 MetaRow.create(key="client_id", value=uuid.uuid4().hex)
             elif version.value != str(SCHEMA_VERSION):
-                raise RuntimeError(
+                raise IdsyncError(
                     f"{self.path} has local schema version {version.value}; "
                     f"this client knows version {SCHEMA_VERSION}"
                 )
-        self.client_id: str = MetaRow.get(MetaRow.key == "client_id").value
+            self.client_id: str = MetaRow.get(MetaRow.key == "client_id").value
 
     # -- plumbing -----------------------------------------------------------
 
@@ -256,14 +243,22 @@ class LocalDB:
         ).fetchone()
         if row is None:
             raise KeyError(f"no record with key {key!r} in store {store!r}")
-        self._remove(store, row[0])
+        record = _record(row[1:])
+        self._remove(store, row[0], record.index)
         self._sql("INSERT OR IGNORE INTO tombstones (store, key) VALUES (?, ?)", (store, key))
         self._sql("INSERT INTO outbox (store, op, key) VALUES (?, 'delete', ?)", (store, key))
-        return _record(row[1:])
+        return record
 
-    def _remove(self, store: str, record_id: int) -> None:
-        self._sql("DELETE FROM index_items WHERE store = ? AND record_id = ?", (store, record_id))
+    def _remove(self, store: str, record_id: int, index: Sequence[str]) -> None:
+        self._remove_index(store, record_id, index)
         self._sql("DELETE FROM records WHERE id = ?", (record_id,))
+
+    def _remove_index(self, store: str, record_id: int, index: Sequence[str]) -> None:
+        # By (store, item, record_id), the index table's own key: no scan.
+        self._many(
+            "DELETE FROM index_items WHERE store = ? AND item = ? AND record_id = ?",
+            [(store, item, record_id) for item in index],
+        )
 
     # -- reads --------------------------------------------------------------
 
@@ -390,8 +385,8 @@ class LocalDB:
                 (entry.store, entry.key),
             ).fetchone()
             if row is not None:
-                self._remove(entry.store, row[0])
                 record = _record(row[1:])
+                self._remove(entry.store, row[0], record.index)
         rejection = RejectedChange(
             cursor.lastrowid,
             entry.n,
@@ -515,8 +510,9 @@ class LocalDB:
             f"SELECT id, {_RECORD} FROM records WHERE store = ? AND key = ?", (store, key)
         ).fetchone()
         if row is not None:
-            self._remove(store, row[0])
-            deleted.append(_record(row[1:]))
+            record = _record(row[1:])
+            self._remove(store, row[0], record.index)
+            deleted.append(record)
 
     def _insert_pulled(self, store: str, records: list[Record]) -> None:
         """Insert records new to the local view, with explicit ids, in two executemany."""
@@ -565,9 +561,7 @@ class LocalDB:
             (record.seq, index_json, record.value_json, record_id),
         )
         if old_index != index_json:
-            self._sql(
-                "DELETE FROM index_items WHERE store = ? AND record_id = ?", (store, record_id)
-            )
+            self._remove_index(store, record_id, jsoncodec.loads(old_index))
             self._many(
                 "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
                 [(store, item, record_id) for item in record.index],

@@ -8,11 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 from . import attributes
 from .localdb import ChangeEvent, Record
-from .protocol import encode_value, validate_index_items, validate_key
+from .protocol import Limits, encode_value, validate_index_items, validate_key
 from .subscriptions import Callback, Subscription
 
 if TYPE_CHECKING:
     from .client import Client
+
+
+def _index_items(index: Iterable[str], limits: Limits) -> tuple[str, ...]:
+    # A lone string is iterable too: refuse it rather than index its letters.
+    if isinstance(index, str | bytes):
+        raise ValueError("index must be a list of strings, not a single string")
+    return validate_index_items(list(index), limits, "invalid_change")
 
 
 class Store:
@@ -40,7 +47,7 @@ class Store:
         """
         limits = self._client.limits
         key = str(uuid.uuid4()) if key is None else validate_key(key, limits, "invalid_change")
-        items = validate_index_items(list(index), limits, "invalid_change")
+        items = _index_items(index, limits)
         value_json = encode_value(value, limits, "invalid_change")
         db = self._client._local()
         with db.transaction():
@@ -64,7 +71,7 @@ class Store:
                 raise ValueError(f"unknown item fields {sorted(unknown)}")
             key = item.get("key")
             key = str(uuid.uuid4()) if key is None else validate_key(key, limits, "invalid_change")
-            index = validate_index_items(list(item.get("index") or ()), limits, "invalid_change")
+            index = _index_items(item.get("index") or (), limits)
             rows.append((key, index, encode_value(item["value"], limits, "invalid_change")))
         db = self._client._local()
         with db.transaction():

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peewee import OperationalError, PeeweeException, SqliteDatabase
+from peewee import OperationalError, PeeweeException
 
 from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Cursor, Outcome
+from idsync_client.sqlitedb import open_database
 
 from .base import (
     CursorAhead,
@@ -182,18 +183,7 @@ class SqliteStorage(Storage):
 
     def __init__(self, path: str | Path, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = SqliteDatabase(
-            str(self.path),
-            pragmas={
-                "journal_mode": "wal",
-                "synchronous": "full",
-                "busy_timeout": busy_timeout_ms,
-                "foreign_keys": 0,
-                "cache_size": -32_000,
-            },
-            timeout=busy_timeout_ms / 1000,
-        )
+        self.db = open_database(self.path, "FULL", busy_timeout_ms)
         self._write_lock = threading.Lock()
         with self._guard():
             self._check_schema()
@@ -237,8 +227,11 @@ class SqliteStorage(Storage):
         return self.db.execute_sql(sql, params)
 
     def _check_schema(self) -> None:
-        with self.db.connection_context(), self.db.atomic("IMMEDIATE"):
-            self.db.bind(ALL_MODELS)
+        with (
+            self.db.connection_context(),
+            self.db.atomic("IMMEDIATE"),
+            self.db.bind_ctx(ALL_MODELS),
+        ):
             self.db.create_tables(ALL_MODELS, safe=True)
             row = MetaRow.get_or_none(MetaRow.key == "schema_version")
             if row is None:
@@ -374,9 +367,10 @@ class SqliteStorage(Storage):
         conn.executemany(
             "UPDATE records SET deleted_seq = ? WHERE id = ?", [(r.deleted_seq, r.id) for r in gone]
         )
+        # By the index table's own key (store, item, record): no scan.
         conn.executemany(
-            "DELETE FROM index_items WHERE store_id = ? AND record_id = ?",
-            [(store_id, r.id) for r in gone],
+            "DELETE FROM index_items WHERE store_id = ? AND item = ? AND record_id = ?",
+            [(store_id, item, r.id) for r in gone for item in jsoncodec.loads(r.index_json)],
         )
         conn.executemany(
             "INSERT INTO client_changes (store_id, client_id, n, body_hash, status, seq, code,"

@@ -1,0 +1,31 @@
+"""Opening an idsync SQLite file the one way both client and server do it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peewee import SqliteDatabase
+
+SYNCHRONOUS_LEVELS = ("FULL", "NORMAL", "EXTRA")
+
+
+def open_database(
+    path: str | Path, synchronous: str = "FULL", busy_timeout_ms: int = 5000
+) -> SqliteDatabase:
+    """A peewee database on ``path`` (its folder created): WAL, the given durability,
+    a busy timeout. Connections open lazily, one per thread."""
+    level = synchronous.upper()
+    if level not in SYNCHRONOUS_LEVELS:
+        raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_LEVELS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteDatabase(
+        str(path),
+        pragmas={
+            "journal_mode": "wal",
+            "synchronous": level,
+            "busy_timeout": busy_timeout_ms,
+            "foreign_keys": 0,
+        },
+        timeout=busy_timeout_ms / 1000,
+    )
