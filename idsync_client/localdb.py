@@ -213,19 +213,11 @@ class LocalDB:
             ).fetchone()
             if used:
                 raise KeyInUse(f"key {used[0]!r} exists or existed in store {store!r}")
-        encoded = [
-            (key, jsoncodec.dumps(list(index)), value_json) for key, index, value_json in rows
-        ]
-        conn = self.db.connection()
-        first_new = self._sql("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]
-        conn.executemany(
-            "INSERT INTO records (store, key, index_json, value_json, seq) VALUES (?, ?, ?, ?, NULL)",
-            [(store, key, index_json, value_json) for key, index_json, value_json in encoded],
-        )
-        self._index_new_records(store, "r.id > ?", (first_new,))
-        conn.executemany(
+        records = [Record(key, index, value_json, None) for key, index, value_json in rows]
+        index_json = self._insert_records(store, records)
+        self._many(
             "INSERT INTO outbox (store, op, key, index_json, value_json) VALUES (?, 'add', ?, ?, ?)",
-            [(store, key, index_json, value_json) for key, index_json, value_json in encoded],
+            [(store, r.key, ij, r.value_json) for r, ij in zip(records, index_json, strict=True)],
         )
 
     def _index_new_records(self, store: str, where: str, params: Sequence[Any]) -> None:
@@ -484,7 +476,7 @@ class LocalDB:
                         added.append(record)
                 else:
                     fresh[key] = record
-            self._insert_pulled(store, list(fresh.values()))
+            self._insert_records(store, list(fresh.values()))
             self._set_cursor(store, cursor)
         return ChangeEvent(store, "remote", (*added, *fresh.values()), tuple(deleted))
 
@@ -514,19 +506,20 @@ class LocalDB:
             self._remove(store, row[0], record.index)
             deleted.append(record)
 
-    def _insert_pulled(self, store: str, records: list[Record]) -> None:
-        """Insert records new to the local view, with explicit ids, in two executemany."""
+    def _insert_records(self, store: str, records: Sequence[Record]) -> list[str]:
+        """Insert records new to the local view in two executemany; their index JSON."""
         if not records:
-            return
-        # Ids are chosen here, inside the write transaction, so that index rows
-        # can be written in the same batch.
+            return []
+        # Ids are chosen here, inside the write transaction, so that the index
+        # rows can be written in one batch too.
         first = self._sql("SELECT coalesce(max(id), 0) + 1 FROM records").fetchone()[0]
         dumps = jsoncodec.dumps
+        index_json = [dumps(list(r.index)) for r in records]
         self._many(
             "INSERT INTO records (id, store, key, index_json, value_json, seq)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (first + i, store, r.key, dumps(list(r.index)), r.value_json, r.seq)
+                (first + i, store, r.key, index_json[i], r.value_json, r.seq)
                 for i, r in enumerate(records)
             ],
         )
@@ -534,6 +527,7 @@ class LocalDB:
             "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
             [(store, item, first + i) for i, r in enumerate(records) for item in r.index],
         )
+        return index_json
 
     def _tombstoned(self, store: str, keys: list[str]) -> set[str]:
         dead: set[str] = set()

@@ -43,8 +43,8 @@ def local_single_writes(folder: Path, count: int) -> float:
     return _rate(count, seconds)
 
 
-def local_bulk_writes(folder: Path, count: int, batch: int = 1000) -> float:
-    """Bulk writes per second through ``Store.add_many``, 1,000 per transaction."""
+def local_bulk_writes(folder: Path, count: int, batch: int = 10_000) -> float:
+    """Bulk writes per second through ``Store.add_many``, 10,000 per transaction."""
     data = items(count, seed=8)
     with Client(folder / "bulk.db") as client:
         store = client.store("bench")
