@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import IO
 
@@ -18,6 +19,9 @@ class ProcessLock:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._file: IO[bytes] | None = None
+        # Threads of one process share the lock: without this guard, two of
+        # them taking it at once would open two handles and lock each other out.
+        self._guard = threading.Lock()
 
     @property
     def held(self) -> bool:
@@ -26,6 +30,10 @@ class ProcessLock:
 
     def acquire(self) -> bool:
         """Take the lock if it is free; True if held now."""
+        with self._guard:
+            return self._acquire()
+
+    def _acquire(self) -> bool:
         if self._file is not None:
             return True
         handle = open(self.path, "a+b")  # noqa: SIM115 - kept open while held
@@ -50,6 +58,7 @@ class ProcessLock:
 
     def release(self) -> None:
         """Let go of the lock (closing the file releases it)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._guard:
+            if self._file is not None:
+                self._file.close()
+                self._file = None

@@ -200,3 +200,29 @@ def test_index_subscription_filters_events(client: Client) -> None:
     sub.cancel()
     notes.add(3, index=["tag:a"])
     assert [[r.value for r in e.added] for e in seen] == [[1]]
+
+
+def test_sync_lock_is_shared_by_the_threads_of_a_process(tmp_path) -> None:
+    import threading
+
+    from idsync_client.processlock import ProcessLock
+
+    lock = ProcessLock(tmp_path / "x.lock")
+    other = ProcessLock(tmp_path / "x.lock")  # as another process would hold it
+    start = threading.Barrier(8)
+    results = []
+
+    def take() -> None:
+        start.wait()
+        results.append(lock.acquire())
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 8
+    assert other.acquire() is False
+    lock.release()
+    assert other.acquire() is True
+    other.release()
