@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     from .kinto_peer import measure_kinto
 
                     note("bench: Kinto ...")
-                    kinto = measure_kinto(peer_n, work)
+                    kinto = measure_kinto(peer_n, work, postgres=args.kinto_postgres)
                 except Exception as exc:  # the peer is optional: say why it is missing
                     note(f"bench: Kinto unavailable: {exc}")
             for store, size in (("peer", peer_n), ("main", n)):
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "peer_n": peer_n,
             "quick": args.quick,
             "large": args.large,
-            "kinto_backend": "memory",
+            "kinto_backend": "postgresql" if args.kinto_postgres else "memory",
         },
         "rows": [row.as_dict() for row in rows],
     }
@@ -191,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10,000 records, Kinto at 2,000")
     parser.add_argument("--large", action="store_true", help="also 1,000,000 records")
     parser.add_argument("--no-kinto", action="store_true", help="skip the Kinto peer")
+    parser.add_argument(
+        "--kinto-postgres",
+        action="store_true",
+        help="run Kinto on a throwaway PostgreSQL cluster (initdb, pg_ctl)",
+    )
     parser.add_argument("--n", type=int, help="records (default 100,000; 10,000 quick)")
     parser.add_argument("--peer-n", type=int, help="records for the Kinto comparison")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import venv
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -57,20 +62,65 @@ format = %(message)s
 """
 
 
-def ensure_kinto() -> Path:
+def ensure_kinto(postgres: bool = False) -> Path:
     """A virtualenv with kinto and kinto-http (made once, then reused); its Python."""
     env = CACHE / "kinto-venv"
     python = env / "bin" / "python"
-    if not (env / "bin" / "kinto").exists():
+    marker = env / ".with-postgresql"
+    if not (env / "bin" / "kinto").exists() or (postgres and not marker.exists()):
         print("bench: installing kinto and kinto-http into", env, flush=True)
         venv.create(env, with_pip=True)
+        package = "kinto[postgresql]" if postgres else "kinto"
         subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "kinto", "kinto-http"],
+            [str(python), "-m", "pip", "install", "-q", package, "kinto-http"],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        if postgres:
+            marker.touch()
     return python
+
+
+def _pg_binary(name: str) -> str:
+    candidates = [shutil.which(name), *sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))]
+    found = next((c for c in candidates if c), None)
+    if found is None:
+        raise RuntimeError(f"{name} not found: apt-get install postgresql")
+    return found
+
+
+@contextlib.contextmanager
+def postgres_cluster(workdir: Path) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (Debian's initdb and pg_ctl); its URL."""
+    data = workdir / "pg"
+    data.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        workdir.chmod(0o755)  # the postgres user must reach its data folder
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    subprocess.run(
+        [*as_user, _pg_binary("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    pg_ctl = _pg_binary("pg_ctl")
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(data / "log"), "-o", options, "start"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"],
+            stdout=subprocess.DEVNULL,
+            check=False,
+        )
 
 
 def _free_port() -> int:
@@ -79,11 +129,33 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def measure_kinto(count: int, workdir: Path) -> dict[str, float]:
-    """Run Kinto (memory backend) and the driver; the driver's figures."""
-    python = ensure_kinto()
+def measure_kinto(count: int, workdir: Path, postgres: bool = False) -> dict[str, float]:
+    """Run Kinto (memory backend, or PostgreSQL) and the driver; the driver's figures."""
+    python = ensure_kinto(postgres)
+    if not postgres:
+        return _measure(python, INI, count, workdir)
+    with postgres_cluster(workdir) as url:
+        ini_text = INI
+        for kind in ("storage", "permission"):
+            ini_text = ini_text.replace(
+                f"kinto.{kind}_backend = kinto.core.{kind}.memory\nkinto.{kind}_url =",
+                f"kinto.{kind}_backend = kinto.core.{kind}.postgresql\nkinto.{kind}_url = {url}",
+            )
+        return _measure(python, ini_text, count, workdir, migrate=True)
+
+
+def _measure(
+    python: Path, ini_text: str, count: int, workdir: Path, migrate: bool = False
+) -> dict[str, float]:
     ini = workdir / "kinto.ini"
-    ini.write_text(INI)
+    ini.write_text(ini_text)
+    if migrate:
+        subprocess.run(
+            [str(python.parent / "kinto"), "migrate", "--ini", str(ini)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     port = _free_port()
     server = subprocess.Popen(
         [str(python.parent / "kinto"), "start", "--ini", str(ini), "--port", str(port)],
@@ -115,4 +187,4 @@ def measure_kinto(count: int, workdir: Path) -> dict[str, float]:
 
 
 if __name__ == "__main__":  # pragma: no cover - manual check
-    print(measure_kinto(int(sys.argv[1]), Path(sys.argv[2])))
+    print(measure_kinto(int(sys.argv[1]), Path(sys.argv[2]), "--postgres" in sys.argv))
