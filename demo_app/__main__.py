@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,14 +112,23 @@ def run_window(args: argparse.Namespace, server: str | None) -> int:
     NotesWindow(root, model, title=args.title)
     try:
         root.mainloop()
+    except KeyboardInterrupt:
+        pass
     finally:
         model.close()
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the app; returns the exit status."""
     args = build_parser().parse_args(argv)
+    # SIGTERM stops the app like Ctrl-C: the window closes its client and a
+    # server started here is stopped, not orphaned.
+    signal.signal(signal.SIGTERM, _interrupt)
     server = None if args.server.lower() == "none" else args.server
     proc = start_server(server) if args.with_server and server else None
     try:

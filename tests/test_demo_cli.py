@@ -46,7 +46,7 @@ def test_without_a_display_it_says_so_and_keeps_the_server(tmp_path) -> None:
         assert requests.get(f"http://127.0.0.1:{port}/v1/health", timeout=5).ok
         assert (tmp_path / "idsync" / "server.sqlite3").exists()
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
     assert proc.returncode == 0
     try:
