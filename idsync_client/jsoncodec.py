@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+_orjson: Any
 try:  # pragma: no cover - which branch runs depends on the installation
     import orjson as _orjson
 except ImportError:  # pragma: no cover
@@ -31,11 +32,13 @@ if _orjson is not None:
 
     def dumps(obj: Any) -> str:
         """Encode ``obj`` as compact JSON text (UTF-8, no ASCII escaping)."""
-        return _orjson.dumps(obj).decode("utf-8")
+        text: str = _orjson.dumps(obj).decode("utf-8")
+        return text
 
     def dumps_sorted(obj: Any) -> str:
         """Encode ``obj`` as compact JSON with object keys sorted (canonical)."""
-        return _orjson.dumps(obj, option=_orjson.OPT_SORT_KEYS).decode("utf-8")
+        text: str = _orjson.dumps(obj, option=_orjson.OPT_SORT_KEYS).decode("utf-8")
+        return text
 
     def loads(text: str | bytes) -> Any:
         """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid."""

@@ -158,7 +158,11 @@ class LocalDB:
             yield
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        return self.db.execute_sql(sql, params)
+        cursor: sqlite3.Cursor = self.db.execute_sql(sql, params)
+        return cursor
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self._sql(sql, params).fetchone()[0])
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self.db.connection().executemany(sql, rows)
@@ -288,7 +292,7 @@ class LocalDB:
 
     def count(self, store: str) -> int:
         """How many records the local view of a store holds."""
-        return self._sql("SELECT count(*) FROM records WHERE store = ?", (store,)).fetchone()[0]
+        return self._scalar("SELECT count(*) FROM records WHERE store = ?", (store,))
 
     # -- outbox -------------------------------------------------------------
 
@@ -304,8 +308,8 @@ class LocalDB:
     def pending_count(self, store: str | None = None) -> int:
         """Changes waiting to be uploaded (in one store, or in all)."""
         if store is None:
-            return self._sql("SELECT count(*) FROM outbox").fetchone()[0]
-        return self._sql("SELECT count(*) FROM outbox WHERE store = ?", (store,)).fetchone()[0]
+            return self._scalar("SELECT count(*) FROM outbox")
+        return self._scalar("SELECT count(*) FROM outbox WHERE store = ?", (store,))
 
     def settle(
         self, store: str, entries: Sequence[OutboxEntry], outcomes: Sequence[Outcome]
@@ -379,6 +383,7 @@ class LocalDB:
             if row is not None:
                 record = _record(row[1:])
                 self._remove(entry.store, row[0], record.index)
+        assert cursor.lastrowid is not None
         rejection = RejectedChange(
             cursor.lastrowid,
             entry.n,
@@ -560,7 +565,7 @@ class LocalDB:
                 "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
                 [(store, item, record_id) for item in record.index],
             )
-        return old_index != index_json or old_value != record.value_json
+        return bool(old_index != index_json or old_value != record.value_json)
 
     # -- snapshot reload (reset) ---------------------------------------------
 

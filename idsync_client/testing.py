@@ -155,7 +155,7 @@ class Network:
         with self._lock:
             fault = self._faults.pop(0) if self._faults else None
         if fault is None:
-            response = send(request, *args, **kwargs)
+            response: requests.Response = send(request, *args, **kwargs)
             self.log.append((what, "ok", str(response.status_code)))
             return response
         if fault.kind == "status":

@@ -65,8 +65,8 @@ class HttpTransport:
         raw_body: str | None = None,
         body: Any = None,
         read_timeout: float = READ_TIMEOUT,
-    ) -> Any:
-        """Send one request; return the decoded JSON answer or raise a classified error."""
+    ) -> dict[str, Any]:
+        """Send one request; return the decoded JSON object or raise a classified error."""
         with self._lock:
             wait = self._backoff_until - time.monotonic()
         if wait > 0:
@@ -94,9 +94,12 @@ class HttpTransport:
         self._note_backoff(response)
         if response.status_code < 400:
             try:
-                return jsoncodec.loads(response.content)
+                answer = jsoncodec.loads(response.content)
             except jsoncodec.JSONDecodeError as exc:
                 raise TemporaryError("the server sent a garbled answer") from exc
+            if not isinstance(answer, dict):
+                raise TemporaryError("the server's answer is not a JSON object")
+            return answer
         raise self._error(response)
 
     def _note_backoff(self, response: requests.Response) -> None:
@@ -145,7 +148,9 @@ class HttpTransport:
     def push(self, store: str, client_id: str, changes_json: list[str]) -> list[Outcome]:
         """Upload changes (each already JSON text); one outcome per change."""
         raw = f'{{"client_id":{jsoncodec.dumps(client_id)},"changes":[{",".join(changes_json)}]}}'
-        answer = self.request("POST", self._store_path(store, "/push"), raw_body=raw)
+        answer: dict[str, Any] = self.request(
+            "POST", self._store_path(store, "/push"), raw_body=raw
+        )
         return [Outcome.from_wire(o) for o in answer["outcomes"]]
 
     def pull(

@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, _stop)
     try:
-        port = server.effective_port  # type: ignore[union-attr]
+        port = server.effective_port
         print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
         print(f"idsync-server database {config.database.resolve()}", flush=True)
         server.run()

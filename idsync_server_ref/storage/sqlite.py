@@ -224,7 +224,8 @@ class SqliteStorage(Storage):
                 yield
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        return self.db.execute_sql(sql, params)
+        cursor: sqlite3.Cursor = self.db.execute_sql(sql, params)
+        return cursor
 
     def _check_schema(self) -> None:
         with (
@@ -248,7 +249,8 @@ class SqliteStorage(Storage):
         ).fetchone()
         if row is None:
             raise StoreNotFound(name)
-        return row
+        store_id, epoch, head, horizon = row
+        return store_id, epoch, head, horizon
 
     def _info(self, name: str) -> StoreInfo:
         row = self._sql(f"SELECT {_STORE_COLUMNS} FROM stores WHERE name = ?", (name,)).fetchone()
@@ -316,7 +318,7 @@ class SqliteStorage(Storage):
     def _next_record_id(self) -> int:
         # Ids are handed out here, under the write lock, so one executemany can
         # insert records and their index items together.
-        return self._sql("SELECT coalesce(max(id), 0) + 1 FROM records").fetchone()[0]
+        return int(self._sql("SELECT coalesce(max(id), 0) + 1 FROM records").fetchone()[0])
 
     def _chunked(self, sql: str, fixed: tuple[Any, ...], values: list[Any]) -> list[Any]:
         rows: list[Any] = []
