@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ class SyncEngine:
         # Pushes from two threads would only send the same changes twice
         # (harmless, the server is idempotent); the lock saves the traffic.
         self._push_lock = threading.Lock()
+        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idsync-fetch")
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         return self.policy.call(fn)
@@ -142,15 +144,29 @@ class SyncEngine:
 
     # -- pull ---------------------------------------------------------------
 
+    def _fetch(self, store: str, cursor: str | None, wait: float) -> dict[str, Any]:
+        """One page after ``cursor``, through the retry policy."""
+        page: dict[str, Any] = self._call(
+            lambda: self.transport.pull(store, cursor, wait, self.page_size)
+        )
+        return page
+
     def pull(self, store: str, wait: float = 0.0, report: SyncReport | None = None) -> SyncReport:
-        """Pull and apply pages until caught up; the first request may long-poll."""
+        """Pull and apply pages until caught up; the first request may long-poll.
+
+        While a page is applied, the next one is already being fetched (one
+        page ahead at most), so the network and the server's work overlap
+        the local inserts.
+        """
         report = report or SyncReport()
+        ahead: tuple[str, Future[dict[str, Any]]] | None = None
         while True:
             cursor = self.db.cursor(store)
             try:
-                page = self._call(
-                    lambda: self.transport.pull(store, cursor, wait, self.page_size)  # noqa: B023
-                )
+                if ahead is not None and ahead[0] == cursor:
+                    page = ahead[1].result()
+                else:
+                    page = self._fetch(store, cursor, wait)
             except ResetRequired:
                 self.reset(store)
                 report.resets += 1
@@ -163,7 +179,14 @@ class SyncEngine:
                     raise
                 self.page_size = None  # a server with a smaller max_page: use its default
                 continue
+            finally:
+                ahead = None
             wait = 0.0
+            if page["more"]:
+                ahead = (
+                    page["cursor"],
+                    self._prefetcher.submit(self._fetch, store, page["cursor"], 0.0),
+                )
             event = self.db.apply_pulled(store, page["changes"], page["cursor"], cursor)
             if event is None:
                 continue  # another thread applied this page first
