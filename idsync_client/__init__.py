@@ -18,8 +18,8 @@ from .errors import (
     SyncLocked,
     TemporaryError,
 )
-from .localdb import ChangeEvent, KeyInUse, Record, RejectedChange
 from .protocol import Limits, ProtocolViolation
+from .records import ChangeEvent, KeyInUse, Record, RejectedChange
 from .retry import RetryBudget, RetryPolicy
 from .status import SyncStatus
 from .store import Store

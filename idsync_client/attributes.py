@@ -16,7 +16,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from .localdb import ChangeEvent, LocalDB, Record
+from .localdb import LocalDB
+from .records import ChangeEvent, Record
 
 PREFIX = "@attr:"
 

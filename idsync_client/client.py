@@ -9,9 +9,10 @@ from types import TracebackType
 
 from .background import BackgroundSync
 from .errors import AuthError, ClientClosed, IdsyncError, SyncLocked, TemporaryError
-from .localdb import ChangeEvent, LocalDB, RejectedChange
+from .localdb import LocalDB
 from .processlock import ProcessLock
 from .protocol import Limits, validate_store_name
+from .records import ChangeEvent, RejectedChange
 from .retry import RetryPolicy
 from .status import StatusTracker, SyncStatus
 from .store import Store

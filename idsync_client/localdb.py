@@ -20,97 +20,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from . import jsoncodec
 from .errors import IdsyncError
 from .protocol import Outcome
+from .records import ChangeEvent, KeyInUse, OutboxEntry, Record, RejectedChange
 from .schema import ALL_MODELS, SCHEMA_VERSION, MetaRow
 from .sqlitedb import open_database
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A record as the app sees it. ``seq`` is None while it is not yet on the server."""
-
-    key: str
-    index: tuple[str, ...]
-    value_json: str
-    seq: int | None
-
-    @property
-    def value(self) -> Any:
-        """The value, decoded from its JSON text."""
-        return jsoncodec.loads(self.value_json)
-
-    @property
-    def pending(self) -> bool:
-        """True while the record waits to be uploaded."""
-        return self.seq is None
-
-
-@dataclass(frozen=True)
-class ChangeEvent:
-    """What changed in a store, told to subscribers after the change committed.
-
-    ``origin`` is ``local`` (this client wrote it) or ``remote`` (pulled, or
-    a local write undone because the server rejected it). ``reset`` means the
-    store was reloaded from a snapshot: re-read everything.
-    """
-
-    store: str
-    origin: Literal["local", "remote"]
-    added: tuple[Record, ...] = ()
-    deleted: tuple[Record, ...] = ()
-    reset: bool = False
-
-    def __bool__(self) -> bool:
-        return bool(self.added or self.deleted or self.reset)
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """A local change waiting to be uploaded; ``n`` is its change number."""
-
-    n: int
-    store: str
-    op: Literal["add", "delete"]
-    key: str
-    index_json: str | None
-    value_json: str | None
-
-    def to_wire_json(self) -> str:
-        """The change as JSON text for a push body (the value is spliced, not re-encoded)."""
-        key = jsoncodec.dumps(self.key)
-        if self.op == "delete":
-            return f'{{"n":{self.n},"op":"delete","key":{key}}}'
-        return (
-            f'{{"n":{self.n},"op":"add","key":{key},'
-            f'"index":{self.index_json},"value":{self.value_json}}}'
-        )
-
-
-@dataclass(frozen=True)
-class RejectedChange:
-    """A local change the server refused for good; the app may show and dismiss it."""
-
-    id: int
-    n: int
-    store: str
-    op: str
-    key: str
-    index: tuple[str, ...]
-    value: Any
-    code: str
-    message: str
-    at: float
-
-
-class KeyInUse(ValueError):
-    """The key exists, or existed, in this store: keys are never reused."""
-
 
 _RECORD = "key, index_json, value_json, seq"
 

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import attributes
-from .localdb import ChangeEvent, Record
 from .protocol import Limits, encode_value, validate_index_items, validate_key
+from .records import ChangeEvent, Record
 from .subscriptions import Callback, Subscription
 
 if TYPE_CHECKING:

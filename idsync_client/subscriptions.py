@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .localdb import ChangeEvent, Record
+from .records import ChangeEvent, Record
 
 log = logging.getLogger("idsync.client")
 

@@ -15,8 +15,9 @@ from typing import Any
 
 from . import attributes
 from .errors import PermanentError, ResetRequired, StoreNotFound
-from .localdb import ChangeEvent, LocalDB, OutboxEntry, RejectedChange
+from .localdb import LocalDB
 from .protocol import Outcome
+from .records import ChangeEvent, OutboxEntry, RejectedChange
 from .retry import RetryPolicy
 from .subscriptions import SubscriptionHub
 from .transport import HttpTransport
