@@ -59,3 +59,24 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     match = re.search(r"```sh\n(.*pytest.*)\n```", readme)
     assert match, "README has no test command"
     assert match.group(1).strip() in ci
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_readme_example_runs(server, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    [example] = _python_blocks((ROOT / "README.md").read_text())
+    exec(example.replace("http://127.0.0.1:8765", server.url), {})
+    out = capsys.readouterr().out
+    assert "[{'title': 'Buy milk'}]" in out and "SyncStatus(" in out
+
+
+def test_client_doc_examples_run(server, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    first, kit = _python_blocks((ROOT / "docs" / "client.md").read_text())
+    exec(first.replace("http://127.0.0.1:8765", server.url), {})
+    namespace: dict = {}
+    exec(kit, namespace)
+    namespace["test_my_app_survives_a_bad_network"](tmp_path)
