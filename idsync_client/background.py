@@ -129,7 +129,10 @@ class BackgroundSync:
     def _pull_loop(self, store: str) -> None:
         delay = 0.0
         while self._ready():
-            ok = self._round(lambda: self.engine.pull(store, wait=self.long_poll), stop_check=True)
+            ok = self._round(
+                lambda: self.engine.pull(store, wait=self.long_poll, cancelled=self._stop.is_set),
+                stop_check=True,
+            )
             if ok:
                 delay = 0.0
                 if self.engine.db.pending_count(store):

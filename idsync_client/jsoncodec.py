@@ -2,8 +2,9 @@
 
 Values are stored and sent as JSON text and are never re-encoded on the hot
 paths; where we must encode or decode, orjson is several times faster than the
-standard library. It is optional: without it the standard library is used and
-the output is the same compact JSON.
+standard library. It is a dependency, but where it cannot be installed (a
+platform without a wheel) the standard library is used, with the same
+compact output and the same refusals.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any
 
 _orjson: Any
 try:  # pragma: no cover - which branch runs depends on the installation
-    import orjson as _orjson
+    import orjson
+
+    _orjson = orjson
 except ImportError:  # pragma: no cover
     _orjson = None
 

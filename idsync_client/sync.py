@@ -152,12 +152,19 @@ class SyncEngine:
         )
         return page
 
-    def pull(self, store: str, wait: float = 0.0, report: SyncReport | None = None) -> SyncReport:
+    def pull(
+        self,
+        store: str,
+        wait: float = 0.0,
+        report: SyncReport | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> SyncReport:
         """Pull and apply pages until caught up; the first request may long-poll.
 
         While a page is applied, the next one is already being fetched (one
         page ahead at most), so the network and the server's work overlap
-        the local inserts.
+        the local inserts. When ``cancelled()`` turns true (the client is
+        closing), a page that arrives is not applied.
         """
         report = report or SyncReport()
         ahead: tuple[str, Future[dict[str, Any]]] | None = None
@@ -183,6 +190,8 @@ class SyncEngine:
             finally:
                 ahead = None
             wait = 0.0
+            if cancelled is not None and cancelled():
+                return report
             if page["more"]:
                 ahead = (
                     page["cursor"],

@@ -267,3 +267,21 @@ def test_server_with_smaller_pages_is_still_pulled(tmp_path) -> None:
             reader.store("notes")
             assert reader.sync().pulled == 120
             assert len(reader.store("notes")) == 120
+
+
+def test_a_closed_client_applies_nothing_more(make_client, store) -> None:
+    a, b = make_client("a"), make_client("b", long_poll=5)
+    b.store(store)
+    a.store(store)
+    a.sync()
+    b.start()
+    b.sync()  # caught up: its pull thread now waits in a long-poll
+    b.stop()
+    key = a.store(store).add({"after": "stop"})
+    a.sync()  # wakes the long-poll that b left behind
+    for thread in threading.enumerate():
+        if thread.name == f"idsync-pull-{store}":
+            thread.join(timeout=15)
+    assert b.store(store).get(key) is None, "a page arriving after stop was applied"
+    b.sync()
+    assert b.store(store).get(key) is not None

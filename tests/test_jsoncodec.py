@@ -1,0 +1,34 @@
+"""Both JSON back ends (orjson and the standard library) behave the same."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+from idsync_client import jsoncodec
+
+
+@pytest.fixture(params=["orjson", "stdlib"])
+def codec(request, monkeypatch):
+    if request.param == "stdlib":
+        monkeypatch.setitem(sys.modules, "orjson", None)  # import orjson now fails
+    module = importlib.reload(jsoncodec)
+    yield module
+    monkeypatch.undo()
+    importlib.reload(jsoncodec)
+
+
+def test_round_trip_and_compact_output(codec) -> None:
+    value = {"b": [1, 2.5, None, True], "a": 'é 😀 " \\'}
+    text = codec.dumps(value)
+    assert text == '{"b":[1,2.5,null,true],"a":"é 😀 \\" \\\\"}'
+    assert codec.loads(text) == value and codec.loads(text.encode()) == value
+    assert codec.dumps_sorted(value).startswith('{"a":')
+
+
+@pytest.mark.parametrize("bad", ["{", "NaN", "[Infinity]", '"\\ud800"x', b"\xff"])
+def test_invalid_json_is_refused(codec, bad) -> None:
+    with pytest.raises(codec.JSONDecodeError):
+        codec.loads(bad)
