@@ -285,3 +285,30 @@ def test_a_closed_client_applies_nothing_more(make_client, store) -> None:
     assert b.store(store).get(key) is None, "a page arriving after stop was applied"
     b.sync()
     assert b.store(store).get(key) is not None
+
+
+def test_background_sync_pauses_on_auth_error_and_resumes_with_a_new_token(tmp_path) -> None:
+    with ServerProcess(tmp_path / "s.db", "--auth-token", "right") as srv:
+        client = Client(tmp_path / "c.db", srv.url, token="wrong", retry=fast_policy(), long_poll=2)
+        paused, done = threading.Event(), threading.Event()
+
+        def watch(status) -> None:
+            if status.state == "auth_error":
+                paused.set()
+            if status.state == "online" and status.pending == 0:
+                done.set()
+
+        with client:
+            client.on_status(watch)
+            client.store("notes").add({"v": 1})
+            client.start()
+            assert paused.wait(15), client.status
+            assert client.status.pending == 1 and "401" in client.status.last_error
+            client.set_token("right")
+            assert done.wait(15), client.status
+            assert (
+                Api(srv.url)
+                .call("GET", "/v1/stores/notes", headers={"Authorization": "Bearer right"})
+                .json()["live_records"]
+                == 1
+            )
