@@ -147,11 +147,15 @@ class BackgroundSync:
         """Run one piece of sync work and report it in the status; True if it went well."""
         if stop_check and self._stop.is_set():
             return False
+        token = self.engine.transport.token
         try:
             work()
         except AuthError as exc:
-            self._resume.clear()
-            self.status.update(state="auth_error", last_error=str(exc))
+            # Pause only if the refused token is still the current one: a request
+            # sent before set_token() may come back refused after it.
+            if self.engine.transport.token == token:
+                self._resume.clear()
+                self.status.update(state="auth_error", last_error=str(exc))
             return False
         except TemporaryError as exc:
             pending, rejected = self.counts()

@@ -89,6 +89,8 @@ def test_sigkill_anywhere_loses_and_duplicates_nothing(
     with sqlite3.connect(server.database) as conn:
         resent = conn.execute(
             "SELECT count(*) FROM client_changes WHERE status != 'applied'"
+            " AND store_id = (SELECT id FROM stores WHERE name = ?)",
+            (store,),
         ).fetchone()[0]
     server_keys = set(logged)
     local_views = []
