@@ -95,11 +95,6 @@ class BackgroundSync:
             thread.join(timeout if thread.name == "idsync-push" else 0.2)
         self.lock.release()
 
-    @property
-    def stopped(self) -> bool:
-        """True once stop() was called."""
-        return self._stop.is_set()
-
     # -- loops --------------------------------------------------------------
 
     def _ready(self) -> bool:

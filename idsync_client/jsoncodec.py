@@ -20,7 +20,7 @@ try:  # pragma: no cover - which branch runs depends on the installation
 except ImportError:  # pragma: no cover
     _orjson = None
 
-__all__ = ["JSONDecodeError", "dumps", "dumps_sorted", "loads"]
+__all__ = ["JSONDecodeError", "dumps", "loads"]
 
 
 class JSONDecodeError(ValueError):
@@ -38,11 +38,6 @@ if _orjson is not None:
         text: str = _orjson.dumps(obj).decode("utf-8")
         return text
 
-    def dumps_sorted(obj: Any) -> str:
-        """Encode ``obj`` as compact JSON with object keys sorted (canonical)."""
-        text: str = _orjson.dumps(obj, option=_orjson.OPT_SORT_KEYS).decode("utf-8")
-        return text
-
     def loads(text: str | bytes) -> Any:
         """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid."""
         try:
@@ -55,12 +50,6 @@ else:  # pragma: no cover
     def dumps(obj: Any) -> str:
         """Encode ``obj`` as compact JSON text (UTF-8, no ASCII escaping)."""
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-    def dumps_sorted(obj: Any) -> str:
-        """Encode ``obj`` as compact JSON with object keys sorted (canonical)."""
-        return json.dumps(
-            obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
-        )
 
     def loads(text: str | bytes) -> Any:
         """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid."""

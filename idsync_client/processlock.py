@@ -23,11 +23,6 @@ class ProcessLock:
         # them taking it at once would open two handles and lock each other out.
         self._guard = threading.Lock()
 
-    @property
-    def held(self) -> bool:
-        """True while this object holds the lock."""
-        return self._file is not None
-
     def acquire(self) -> bool:
         """Take the lock if it is free; True if held now."""
         with self._guard:

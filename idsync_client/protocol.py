@@ -186,18 +186,6 @@ class Change:
     index: tuple[str, ...] = ()
     value_json: str = "null"
 
-    def to_wire(self) -> dict[str, Any]:
-        """The JSON-ready form of this change (the value decoded once)."""
-        if self.op == "delete":
-            return {"n": self.n, "op": "delete", "key": self.key}
-        return {
-            "n": self.n,
-            "op": "add",
-            "key": self.key,
-            "index": list(self.index),
-            "value": jsoncodec.loads(self.value_json),
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class Outcome:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any
-from urllib.parse import quote
 
 import requests
 
@@ -177,10 +176,6 @@ class HttpTransport:
         if at:
             params["at"] = at
         return self.request("GET", self._store_path(store, "/snapshot"), params=params)
-
-    def get_record(self, store: str, key: str) -> dict[str, Any]:
-        """The server's live record with ``key``."""
-        return self.request("GET", self._store_path(store, "/records/" + quote(key, safe="")))
 
     def close(self) -> None:
         """Close pooled connections."""

@@ -95,13 +95,22 @@ def test_two_models_converge_on_concurrent_edits(tmp_path, server, store) -> Non
 
 
 def test_work_offline_toggle_stops_and_starts_sync(tmp_path, server, store) -> None:
+    import threading
+
+    from .conftest import Api
+
     m = NotesModel(
         Client(tmp_path / "t.db", server.url, retry=RetryPolicy(sleep=lambda s: None)), store
     )
+    synced = threading.Event()
+    m.client.on_status(lambda s: s.state == "online" and s.pending == 0 and synced.set())
     try:
         m.set_working_offline(True)
-        assert m.client.status.state == "idle"
-        m.set_working_offline(False)
-        assert m.client._background is not None
+        note = m.create_note("written offline")
+        assert m.client.status.state == "idle" and m.client.status.pending > 0
+        m.set_working_offline(False)  # background sync starts and uploads by itself
+        assert synced.wait(15), m.client.status
+        record = Api(server.url).call("GET", f"/v1/stores/{store}/records/{note}")
+        assert record.status_code == 200
     finally:
         m.close()

@@ -25,7 +25,6 @@ def test_round_trip_and_compact_output(codec) -> None:
     text = codec.dumps(value)
     assert text == '{"b":[1,2.5,null,true],"a":"é 😀 \\" \\\\"}'
     assert codec.loads(text) == value and codec.loads(text.encode()) == value
-    assert codec.dumps_sorted(value).startswith('{"a":')
 
 
 @pytest.mark.parametrize("bad", ["{", "NaN", "[Infinity]", '"\\ud800"x', b"\xff"])

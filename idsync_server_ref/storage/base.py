@@ -180,9 +180,5 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
-    def head(self, name: str) -> int:
-        """The store's newest sequence number; StoreNotFound if missing."""
-
-    @abc.abstractmethod
     def close(self) -> None:
         """Release connections. The backend is unusable afterwards."""

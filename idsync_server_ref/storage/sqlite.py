@@ -299,10 +299,6 @@ class SqliteStorage(Storage):
                 self._sql(f"DELETE FROM {table} WHERE store_id = ?", (store_id,))
             self._sql("DELETE FROM stores WHERE id = ?", (store_id,))
 
-    def head(self, name: str) -> int:
-        with self._read():
-            return self._store_row(name)[2]
-
     # -- writes -------------------------------------------------------------
 
     def push(self, name: str, client_id: str, changes: Sequence[Change]) -> list[Outcome]:
