@@ -10,6 +10,8 @@ compact output and the same refusals.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 _orjson: Any
@@ -20,7 +22,14 @@ try:  # pragma: no cover - which branch runs depends on the installation
 except ImportError:  # pragma: no cover
     _orjson = None
 
-__all__ = ["JSONDecodeError", "dumps", "loads"]
+__all__ = ["JSONDecodeError", "canonical", "dumps", "loads"]
+
+# orjson turns integer literals beyond 64 bits into floats, which would change
+# the value. Every such literal has at least 19 digits; texts holding a run
+# that long (rare: long digit strings, big numbers) are parsed again by the
+# standard library, which keeps integers exact, so validation can refuse them.
+_LONG_DIGITS_STR = re.compile(r"[0-9]{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
 
 
 class JSONDecodeError(ValueError):
@@ -39,11 +48,29 @@ if _orjson is not None:
         return text
 
     def loads(text: str | bytes) -> Any:
-        """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid."""
+        """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid.
+
+        Integers are exact, whatever their size (range checks are the
+        caller's, see :mod:`.protocol`).
+        """
         try:
-            return _orjson.loads(text)
+            value = _orjson.loads(text)
         except _orjson.JSONDecodeError as exc:
             raise JSONDecodeError(str(exc)) from None
+        pattern = _LONG_DIGITS_STR if isinstance(text, str) else _LONG_DIGITS_BYTES
+        if pattern.search(text) is not None:  # type: ignore[arg-type]
+            return _stdlib_loads(text)
+        return value
+
+    def canonical(obj: Any) -> str:
+        """The canonical JSON text of ``obj``: compact, object keys sorted.
+
+        Two values are equal as JSON exactly when their canonical texts are
+        equal: ``false`` is not ``0``, ``1`` (an integer) is not ``1.0`` (a
+        float), ``-0.0`` is not ``0.0``; object member order does not count.
+        """
+        text: str = _orjson.dumps(obj, option=_orjson.OPT_SORT_KEYS).decode("utf-8")
+        return text
 
 else:  # pragma: no cover
 
@@ -53,7 +80,20 @@ else:  # pragma: no cover
 
     def loads(text: str | bytes) -> Any:
         """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid."""
-        try:
-            return json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as exc:
-            raise JSONDecodeError(str(exc)) from None
+        return _stdlib_loads(text)
+
+    def canonical(obj: Any) -> str:
+        """The canonical JSON text of ``obj``: compact, object keys sorted."""
+        return json.dumps(
+            obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
+        )
+
+
+def _stdlib_loads(text: str | bytes) -> Any:
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise JSONDecodeError(str(exc)) from None
+    if type(value) is float and not math.isfinite(value):  # 1e400 parses as inf
+        raise JSONDecodeError("a number is out of range")
+    return value

@@ -7,7 +7,10 @@ keys, index items and values. ``docs/protocol.md`` describes the same things
 in prose; a test keeps the two in step.
 
 Protocol versions:
-    1 - push/pull/snapshot/records over HTTP+JSON, cursor ``<epoch>.<seq>``.
+    1 - push/pull/snapshot/records over HTTP+JSON, cursor ``<epoch>.<seq>``;
+        since 0.2 a cursor past the start also names its log entry,
+        ``<epoch>.<seq>.<tag>``, and a cursor the server did not issue on the
+        history it holds is answered ``reset_required``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "ProtocolViolation",
     "encode_value",
     "parse_change",
+    "prefix_upper_bound",
     "validate_client_id",
     "validate_index_items",
     "validate_key",
@@ -47,7 +51,11 @@ CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # C0 and C1 control characters and DEL; lone surrogates are caught separately.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _EPOCH_PATTERN = re.compile(r"[0-9a-f]{16}")
-_INT64_MAX = 2**63 - 1
+_TAG_PATTERN = re.compile(r"[0-9a-f]{1,16}")
+#: The largest sequence number, change number or JSON integer: 64-bit signed.
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+_INT64_MAX = INT64_MAX
 
 
 @dataclass(frozen=True)
@@ -66,9 +74,7 @@ ERRORS: dict[str, ErrorSpec] = {
         400, False, "Wrong types, unknown or missing fields, or a bad query parameter."
     ),
     "invalid_store_name": ErrorSpec(400, False, "The store name does not match the pattern."),
-    "invalid_cursor": ErrorSpec(
-        400, False, "The cursor is not one this server issued, or is ahead of the store."
-    ),
+    "invalid_cursor": ErrorSpec(400, False, "The cursor is malformed (not a cursor at all)."),
     "unauthorized": ErrorSpec(401, False, "No valid bearer token was given."),
     "forbidden": ErrorSpec(403, False, "The token may not do this to this store."),
     "not_found": ErrorSpec(404, False, "No such endpoint."),
@@ -79,8 +85,10 @@ ERRORS: dict[str, ErrorSpec] = {
     "reset_required": ErrorSpec(
         410,
         False,
-        "The cursor is from another epoch or behind the compaction horizon: "
-        "load a snapshot and continue from its cursor.",
+        "The cursor is from another epoch, behind the compaction horizon, or not one "
+        "this server issued on the history it holds now (past the head, or naming "
+        "another log entry, as after a restore from an older copy): load a snapshot "
+        "and continue from its cursor.",
     ),
     "body_too_large": ErrorSpec(413, False, "The request body exceeds max_body_bytes."),
     "batch_too_large": ErrorSpec(413, False, "The push has more than max_batch changes."),
@@ -146,16 +154,26 @@ class ProtocolViolation(ValueError):
 
 @dataclass(frozen=True)
 class Cursor:
-    """A position in a store's change log: the store's epoch and a sequence.
+    """A point of one store's history: the epoch, a sequence, and the entry's tag.
+
+    ``tag`` names the log entry at ``seq`` (the server draws it when it logs
+    the change), so a cursor issued on one history is never taken for a point
+    of another: after a restore from an older copy, the same ``seq`` holds
+    another entry with another tag. Sequence 0 (before the first change) has
+    no tag. A cursor without a tag past sequence 0 (issued before tags
+    existed) cannot be checked and is answered ``reset_required``.
 
     Clients treat the encoded form as opaque; only the server interprets it.
     """
 
     epoch: str
     seq: int
+    tag: str = ""
 
     def encode(self) -> str:
-        """The wire form, ``<epoch>.<seq>``."""
+        """The wire form, ``<epoch>.<seq>`` or ``<epoch>.<seq>.<tag>``."""
+        if self.tag:
+            return f"{self.epoch}.{self.seq}.{self.tag}"
         return f"{self.epoch}.{self.seq}"
 
     @classmethod
@@ -163,13 +181,21 @@ class Cursor:
         """Parse the wire form; raise :class:`ProtocolViolation` when it is garbage."""
         if not isinstance(text, str) or len(text) > 64:
             raise ProtocolViolation("invalid_cursor", "cursor must be a short string")
-        epoch, _, seq_text = text.partition(".")
-        if not _EPOCH_PATTERN.fullmatch(epoch) or not seq_text.isascii() or not seq_text.isdigit():
+        epoch, seq_text, *rest = text.split(".") if "." in text else (text, "")
+        tag = rest[0] if len(rest) == 1 else None if rest else ""
+        if (
+            tag is None
+            or (rest and not tag)
+            or not _EPOCH_PATTERN.fullmatch(epoch)
+            or not seq_text.isascii()
+            or not seq_text.isdigit()
+            or (tag and not _TAG_PATTERN.fullmatch(tag))
+        ):
             raise ProtocolViolation("invalid_cursor", f"malformed cursor {text[:64]!r}")
         seq = int(seq_text)
-        if seq > _INT64_MAX:
+        if seq > INT64_MAX:
             raise ProtocolViolation("invalid_cursor", "cursor sequence out of range")
-        return cls(epoch, seq)
+        return cls(epoch, seq, tag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +311,25 @@ def validate_index_items(
     return tuple(sorted(set(items)))
 
 
-_INT_MIN = -_INT64_MAX - 1
+_INT_MIN = INT64_MIN
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix``.
+
+    Strings compare by code point (Python) or by UTF-8 bytes (SQLite): the
+    same order. A prefix query is ``prefix <= item < bound`` (no upper bound
+    when None: the prefix is all U+10FFFF). Appending U+10FFFF to the prefix
+    instead would miss items that continue with U+10FFFF itself.
+    """
+    while prefix:
+        code = ord(prefix[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return prefix[:-1] + chr(code)
+        prefix = prefix[:-1]
+    return None
 
 
 def _check_scalar(item: Any) -> bool:
