@@ -247,3 +247,38 @@ def test_concurrent_pushes_get_distinct_gapless_sequences(storage: SqliteStorage
         t.join()
     seqs = [jsoncodec.loads(i)["seq"] for i in storage.pull("notes", None, 1000, 10**7).items_json]
     assert seqs == list(range(1, 81))
+
+
+@pytest.mark.parametrize(
+    ("stored", "sent"),
+    [
+        ("0", "false"),
+        ("1", "true"),
+        ('{"a":true}', '{"a":1}'),
+        ("[1]", "[true]"),
+        ("1", "1.0"),
+        ('{"a":[0,{"b":1}]}', '{"a":[false,{"b":1.0}]}'),
+        ("0.0", "-0.0"),
+    ],
+)
+def test_equal_in_python_but_not_in_json_is_key_exists(
+    storage: SqliteStorage, stored: str, sent: str
+) -> None:
+    storage.push("notes", "c1", [Change(1, "add", "k", (), stored)])
+    out = storage.push("notes", "c2", [Change(1, "add", "k", (), sent)])
+    assert statuses(out) == [("rejected", None, "key_exists")]
+    # The stored value is untouched and keeps its type.
+    assert jsoncodec.loads(storage.get_record("notes", "k"))["value"] == jsoncodec.loads(stored)
+    assert jsoncodec.canonical(
+        jsoncodec.loads(storage.get_record("notes", "k"))["value"]
+    ) == jsoncodec.canonical(jsoncodec.loads(stored))
+
+
+def test_duplicate_needs_the_exact_index_items(storage: SqliteStorage) -> None:
+    storage.push("notes", "c1", [Change(1, "add", "k", ("a,b",), "1")])
+    out = storage.push(
+        "notes",
+        "c2",
+        [Change(1, "add", "k", ("a", "b"), "1"), Change(2, "add", "k", ("a,b",), "1")],
+    )
+    assert statuses(out) == [("rejected", None, "key_exists"), ("duplicate", 1, None)]

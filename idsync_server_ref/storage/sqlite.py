@@ -36,6 +36,7 @@ from .base import (
     StoreInfo,
     StoreNotFound,
 )
+from .equality import same_json
 from .sqlite_schema import ALL_MODELS, SCHEMA_VERSION, MetaRow
 
 _CHANGE_JSON = (
@@ -117,9 +118,9 @@ class _PushBatch:
                     code="key_deleted",
                     message=f"key {change.key!r} was deleted; keys are never reused",
                 )
-            if record.index_json == index_json and (
-                record.value_json == change.value_json
-                or jsoncodec.loads(record.value_json) == jsoncodec.loads(change.value_json)
+            # Type-exact JSON equality: a stored 0 is not false, 1 is not 1.0.
+            if same_json(record.index_json, index_json) and same_json(
+                record.value_json, change.value_json
             ):
                 return Outcome(change.n, "duplicate", seq=record.added_seq)
             return Outcome(
