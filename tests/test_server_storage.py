@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from idsync_client import jsoncodec
-from idsync_client.protocol import Change, Cursor
+from idsync_client.protocol import Change, Cursor, prefix_upper_bound
 from idsync_server_ref.storage import (
     CursorAhead,
     ResetRequired,
@@ -18,7 +18,6 @@ from idsync_server_ref.storage import (
     StoreExists,
     StoreNotFound,
 )
-from idsync_server_ref.storage.sqlite import _prefix_upper_bound
 
 
 @pytest.fixture
@@ -188,10 +187,50 @@ def test_find_exact_and_prefix_with_paging(storage: SqliteStorage) -> None:
 
 
 def test_prefix_upper_bound() -> None:
-    assert _prefix_upper_bound("tag:") == "tag;"
-    assert _prefix_upper_bound("a\U0010ffff") == "b"
-    assert _prefix_upper_bound("\ud7ff") == "\ue000"
-    assert _prefix_upper_bound("") is None
+    assert prefix_upper_bound("tag:") == "tag;"
+    assert prefix_upper_bound("a\U0010ffff") == "b"
+    assert prefix_upper_bound("\ud7ff") == "\ue000"
+    assert prefix_upper_bound("") is None
+
+
+MAX = "\U0010ffff"
+
+
+def _found(storage: SqliteStorage, item: str) -> set[str]:
+    found: set[str] = set()
+    after, more = 0, True
+    for _ in range(100):  # bounded: two pages per query at most here
+        page, after, more = storage.find("notes", item, True, after, 2)
+        found |= {jsoncodec.loads(r)["key"] for r in page}
+        if not more:
+            return found
+    raise AssertionError("find did not finish")
+
+
+def test_prefix_query_edges_of_the_code_space(storage: SqliteStorage) -> None:
+    items = {
+        "max1": "p" + MAX,  # continues with U+10FFFF: inside "p"
+        "max2": "p" + MAX + MAX + "z",
+        "plain": "pa",
+        "exact": "p",
+        "bound": "q",  # equal to the upper bound of "p": outside
+        "bound2": "q\x01",
+        "below": "o" + MAX,
+        "allmax": MAX + MAX,
+        "allmax1": MAX,
+        "d7ff": "\ud7ff",
+        "e000": "\ue000",  # the bound of U+D7FF (surrogates skipped): outside
+    }
+    storage.push(
+        "notes", "c1", [add(n, key, index=(item,)) for n, (key, item) in enumerate(items.items(), 1)]
+    )
+    assert _found(storage, "p") == {"max1", "max2", "plain", "exact"}
+    assert _found(storage, "p" + MAX) == {"max1", "max2"}
+    # A prefix that is all U+10FFFF has no upper bound.
+    assert _found(storage, MAX) == {"allmax", "allmax1"}
+    assert _found(storage, MAX + MAX) == {"allmax"}
+    assert _found(storage, "\ud7ff") == {"d7ff"}
+    assert _found(storage, "o") == {"below"}
 
 
 def test_push_is_one_transaction(storage: SqliteStorage, db_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from peewee import OperationalError, PeeweeException
 
 from idsync_client import jsoncodec
-from idsync_client.protocol import Change, Cursor, Outcome
+from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 from idsync_client.sqlitedb import open_database
 
 from .base import (
@@ -52,18 +52,6 @@ _STORE_COLUMNS = "name, epoch, head_seq, horizon_seq, live_records, log_length, 
 def _change_hash(change: Change) -> str:
     body = f"{change.op}\0{change.key}\0{','.join(change.index)}\0{change.value_json}"
     return hashlib.blake2b(body.encode("utf-8"), digest_size=16).hexdigest()
-
-
-def _prefix_upper_bound(prefix: str) -> str | None:
-    """The smallest string greater than every string that starts with ``prefix``."""
-    while prefix:
-        code = ord(prefix[-1]) + 1
-        if 0xD800 <= code <= 0xDFFF:
-            code = 0xE000
-        if code <= 0x10FFFF:
-            return prefix[:-1] + chr(code)
-        prefix = prefix[:-1]
-    return None
 
 
 def _record_json(key: str, index_json: str, value_json: str, seq: int) -> str:
@@ -449,7 +437,7 @@ class SqliteStorage(Storage):
         self, name: str, item: str, prefix: bool, after: int, limit: int
     ) -> tuple[list[str], int, bool]:
         if prefix:
-            upper = _prefix_upper_bound(item)
+            upper = prefix_upper_bound(item)
             where, params = "item >= ?", [item]
             if upper is not None:
                 where += " AND item < ?"
