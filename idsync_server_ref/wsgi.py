@@ -18,7 +18,6 @@ from idsync_client import jsoncodec
 from idsync_client.protocol import ERRORS, ErrorBody, Limits, ProtocolViolation
 
 from .storage import (
-    CursorAhead,
     ResetRequired,
     StorageBusy,
     StorageError,
@@ -74,8 +73,6 @@ def error_for(exc: BaseException) -> HttpError:
         return HttpError("store_exists", f"store {str(exc)!r} exists already")
     if isinstance(exc, ResetRequired):
         return HttpError("reset_required", str(exc))
-    if isinstance(exc, CursorAhead):
-        return HttpError("invalid_cursor", str(exc))
     if isinstance(exc, StorageBusy):
         return HttpError("storage_busy", "the database is busy; retry shortly")
     if isinstance(exc, StorageError):

@@ -11,7 +11,6 @@ import pytest
 from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Cursor, prefix_upper_bound
 from idsync_server_ref.storage import (
-    CursorAhead,
     ResetRequired,
     SqliteStorage,
     StorageFailure,
@@ -130,7 +129,7 @@ def test_pull_items_are_valid_json_with_the_stored_value(storage: SqliteStorage)
 def test_cursor_checks(storage: SqliteStorage) -> None:
     storage.push("notes", "c1", [add(1, "a")])
     epoch = storage.get_store("notes").epoch
-    with pytest.raises(CursorAhead):
+    with pytest.raises(ResetRequired, match="past the head"):
         storage.pull("notes", Cursor(epoch, 2), 10, 1000)
     with pytest.raises(ResetRequired):
         storage.pull("notes", Cursor("0" * 16, 1), 10, 1000)
@@ -222,7 +221,9 @@ def test_prefix_query_edges_of_the_code_space(storage: SqliteStorage) -> None:
         "e000": "\ue000",  # the bound of U+D7FF (surrogates skipped): outside
     }
     storage.push(
-        "notes", "c1", [add(n, key, index=(item,)) for n, (key, item) in enumerate(items.items(), 1)]
+        "notes",
+        "c1",
+        [add(n, key, index=(item,)) for n, (key, item) in enumerate(items.items(), 1)],
     )
     assert _found(storage, "p") == {"max1", "max2", "plain", "exact"}
     assert _found(storage, "p" + MAX) == {"max1", "max2"}
@@ -321,3 +322,51 @@ def test_duplicate_needs_the_exact_index_items(storage: SqliteStorage) -> None:
         [Change(1, "add", "k", ("a", "b"), "1"), Change(2, "add", "k", ("a,b",), "1")],
     )
     assert statuses(out) == [("rejected", None, "key_exists"), ("duplicate", 1, None)]
+
+
+def test_change_number_reused_with_comma_joined_index_is_a_conflict(
+    storage: SqliteStorage,
+) -> None:
+    storage.push("notes", "c1", [Change(1, "add", "k", ("a,b",), "1")])
+    out = storage.push("notes", "c1", [Change(1, "add", "k", ("a", "b"), "1")])
+    assert statuses(out) == [("rejected", None, "change_number_conflict")]
+    storage.push("notes", "c1", [Change(2, "add", "j", ("x", "y"), "1")])
+    out = storage.push("notes", "c1", [Change(2, "add", "j", ("x,y",), "1")])
+    assert statuses(out) == [("rejected", None, "change_number_conflict")]
+
+
+def test_replay_hash_is_type_exact_and_ignores_member_order(storage: SqliteStorage) -> None:
+    storage.push("notes", "c1", [Change(1, "add", "k", (), '{"a":0,"b":[1]}')])
+    out = storage.push(
+        "notes",
+        "c1",
+        [
+            Change(1, "add", "k", (), '{"b":[1],"a":0}'),
+            Change(1, "add", "k", (), '{"a":false,"b":[1]}'),
+        ],
+    )
+    assert statuses(out) == [("applied", 1, None), ("rejected", None, "change_number_conflict")]
+
+
+def test_cursors_name_their_log_entry(storage: SqliteStorage) -> None:
+    storage.push("notes", "c1", [add(1, "a"), add(2, "b")])
+    page = storage.pull("notes", None, 1, 10**6)
+    info = storage.get_store("notes")
+    snap = storage.snapshot("notes", None, 0, 10, 10**6)
+    for cursor in (page.cursor, info.head_cursor, snap.at):
+        assert cursor.tag and Cursor.decode(cursor.encode()) == cursor
+    assert info.head_cursor == snap.at and page.cursor.seq == 1
+    assert page.cursor.tag != info.head_cursor.tag
+    # The issued cursors are accepted; the same seq with another tag, or none, is not.
+    assert len(storage.pull("notes", page.cursor, 10, 10**6).items_json) == 1
+    assert storage.pull("notes", info.head_cursor, 10, 10**6).cursor == info.head_cursor
+    epoch = info.epoch
+    other = "0" if page.cursor.tag != "0" else "1"
+    for bad in (Cursor(epoch, 1, other), Cursor(epoch, 1), Cursor(epoch, 0, page.cursor.tag)):
+        with pytest.raises(ResetRequired):
+            storage.pull("notes", bad, 10, 10**6)
+        with pytest.raises(ResetRequired):
+            storage.snapshot("notes", bad, 0, 10, 10**6)
+    assert storage.pull("notes", Cursor(epoch, 0), 10, 10**6).cursor == info.head_cursor
+    # An empty store: the head cursor is seq 0, without a tag.
+    assert storage.create_store("empty").head_cursor == Cursor(storage.get_store("empty").epoch, 0)

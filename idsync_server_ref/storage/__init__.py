@@ -1,9 +1,9 @@
 """Storage backends of the reference server, behind one contract (:class:`Storage`)."""
 
 from .base import (
-    CursorAhead,
     Page,
     ResetRequired,
+    SchemaTooNew,
     SnapshotPage,
     Storage,
     StorageBusy,
@@ -16,9 +16,9 @@ from .base import (
 from .sqlite import SqliteStorage
 
 __all__ = [
-    "CursorAhead",
     "Page",
     "ResetRequired",
+    "SchemaTooNew",
     "SnapshotPage",
     "SqliteStorage",
     "Storage",

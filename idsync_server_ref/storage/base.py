@@ -3,8 +3,11 @@
 A backend keeps, per store, an append-only change log with strictly
 increasing sequence numbers, the current state beside it (live records, their
 index items, deleted keys), and what it applied per client for idempotent
-uploads. Driver errors never leave a backend: they are wrapped once, here, as
-:class:`StorageBusy` or :class:`StorageFailure`.
+uploads. Every log entry carries a random tag drawn when it is logged, and
+every cursor a backend issues names the tag of the entry at its sequence, so
+a cursor is only ever accepted on the history it was issued on. Driver
+errors never leave a backend: they are wrapped once, as :class:`StorageBusy`
+or :class:`StorageFailure`.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ class StoreExists(StorageError):
 
 
 class ResetRequired(StorageError):
-    """The cursor is from another epoch or behind the compaction horizon."""
+    """The cursor is not a point of the history the store holds now.
 
-
-class CursorAhead(StorageError):
-    """The cursor names a sequence the store has not reached: not one we issued."""
+    It is from another epoch, behind the compaction horizon, past the head,
+    or names another log entry than the one at its sequence (as after a
+    restore from an older copy), or it names none (a cursor from before
+    entry tags). The client reloads a snapshot.
+    """
 
 
 class StorageBusy(StorageError):
@@ -48,6 +53,10 @@ class StorageFailure(StorageError):
         self.original = original
 
 
+class SchemaTooNew(StorageFailure):
+    """The database has a schema version newer than this code; it was left unchanged."""
+
+
 @dataclass(frozen=True)
 class StoreInfo:
     """A store's identity and figures at one instant."""
@@ -59,11 +68,12 @@ class StoreInfo:
     live_records: int
     log_length: int
     created_at: float
+    head_tag: str = ""
 
     @property
     def head_cursor(self) -> Cursor:
-        """The cursor after the newest change."""
-        return Cursor(self.epoch, self.head_seq)
+        """The cursor after the newest change (naming that change's log entry)."""
+        return Cursor(self.epoch, self.head_seq, self.head_tag)
 
     def to_wire(self) -> dict[str, object]:
         """The JSON-ready form served by the stores endpoints."""
@@ -83,8 +93,8 @@ class StoreInfo:
 class Page:
     """A page of JSON objects, already encoded, ready to splice into a response.
 
-    ``cursor`` is where the next page starts; ``more`` says whether one is
-    ready now.
+    ``cursor`` is where the next page starts (it names the log entry of the
+    page's last change); ``more`` says whether one is ready now.
     """
 
     items_json: list[str]
@@ -150,9 +160,12 @@ class Storage(abc.ABC):
         """Changes after ``after`` (from the start when None), oldest first.
 
         At most ``limit`` changes and, past the first, about ``max_bytes`` of
-        JSON. Raises ResetRequired when ``after`` is from another epoch or
-        behind the horizon, CursorAhead when it is past the head. No change
-        is ever skipped: a reader that saw seq N later sees every seq > N.
+        JSON. Raises ResetRequired when ``after`` is not a cursor this store
+        issued on the history it holds now: from another epoch, behind the
+        horizon, past the head, without a tag past seq 0, or with a tag that
+        is not the one of the entry at its seq. No change is ever skipped: a
+        reader that saw seq N later sees every seq > N. The check costs one
+        indexed lookup (the entry at the cursor's seq).
         """
 
     @abc.abstractmethod
@@ -162,7 +175,8 @@ class Storage(abc.ABC):
         """Live records as of ``at`` (now when None), with sequence > ``after``.
 
         Pages of one snapshot are consistent with each other while writes go
-        on. ResetRequired if ``at`` is from another epoch or behind the horizon.
+        on. ResetRequired if ``at`` is not a cursor of the history the store
+        holds now (the same checks as :meth:`pull`).
         """
 
     @abc.abstractmethod

@@ -2,13 +2,13 @@
 
 SQLite allows one writer at a time, so sequence numbers are handed out inside
 a write transaction (``BEGIN IMMEDIATE``) and a reader can never see seq N+1
-before seq N: the change log has no gaps to skip.
+before seq N: the change log has no gaps to skip. Opening a file migrates it
+to the current schema (:mod:`.sqlite_migrations`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import secrets
 import sqlite3
 import threading
@@ -24,8 +24,8 @@ from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 from idsync_client.sqlitedb import open_database
 
+from . import sqlite_migrations
 from .base import (
-    CursorAhead,
     Page,
     ResetRequired,
     SnapshotPage,
@@ -36,8 +36,8 @@ from .base import (
     StoreInfo,
     StoreNotFound,
 )
-from .equality import same_json
-from .sqlite_schema import ALL_MODELS, SCHEMA_VERSION, MetaRow
+from .equality import change_hash, same_body, same_json
+from .migrations import migrate
 
 _CHANGE_JSON = (
     'CASE op WHEN \'add\' THEN \'{"seq":\' || seq || \',"op":"add","key":\' || json_quote(key)'
@@ -46,12 +46,29 @@ _CHANGE_JSON = (
 )
 # A record's content lives once, in the log entry that added it.
 _CONTENT = "JOIN changes c ON c.store_id = r.store_id AND c.seq = r.added_seq"
-_STORE_COLUMNS = "name, epoch, head_seq, horizon_seq, live_records, log_length, created_at"
+# A store's figures and the tag of the entry at its head.
+_STORE_INFO = (
+    "SELECT s.name, s.epoch, s.head_seq, s.horizon_seq, s.live_records, s.log_length,"
+    " s.created_at, h.tag FROM stores s"
+    " LEFT JOIN changes h ON h.store_id = s.id AND h.seq = s.head_seq"
+)
+# SQLite's bound on host parameters is 999 in old builds: look keys up in chunks.
+_CHUNK = 500
 
 
-def _change_hash(change: Change) -> str:
-    body = f"{change.op}\0{change.key}\0{','.join(change.index)}\0{change.value_json}"
-    return hashlib.blake2b(body.encode("utf-8"), digest_size=16).hexdigest()
+def _new_tag() -> int:
+    """A log entry's tag: random, so a restored older history draws others."""
+    return secrets.randbits(63)
+
+
+def _tag_text(tag: int | None) -> str:
+    """A tag as cursors carry it (lowercase hex); "" for no entry (seq 0)."""
+    return "" if tag is None else format(tag, "x")
+
+
+def _store_info(row: Sequence[Any]) -> StoreInfo:
+    name, epoch, head, horizon, live, length, created_at, tag = row
+    return StoreInfo(name, epoch, head, horizon, live, length, created_at, _tag_text(tag))
 
 
 def _record_json(key: str, index_json: str, value_json: str, seq: int) -> str:
@@ -85,10 +102,11 @@ class _PushBatch:
         self.client_rows: list[tuple[Any, ...]] = []
         self.live_delta = 0
 
-    def apply(self, change: Change, body_hash: str) -> Outcome:
+    def apply(self, change: Change) -> Outcome:
+        body_hash = change_hash(change)
         prior = self.prior.get(change.n)
         if prior is not None:
-            return _replayed(change.n, body_hash, prior)
+            return _replayed(change, body_hash, prior)
         record = self.known.get(change.key)
         outcome = self._add(change, record) if change.op == "add" else self._delete(change, record)
         row = (change.n, body_hash, outcome.status, outcome.seq, outcome.code, outcome.message)
@@ -128,7 +146,7 @@ class _PushBatch:
             index=change.index,
         )
         self.next_record_id += 1
-        self.log.append((self.head, "add", change.key, index_json, change.value_json))
+        self.log.append((self.head, "add", change.key, index_json, change.value_json, _new_tag()))
         self.live_delta += 1
         return Outcome(change.n, "applied", seq=self.head)
 
@@ -145,15 +163,16 @@ class _PushBatch:
         self.head += 1
         record.deleted_seq = self.head
         record.deleted_now = True
-        self.log.append((self.head, "delete", change.key, None, None))
+        self.log.append((self.head, "delete", change.key, None, None, _new_tag()))
         self.live_delta -= 1
         return Outcome(change.n, "applied", seq=self.head)
 
 
-def _replayed(n: int, body_hash: str, prior: tuple[Any, ...]) -> Outcome:
+def _replayed(change: Change, body_hash: str, prior: tuple[Any, ...]) -> Outcome:
     """The first outcome of a change number seen before (or a conflict if the body differs)."""
     stored_hash, status, seq, code, message = prior
-    if stored_hash != body_hash:
+    n = change.n
+    if not same_body(stored_hash, change, body_hash):
         return Outcome(
             n,
             "rejected",
@@ -174,8 +193,10 @@ class SqliteStorage(Storage):
         self.path = Path(path)
         self.db = open_database(self.path, "FULL", busy_timeout_ms)
         self._write_lock = threading.Lock()
-        with self._guard():
-            self._check_schema()
+        with self._guard(), self.db.connection_context():
+            # Looked up at open time: tests replace the steps to crash one.
+            steps = sqlite_migrations.STEPS
+            migrate(sqlite_migrations.SqliteSchemaTarget(self.db), steps, str(self.path))
 
     # -- plumbing -----------------------------------------------------------
 
@@ -216,22 +237,6 @@ class SqliteStorage(Storage):
         cursor: sqlite3.Cursor = self.db.execute_sql(sql, params)
         return cursor
 
-    def _check_schema(self) -> None:
-        with (
-            self.db.connection_context(),
-            self.db.atomic("IMMEDIATE"),
-            self.db.bind_ctx(ALL_MODELS),
-        ):
-            self.db.create_tables(ALL_MODELS, safe=True)
-            row = MetaRow.get_or_none(MetaRow.key == "schema_version")
-            if row is None:
-                MetaRow.create(key="schema_version", value=str(SCHEMA_VERSION))
-            elif row.value != str(SCHEMA_VERSION):
-                raise StorageFailure(
-                    f"{self.path} has schema version {row.value}; "
-                    f"this server knows version {SCHEMA_VERSION}"
-                )
-
     def _store_row(self, name: str) -> tuple[int, str, int, int]:
         row = self._sql(
             "SELECT id, epoch, head_seq, horizon_seq FROM stores WHERE name = ?", (name,)
@@ -241,22 +246,46 @@ class SqliteStorage(Storage):
         store_id, epoch, head, horizon = row
         return store_id, epoch, head, horizon
 
-    def _info(self, name: str) -> StoreInfo:
-        row = self._sql(f"SELECT {_STORE_COLUMNS} FROM stores WHERE name = ?", (name,)).fetchone()
+    def _store_at(self, name: str, seq: int | None) -> tuple[int, str, int, int, str]:
+        """The store's id, epoch, head and horizon, and the tag of its entry at ``seq``.
+
+        ``seq`` None means the head. One statement: the entry is found by its
+        primary key, so checking a cursor costs one indexed lookup.
+        """
+        row = self._sql(
+            "SELECT s.id, s.epoch, s.head_seq, s.horizon_seq, c.tag FROM stores s"
+            " LEFT JOIN changes c ON c.store_id = s.id AND c.seq = coalesce(?, s.head_seq)"
+            " WHERE s.name = ?",
+            (seq, name),
+        ).fetchone()
         if row is None:
             raise StoreNotFound(name)
-        return StoreInfo(*row)
+        store_id, epoch, head, horizon, tag = row
+        return store_id, epoch, head, horizon, _tag_text(tag)
+
+    def _info(self, name: str) -> StoreInfo:
+        row = self._sql(f"{_STORE_INFO} WHERE s.name = ?", (name,)).fetchone()
+        if row is None:
+            raise StoreNotFound(name)
+        return _store_info(row)
 
     @staticmethod
-    def _check_cursor(cursor: Cursor, epoch: str, head: int, horizon: int) -> None:
-        if cursor.epoch != epoch or cursor.seq < horizon:
-            raise ResetRequired(
-                "the cursor is from another epoch"
-                if cursor.epoch != epoch
-                else "the cursor is behind the compaction horizon"
-            )
+    def _check_cursor(cursor: Cursor, epoch: str, head: int, horizon: int, tag: str) -> None:
+        """Accept only a cursor issued on this history; ``tag`` is the entry's at its seq."""
+        if cursor.epoch != epoch:
+            raise ResetRequired("the cursor is from another epoch")
+        if cursor.seq < horizon:
+            raise ResetRequired("the cursor is behind the compaction horizon")
         if cursor.seq > head:
-            raise CursorAhead(f"cursor seq {cursor.seq} is past the head {head}")
+            # Only a server that lost history (restored from an older copy)
+            # can have issued it.
+            raise ResetRequired(f"cursor seq {cursor.seq} is past the head {head}")
+        if cursor.seq > 0 and not cursor.tag:
+            raise ResetRequired("the cursor names no log entry (issued by an older server)")
+        if cursor.tag != tag:
+            raise ResetRequired(
+                f"the cursor names another log entry than the one at seq {cursor.seq}"
+            )
 
     # -- stores -------------------------------------------------------------
 
@@ -274,8 +303,8 @@ class SqliteStorage(Storage):
 
     def list_stores(self) -> list[StoreInfo]:
         with self._read():
-            rows = self._sql(f"SELECT {_STORE_COLUMNS} FROM stores ORDER BY name").fetchall()
-        return [StoreInfo(*row) for row in rows]
+            rows = self._sql(f"{_STORE_INFO} ORDER BY s.name").fetchall()
+        return [_store_info(row) for row in rows]
 
     def get_store(self, name: str) -> StoreInfo:
         with self._read():
@@ -296,7 +325,7 @@ class SqliteStorage(Storage):
             batch = _PushBatch(store_id, head, self._next_record_id())
             batch.prior = self._prior_outcomes(store_id, client_id, [c.n for c in changes])
             batch.known = self._known_records(store_id, [c.key for c in changes])
-            outcomes = [batch.apply(change, _change_hash(change)) for change in changes]
+            outcomes = [batch.apply(change) for change in changes]
             self._write_batch(store_id, client_id, batch)
             return outcomes
 
@@ -306,9 +335,10 @@ class SqliteStorage(Storage):
         return int(self._sql("SELECT coalesce(max(id), 0) + 1 FROM records").fetchone()[0])
 
     def _chunked(self, sql: str, fixed: tuple[Any, ...], values: list[Any]) -> list[Any]:
+        """Run ``sql`` once per chunk of ``values`` (spliced at ``{marks}``); all rows."""
         rows: list[Any] = []
-        for start in range(0, len(values), 500):
-            chunk = values[start : start + 500]
+        for start in range(0, len(values), _CHUNK):
+            chunk = values[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             rows += self._sql(sql.format(marks=marks), (*fixed, *chunk)).fetchall()
         return rows
@@ -336,8 +366,8 @@ class SqliteStorage(Storage):
     def _write_batch(self, store_id: int, client_id: str, batch: _PushBatch) -> None:
         conn = self.db.connection()
         conn.executemany(
-            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(store_id, *row) for row in batch.log],
         )
         new = [(key, rec) for key, rec in batch.known.items() if rec.new]
@@ -375,34 +405,34 @@ class SqliteStorage(Storage):
 
     def pull(self, name: str, after: Cursor | None, limit: int, max_bytes: int) -> Page:
         with self._read():
-            store_id, epoch, head, horizon = self._store_row(name)
+            store_id, epoch, head, horizon, tag = self._store_at(name, after.seq if after else 0)
             after = after or Cursor(epoch, 0)
-            self._check_cursor(after, epoch, head, horizon)
+            self._check_cursor(after, epoch, head, horizon, tag)
             # SQLite writes each change's JSON itself: the stored JSON text is
             # spliced, never decoded and re-encoded.
             rows = self._sql(
-                f"SELECT seq, {_CHANGE_JSON} FROM changes"
+                f"SELECT seq, tag, {_CHANGE_JSON} FROM changes"
                 " WHERE store_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (store_id, after.seq, limit),
             ).fetchall()
         items: list[str] = []
         size = 0
-        last = after.seq
-        for seq, item in rows:
+        cursor = after
+        for seq, entry_tag, item in rows:
             size += len(item)
             if items and size > max_bytes:
                 break
             items.append(item)
-            last = seq
-        return Page(items, Cursor(epoch, last), more=last < head)
+            cursor = Cursor(epoch, seq, _tag_text(entry_tag))
+        return Page(items, cursor, more=cursor.seq < head)
 
     def snapshot(
         self, name: str, at: Cursor | None, after: int, limit: int, max_bytes: int
     ) -> SnapshotPage:
         with self._read():
-            store_id, epoch, head, horizon = self._store_row(name)
-            at = at or Cursor(epoch, head)
-            self._check_cursor(at, epoch, head, horizon)
+            store_id, epoch, head, horizon, tag = self._store_at(name, at.seq if at else None)
+            at = at or Cursor(epoch, head, tag)
+            self._check_cursor(at, epoch, head, horizon, tag)
             rows = self._sql(
                 f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
                 " WHERE r.store_id = ? AND r.added_seq > ? AND r.added_seq <= ?"

@@ -15,8 +15,9 @@ from peewee import (
     TextField,
 )
 
-#: Bump when the tables change; the server refuses a file of another version.
-SCHEMA_VERSION = 1
+#: The version these models describe. Each change of the tables comes with a
+#: numbered step in :mod:`.sqlite_migrations` that leads an older file here.
+SCHEMA_VERSION = 2
 
 
 class BaseModel(Model):
@@ -50,7 +51,12 @@ class StoreRow(BaseModel):
 
 
 class ChangeRow(BaseModel):
-    """One entry of a store's append-only change log."""
+    """One entry of a store's append-only change log.
+
+    ``tag`` is drawn at random when the entry is logged (0 to 2**63-1, sent
+    in hex): cursors name it, so a cursor is only accepted on the history
+    that issued it.
+    """
 
     store_id = IntegerField()
     seq = IntegerField()
@@ -58,6 +64,7 @@ class ChangeRow(BaseModel):
     key = TextField()
     index_json = TextField(null=True)
     value_json = TextField(null=True)
+    tag = IntegerField()
 
     class Meta:
         table_name = "changes"
@@ -100,7 +107,12 @@ class IndexItemRow(BaseModel):
 
 
 class ClientChangeRow(BaseModel):
-    """What a client's numbered change did, so a retried upload is answered the same."""
+    """What a client's numbered change did, so a retried upload is answered the same.
+
+    ``body_hash`` is :func:`.equality.change_hash` of the change, or a
+    schema-1 hash marked ``v1:`` for rows whose body could not be recovered
+    when the file was migrated.
+    """
 
     store_id = IntegerField()
     client_id = TextField()

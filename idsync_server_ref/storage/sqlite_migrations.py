@@ -1,0 +1,131 @@
+"""The SQLite server database's numbered migrations and how the runner reaches the file.
+
+Version 1 is release 0.1.0's schema. Each step below turns version N-1 into
+N inside one ``BEGIN IMMEDIATE`` transaction (SQLite's DDL is transactional),
+committed together with the version bump by :func:`.migrations.migrate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from peewee import SqliteDatabase
+
+from idsync_client import jsoncodec
+from idsync_client.protocol import Change
+
+from .base import StorageFailure
+from .equality import LEGACY_PREFIX, change_hash, legacy_change_hash
+from .migrations import Migration
+from .sqlite_schema import ALL_MODELS
+
+
+class SqliteSchemaTarget:
+    """The server's SQLite file as the migration runner sees it."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[SqliteDatabase]:
+        """A ``BEGIN IMMEDIATE`` transaction: other processes wait, then see the result."""
+        with self.db.atomic("IMMEDIATE"):
+            yield self.db
+
+    def read_version(self, handle: SqliteDatabase) -> int | None:
+        """The ``meta`` table's schema version; None when the file has no tables yet."""
+        tables = {row[0] for row in handle.execute_sql("SELECT name FROM sqlite_master")}
+        if "meta" not in tables:
+            if any(not name.startswith("sqlite_") for name in tables):
+                raise StorageFailure(
+                    f"{handle.database} holds tables but no schema version:"
+                    " not an idsync server database"
+                )
+            return None
+        row = handle.execute_sql("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None or not str(row[0]).isdigit():
+            raise StorageFailure(f"{handle.database} has no readable schema version")
+        return int(row[0])
+
+    def create_latest(self, handle: SqliteDatabase) -> None:
+        """Create the tables the models describe."""
+        with handle.bind_ctx(ALL_MODELS):
+            handle.create_tables(ALL_MODELS)
+
+    def write_version(self, handle: SqliteDatabase, version: int) -> None:
+        """Store ``version`` in ``meta``."""
+        handle.execute_sql(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(version),),
+        )
+
+
+def _tag_log_entries(db: SqliteDatabase) -> None:
+    """Add ``changes.tag`` and draw one for every existing entry.
+
+    Cursors issued before this step carry no tag; the server answers them
+    ``reset_required`` past seq 0, once per client.
+    """
+    db.execute_sql("ALTER TABLE changes ADD COLUMN tag INTEGER NOT NULL DEFAULT 0")
+    # SQLite's random() is seeded from the operating system; the tag needs
+    # only to differ from those a restored copy will draw later.
+    db.execute_sql("UPDATE changes SET tag = random() & 0x7fffffffffffffff")
+
+
+def _recovered_body(op: str, key: str, index_json: str | None, value_json: str | None) -> Change:
+    if op == "delete":
+        return Change(0, "delete", key)
+    assert index_json is not None and value_json is not None
+    return Change(0, "add", key, tuple(jsoncodec.loads(index_json)), value_json)
+
+
+def _rehash_client_changes(db: SqliteDatabase) -> None:
+    """Re-hash the idempotency rows with the unambiguous encoding.
+
+    Schema 1 hashed index items joined by a comma (``["a","b"]`` and
+    ``["a,b"]`` alike). Where the body is in the log, the row is hashed again:
+
+    - ``applied``: the entry at the row's seq is the change itself;
+    - ``duplicate``: the entry at its seq is the add or delete it repeated.
+      A delete's body is its key; an add's is taken only when its schema-1
+      hash matches the stored one (a duplicate add may have differed in
+      object member order, which schema 1 hashed differently).
+
+    The other rows (``rejected`` outcomes, whose body was never stored, and
+    duplicate adds whose text differed) keep their schema-1 hash, marked
+    ``v1:``: a replay of such a change number is compared with the schema-1
+    encoding of the incoming change, so it is answered exactly as before. The
+    comma ambiguity therefore remains for those rows only: a change number
+    first rejected before the upgrade, re-used for another change whose
+    index items join to the same text, gets the old rejection again.
+    """
+    rows = db.execute_sql(
+        "SELECT cc.store_id, cc.client_id, cc.n, cc.body_hash, cc.status,"
+        " c.op, c.key, c.index_json, c.value_json"
+        " FROM client_changes cc LEFT JOIN changes c"
+        " ON c.store_id = cc.store_id AND c.seq = cc.seq AND cc.status != 'rejected'"
+    ).fetchall()
+    updates: list[tuple[str, int, str, int]] = []
+    for store_id, client_id, n, old_hash, _status, op, key, index_json, value_json in rows:
+        new_hash = LEGACY_PREFIX + old_hash
+        if op is not None:  # the log entry at the row's seq (never for a rejection)
+            body = _recovered_body(op, key, index_json, value_json)
+            if legacy_change_hash(body) == old_hash:
+                new_hash = change_hash(body)
+        updates.append((new_hash, store_id, client_id, n))
+    db.connection().executemany(
+        "UPDATE client_changes SET body_hash = ? WHERE store_id = ? AND client_id = ? AND n = ?",
+        updates,
+    )
+
+
+def _step2(db: SqliteDatabase) -> None:
+    _tag_log_entries(db)
+    _rehash_client_changes(db)
+
+
+#: The steps, in order; step N leads from version N-1 to N.
+STEPS: list[Migration[SqliteDatabase]] = [
+    Migration(2, "tag every log entry; re-hash idempotency rows unambiguously", _step2),
+]

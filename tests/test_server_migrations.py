@@ -1,0 +1,254 @@
+"""The server database migrates: a file made by release 0.1.0 (schema 1) opens with this code."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from idsync_client import jsoncodec
+from idsync_client.protocol import Change, Cursor
+from idsync_server_ref.storage import (
+    ResetRequired,
+    SchemaTooNew,
+    SqliteStorage,
+    StorageFailure,
+    sqlite_migrations,
+)
+from idsync_server_ref.storage.equality import legacy_change_hash
+from idsync_server_ref.storage.migrations import Migration, latest_version
+from idsync_server_ref.storage.sqlite_migrations import STEPS
+from idsync_server_ref.storage.sqlite_schema import SCHEMA_VERSION
+
+FIXTURE = Path(__file__).parent / "fixtures" / "v1" / "server.sqlite"
+CLIENT = "7b8079b7fca3477b913c1f47a2ba69a6"  # the client id stored in the fixture
+
+
+@pytest.fixture
+def v1_file(tmp_path: Path) -> Path:
+    path = tmp_path / "server.sqlite"
+    shutil.copy(FIXTURE, path)
+    return path
+
+
+def _query(path: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def _version(path: Path) -> str:
+    return _query(path, "SELECT value FROM meta WHERE key = 'schema_version'")[0][0]
+
+
+def _columns(path: Path, table: str) -> list[str]:
+    return [row[1] for row in _query(path, f"PRAGMA table_info({table})")]
+
+
+def _stored_changes(path: Path) -> list[Change]:
+    """The fixture client's changes, rebuilt from the log (n = seq: all were applied)."""
+    changes = []
+    for seq, op, key, index_json, value_json in _query(
+        path, "SELECT seq, op, key, index_json, value_json FROM changes ORDER BY seq"
+    ):
+        if op == "add":
+            changes.append(Change(seq, "add", key, tuple(jsoncodec.loads(index_json)), value_json))
+        else:
+            changes.append(Change(seq, "delete", key))
+    return changes
+
+
+def test_the_code_knows_the_version_its_models_describe() -> None:
+    assert latest_version(STEPS) == SCHEMA_VERSION == 2
+
+
+def test_a_v1_file_is_migrated_with_its_data_intact(v1_file: Path) -> None:
+    before = _query(v1_file, "SELECT store_id, seq, op, key, index_json, value_json FROM changes")
+    assert _version(v1_file) == "1" and "tag" not in _columns(v1_file, "changes")
+    storage = SqliteStorage(v1_file)
+    try:
+        info = storage.get_store("notes")
+        assert (info.head_seq, info.live_records, info.log_length) == (7, 3, 7)
+        assert jsoncodec.loads(storage.get_record("notes", "zero"))["value"] == 0
+        assert storage.get_record("notes", "synced-2") is None
+        found = storage.find("notes", "a,b", False, 0, 10)[0]
+        assert [jsoncodec.loads(r)["key"] for r in found] == ["synced-1"]
+        page = storage.pull("notes", None, 100, 10**6)
+        assert [jsoncodec.loads(i)["seq"] for i in page.items_json] == list(range(1, 8))
+    finally:
+        storage.close()
+    assert _version(v1_file) == "2"
+    after = _query(
+        v1_file, "SELECT store_id, seq, op, key, index_json, value_json, tag FROM changes"
+    )
+    assert [row[:6] for row in after] == before
+    tags = [row[6] for row in after]
+    assert len(set(tags)) == len(tags) and all(0 <= t < 2**63 for t in tags)
+    assert _query(v1_file, "PRAGMA integrity_check") == [("ok",)]
+    # Every row's body was in the log: none keeps a schema-1 hash.
+    hashes = [h for (h,) in _query(v1_file, "SELECT body_hash FROM client_changes")]
+    assert len(hashes) == 7 and not any(h.startswith("v1:") for h in hashes)
+
+
+def test_the_stored_clients_replays_answer_as_before(v1_file: Path) -> None:
+    stored = {
+        n: (status, seq)
+        for n, status, seq in _query(v1_file, "SELECT n, status, seq FROM client_changes")
+    }
+    changes = _stored_changes(v1_file)
+    storage = SqliteStorage(v1_file)
+    try:
+        replayed = storage.push("notes", CLIENT, changes)
+        assert {o.n: (o.status, o.seq) for o in replayed} == stored
+        # Same change numbers, other bodies: conflicts, including the bodies
+        # whose index items joined with a comma hashed alike in schema 1.
+        n1, n3 = changes[0], changes[2]
+        assert n3.index == ("a", "b") and n1.index == ("a,b", "tag:work")
+        others = [
+            Change(1, "add", n1.key, ("a", "b", "tag:work"), n1.value_json),
+            Change(3, "add", n3.key, ("a,b",), n3.value_json),
+            Change(3, "add", n3.key, n3.index, "false"),
+            Change(5, "add", "synced-2", (), "null"),
+        ]
+        assert [legacy_change_hash(c) for c in others[:2]] == [
+            legacy_change_hash(n1),
+            legacy_change_hash(n3),
+        ]
+        outcomes = storage.push("notes", CLIENT, others)
+        assert [(o.status, o.code) for o in outcomes] == [
+            ("rejected", "change_number_conflict")
+        ] * 4
+        assert storage.get_store("notes").head_seq == 7
+        # Another client re-adding "zero" (stored as 0) with false: key_exists.
+        out = storage.push("notes", "other", [Change(1, "add", "zero", ("a", "b"), "false")])
+        assert (out[0].status, out[0].code) == ("rejected", "key_exists")
+    finally:
+        storage.close()
+
+
+def test_rows_whose_body_is_lost_keep_their_schema_1_answers(v1_file: Path) -> None:
+    # What 0.1.0 wrote for a rejected delete, and for a duplicate add whose
+    # value differed from the logged one in member order: no body to re-hash.
+    rejected = Change(8, "delete", "never")
+    reordered = Change(9, "add", "synced-1", ("a,b", "tag:work"), '{"n":1,"title":"synced"}')
+    conn = sqlite3.connect(v1_file)
+    with conn:
+        conn.executemany(
+            "INSERT INTO client_changes VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (CLIENT, 8, legacy_change_hash(rejected), "rejected", None, "key_not_found", "m"),
+                (CLIENT, 9, legacy_change_hash(reordered), "duplicate", 1, None, None),
+            ],
+        )
+    conn.close()
+    storage = SqliteStorage(v1_file)
+    try:
+        hashes = dict(_query(v1_file, "SELECT n, body_hash FROM client_changes WHERE n >= 8"))
+        assert all(h.startswith("v1:") for h in hashes.values())
+        again = storage.push("notes", CLIENT, [rejected, reordered])
+        assert [(o.status, o.seq, o.code, o.message) for o in again] == [
+            ("rejected", None, "key_not_found", "m"),
+            ("duplicate", 1, None, None),
+        ]
+        other = storage.push("notes", CLIENT, [Change(8, "delete", "zero")])
+        assert (other[0].status, other[0].code) == ("rejected", "change_number_conflict")
+    finally:
+        storage.close()
+
+
+def test_cursors_from_before_the_migration_ask_for_a_reset(v1_file: Path) -> None:
+    epoch = _query(v1_file, "SELECT epoch FROM stores")[0][0]
+    storage = SqliteStorage(v1_file)
+    try:
+        with pytest.raises(ResetRequired, match="names no log entry"):
+            storage.pull("notes", Cursor(epoch, 7), 10, 10**6)
+        with pytest.raises(ResetRequired):
+            storage.snapshot("notes", Cursor(epoch, 3), 0, 10, 10**6)
+        assert len(storage.pull("notes", Cursor(epoch, 0), 10, 10**6).items_json) == 7
+        snap = storage.snapshot("notes", None, 0, 10, 10**6)
+        assert snap.at.tag and storage.pull("notes", snap.at, 10, 10**6).items_json == []
+    finally:
+        storage.close()
+
+
+def test_a_crash_inside_a_step_leaves_the_old_version(
+    v1_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = STEPS[0]
+
+    def crash_after_the_work(db) -> None:
+        real.apply(db)  # all of the step's changes are made, then the power goes
+        raise RuntimeError("power cut")
+
+    hashes = _query(v1_file, "SELECT n, body_hash FROM client_changes")
+    crashing = [Migration(2, real.description, crash_after_the_work)]
+    monkeypatch.setattr(sqlite_migrations, "STEPS", crashing)
+    with pytest.raises(RuntimeError, match="power cut"):
+        SqliteStorage(v1_file)
+    assert _version(v1_file) == "1"
+    assert "tag" not in _columns(v1_file, "changes")
+    assert _query(v1_file, "SELECT n, body_hash FROM client_changes") == hashes
+    assert _query(v1_file, "PRAGMA integrity_check") == [("ok",)]
+    monkeypatch.undo()
+    SqliteStorage(v1_file).close()
+    assert _version(v1_file) == "2" and "tag" in _columns(v1_file, "changes")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_file_newer_than_the_code_is_refused_and_left_unchanged(v1_file: Path) -> None:
+    conn = sqlite3.connect(v1_file)
+    with conn:
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    before = _digest(v1_file)
+    with pytest.raises(SchemaTooNew, match="schema version 3, newer than this server's 2"):
+        SqliteStorage(v1_file)
+    assert _digest(v1_file) == before
+    assert _version(v1_file) == "3" and "tag" not in _columns(v1_file, "changes")
+
+
+def test_a_file_of_another_program_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (x)")
+    conn.close()
+    with pytest.raises(StorageFailure, match="not an idsync server database"):
+        SqliteStorage(path)
+    assert _query(path, "SELECT name FROM sqlite_master") == [("notes",)]
+
+
+def _schema(path: Path) -> dict[str, object]:
+    tables = [t for (t,) in _query(path, "SELECT name FROM sqlite_master WHERE type='table'")]
+    return {
+        table: (
+            sorted((c[1], c[2], c[3], c[5]) for c in _query(path, f"PRAGMA table_info({table})")),
+            sorted(i[1:4] for i in _query(path, f"PRAGMA index_list({table})")),
+        )
+        for table in tables
+    }
+
+
+def test_a_migrated_file_has_the_schema_of_a_fresh_one(v1_file: Path, tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.sqlite"
+    SqliteStorage(fresh).close()
+    SqliteStorage(v1_file).close()
+    assert _schema(v1_file) == _schema(fresh)
+    assert _version(fresh) == "2"
+
+
+def test_steps_must_be_numbered_in_order() -> None:
+    def noop(handle: object) -> None:
+        return None
+
+    assert latest_version([]) == 1
+    with pytest.raises(ValueError, match="numbered"):
+        latest_version([Migration(3, "skips 2", noop)])
