@@ -151,8 +151,11 @@ class Storage(abc.ABC):
         Returns one outcome per change, in order. A change number this client
         sent before, with the same body, returns its first outcome and
         applies nothing; with another body it is rejected
-        (``change_number_conflict``). A rejection never stops the changes
-        after it. Each applied change gets the next sequence number.
+        (``change_number_conflict``). An add of an existing key is
+        ``duplicate`` only when its index items and value are equal as JSON,
+        type-exact (see :mod:`.equality`). A rejection never stops the
+        changes after it. Each applied change gets the next sequence number
+        and a new random tag.
         """
 
     @abc.abstractmethod
@@ -189,6 +192,7 @@ class Storage(abc.ABC):
     ) -> tuple[list[str], int, bool]:
         """Live records with index item ``item`` (or starting with it).
 
+        A prefix query is ``item <= x < protocol.prefix_upper_bound(item)``.
         Returns (records as JSON text, token for the next page, more?);
         pass the token back as ``after``.
         """

@@ -417,13 +417,15 @@ class SqliteStorage(Storage):
             ).fetchall()
         items: list[str] = []
         size = 0
-        cursor = after
-        for seq, entry_tag, item in rows:
-            size += len(item)
+        last = None
+        for row in rows:
+            size += len(row[2])
             if items and size > max_bytes:
                 break
-            items.append(item)
-            cursor = Cursor(epoch, seq, _tag_text(entry_tag))
+            items.append(row[2])
+            last = row
+        # The page's cursor names the entry of its last change.
+        cursor = after if last is None else Cursor(epoch, last[0], _tag_text(last[1]))
         return Page(items, cursor, more=cursor.seq < head)
 
     def snapshot(
