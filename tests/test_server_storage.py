@@ -370,3 +370,32 @@ def test_cursors_name_their_log_entry(storage: SqliteStorage) -> None:
     assert storage.pull("notes", Cursor(epoch, 0), 10, 10**6).cursor == info.head_cursor
     # An empty store: the head cursor is seq 0, without a tag.
     assert storage.create_store("empty").head_cursor == Cursor(storage.get_store("empty").epoch, 0)
+
+
+@pytest.mark.parametrize("where", ["afile/db.sqlite3", "afile"])
+def test_a_path_that_cannot_hold_a_database_is_a_storage_failure(
+    tmp_path: Path, where: str
+) -> None:
+    (tmp_path / "afile").write_bytes(b"not a database, and not a folder" * 100)
+    with pytest.raises(StorageFailure):
+        SqliteStorage(tmp_path / where)
+
+
+def test_close_closes_the_connections_of_every_thread(db_path: Path) -> None:
+    storage = SqliteStorage(db_path)
+    storage.create_store("notes")
+    done = threading.Event()
+
+    def use_from_another_thread() -> None:
+        storage.push("notes", "c1", [add(1, "a")])
+        done.set()
+
+    worker = threading.Thread(target=use_from_another_thread)
+    worker.start()
+    worker.join(timeout=10)
+    assert done.is_set()
+    storage.get_store("notes")  # this thread's connection too
+    storage.close()
+    # The last connection to close checkpoints and removes the write-ahead
+    # log: it is gone only if the worker's connection was closed as well.
+    assert not Path(f"{db_path}-wal").exists()

@@ -13,6 +13,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,12 +192,22 @@ class SqliteStorage(Storage):
 
     def __init__(self, path: str | Path, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
-        self.db = open_database(self.path, "FULL", busy_timeout_ms)
         self._write_lock = threading.Lock()
-        with self._guard(), self.db.connection_context():
-            # Looked up at open time: tests replace the steps to crash one.
-            steps = sqlite_migrations.STEPS
-            migrate(sqlite_migrations.SqliteSchemaTarget(self.db), steps, str(self.path))
+        # Every thread's connection, so that close() closes them all; a
+        # thread that is gone no longer holds its entry.
+        self._connections: weakref.WeakKeyDictionary[threading.Thread, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._connections_lock = threading.Lock()
+        with self._guard():
+            self.db = open_database(self.path, "FULL", busy_timeout_ms)
+            # Each connection serves its own thread only; close() may close
+            # them from another.
+            self.db.connect_params["check_same_thread"] = False
+            with self.db.connection_context():
+                # Looked up at open time: tests replace the steps to crash one.
+                steps = sqlite_migrations.STEPS
+                migrate(sqlite_migrations.SqliteSchemaTarget(self.db), steps, str(self.path))
 
     # -- plumbing -----------------------------------------------------------
 
@@ -209,7 +220,8 @@ class SqliteStorage(Storage):
             if "locked" in str(exc) or "busy" in str(exc):
                 raise StorageBusy(str(exc)) from exc
             raise StorageFailure(str(exc), original=exc) from exc
-        except (PeeweeException, sqlite3.Error) as exc:
+        except (PeeweeException, sqlite3.Error, OSError) as exc:
+            # OSError: the file's folder cannot be made or reached.
             raise StorageFailure(str(exc), original=exc) from exc
 
     # Each server thread keeps its own connection open (peewee's connections
@@ -221,7 +233,7 @@ class SqliteStorage(Storage):
         # handler, whose growing sleeps would add latency; other processes
         # holding the file still meet the busy timeout.
         with self._guard(), self._write_lock:
-            self.db.connect(reuse_if_open=True)
+            self._connect()
             with self.db.atomic("IMMEDIATE"):
                 yield
 
@@ -229,9 +241,16 @@ class SqliteStorage(Storage):
     def _read(self) -> Iterator[None]:
         # A deferred transaction: every statement inside sees one snapshot.
         with self._guard():
-            self.db.connect(reuse_if_open=True)
+            self._connect()
             with self.db.atomic():
                 yield
+
+    def _connect(self) -> None:
+        """Open this thread's connection unless it is open."""
+        if self.db.is_closed():
+            self.db.connect()
+            with self._connections_lock:
+                self._connections[threading.current_thread()] = self.db.connection()
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         cursor: sqlite3.Cursor = self.db.execute_sql(sql, params)
@@ -491,5 +510,12 @@ class SqliteStorage(Storage):
         return items, next_after, len(rows) > limit
 
     def close(self) -> None:
+        """Close every thread's connection (the storage is not to be used afterwards)."""
+        with self._connections_lock:
+            connections = list(self._connections.values())
+            self._connections.clear()
         with contextlib.suppress(Exception):
             self.db.close()
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                connection.close()
