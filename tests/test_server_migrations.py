@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,26 @@ def test_steps_must_be_numbered_in_order() -> None:
     assert latest_version([]) == 1
     with pytest.raises(ValueError, match="numbered"):
         latest_version([Migration(3, "skips 2", noop)])
+
+
+def test_servers_opening_one_old_file_at_once_migrate_it_once(v1_file: Path) -> None:
+    barrier = threading.Barrier(4, timeout=10)
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            barrier.wait()
+            SqliteStorage(v1_file).close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == [] and not any(t.is_alive() for t in threads)
+    assert _version(v1_file) == "2"
+    tags_before = _query(v1_file, "SELECT seq, tag FROM changes ORDER BY seq")
+    SqliteStorage(v1_file).close()  # already at the latest version: nothing runs
+    assert _query(v1_file, "SELECT seq, tag FROM changes ORDER BY seq") == tags_before
