@@ -61,6 +61,10 @@ class SqliteSchemaTarget:
         )
 
 
+# Idempotency rows re-hashed per round trip of the migration.
+_PAGE = 5000
+
+
 def _tag_log_entries(db: SqliteDatabase) -> None:
     """Add ``changes.tag`` and draw one for every existing entry.
 
@@ -85,12 +89,11 @@ def _rehash_client_changes(db: SqliteDatabase) -> None:
 
     Schema 1 hashed index items joined by a comma (``["a","b"]`` and
     ``["a,b"]`` alike). Where the body is in the log, the row is hashed again:
-
-    - ``applied``: the entry at the row's seq is the change itself;
-    - ``duplicate``: the entry at its seq is the add or delete it repeated.
-      A delete's body is its key; an add's is taken only when its schema-1
-      hash matches the stored one (a duplicate add may have differed in
-      object member order, which schema 1 hashed differently).
+    for an ``applied`` row the entry at its seq is the change itself; for a
+    ``duplicate`` row it is the add or delete the change repeated. A body
+    recovered so is taken only when its schema-1 hash is the stored one (a
+    duplicate add may have differed from the logged add in object member
+    order, which schema 1 hashed apart).
 
     The other rows (``rejected`` outcomes, whose body was never stored, and
     duplicate adds whose text differed) keep their schema-1 hash, marked
@@ -99,25 +102,37 @@ def _rehash_client_changes(db: SqliteDatabase) -> None:
     comma ambiguity therefore remains for those rows only: a change number
     first rejected before the upgrade, re-used for another change whose
     index items join to the same text, gets the old rejection again.
+
+    Rows are read in pages along the primary key, so memory stays flat on a
+    large file.
     """
-    rows = db.execute_sql(
-        "SELECT cc.store_id, cc.client_id, cc.n, cc.body_hash, cc.status,"
-        " c.op, c.key, c.index_json, c.value_json"
-        " FROM client_changes cc LEFT JOIN changes c"
-        " ON c.store_id = cc.store_id AND c.seq = cc.seq AND cc.status != 'rejected'"
-    ).fetchall()
-    updates: list[tuple[str, int, str, int]] = []
-    for store_id, client_id, n, old_hash, _status, op, key, index_json, value_json in rows:
-        new_hash = LEGACY_PREFIX + old_hash
-        if op is not None:  # the log entry at the row's seq (never for a rejection)
-            body = _recovered_body(op, key, index_json, value_json)
-            if legacy_change_hash(body) == old_hash:
-                new_hash = change_hash(body)
-        updates.append((new_hash, store_id, client_id, n))
-    db.connection().executemany(
-        "UPDATE client_changes SET body_hash = ? WHERE store_id = ? AND client_id = ? AND n = ?",
-        updates,
-    )
+    last: tuple[int, str, int] = (-1, "", -1)
+    while True:
+        rows = db.execute_sql(
+            "SELECT cc.store_id, cc.client_id, cc.n, cc.body_hash,"
+            " c.op, c.key, c.index_json, c.value_json"
+            " FROM client_changes cc LEFT JOIN changes c"
+            " ON c.store_id = cc.store_id AND c.seq = cc.seq AND cc.status != 'rejected'"
+            " WHERE (cc.store_id, cc.client_id, cc.n) > (?, ?, ?)"
+            " ORDER BY cc.store_id, cc.client_id, cc.n LIMIT ?",
+            (*last, _PAGE),
+        ).fetchall()
+        if not rows:
+            return
+        updates: list[tuple[str, int, str, int]] = []
+        for store_id, client_id, n, old_hash, op, key, index_json, value_json in rows:
+            new_hash = LEGACY_PREFIX + old_hash
+            if op is not None:  # the log entry at the row's seq (never for a rejection)
+                body = _recovered_body(op, key, index_json, value_json)
+                if legacy_change_hash(body) == old_hash:
+                    new_hash = change_hash(body)
+            updates.append((new_hash, store_id, client_id, n))
+        db.connection().executemany(
+            "UPDATE client_changes SET body_hash = ?"
+            " WHERE store_id = ? AND client_id = ? AND n = ?",
+            updates,
+        )
+        last = rows[-1][:3]
 
 
 def _step2(db: SqliteDatabase) -> None:
