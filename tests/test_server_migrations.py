@@ -12,6 +12,7 @@ import pytest
 
 from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Cursor
+from idsync_server_ref.process import ServerProcess
 from idsync_server_ref.storage import (
     ResetRequired,
     SchemaTooNew,
@@ -282,3 +283,14 @@ def test_servers_opening_one_old_file_at_once_migrate_it_once(v1_file: Path) -> 
     tags_before = _query(v1_file, "SELECT seq, tag FROM changes ORDER BY seq")
     SqliteStorage(v1_file).close()  # already at the latest version: nothing runs
     assert _query(v1_file, "SELECT seq, tag FROM changes ORDER BY seq") == tags_before
+
+
+def test_the_server_refuses_a_newer_file_with_a_clear_message(v1_file: Path) -> None:
+    conn = sqlite3.connect(v1_file)
+    with conn:
+        conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    conn.close()
+    with pytest.raises(RuntimeError) as caught:
+        ServerProcess(v1_file).start(timeout=30)
+    assert "schema version 7, newer than this server's 2" in str(caught.value)
+    assert _version(v1_file) == "7"
