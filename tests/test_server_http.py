@@ -39,7 +39,8 @@ def test_store_lifecycle(api: Api) -> None:
     api.push(name, "c1", [add(1, "a"), add(2, "b"), delete(3, "a")])
     info = api.call("GET", f"/v1/stores/{name}").json()
     assert (info["live_records"], info["log_length"], info["head_seq"]) == (1, 3, 3)
-    assert info["head_cursor"] == f"{created['epoch']}.3"
+    epoch, seq, tag = info["head_cursor"].split(".")
+    assert (epoch, seq) == (created["epoch"], "3") and tag
     listed = {s["name"] for s in api.call("GET", "/v1/stores").json()["stores"]}
     assert name in listed
     assert api.call("DELETE", f"/v1/stores/{name}").status_code == 200
@@ -139,7 +140,7 @@ def test_snapshot_pages(api: Api, store: str) -> None:
         ).json()
         keys += [r["key"] for r in page["records"]]
     assert keys == ["s1", "s3", "s4", "s5"]
-    assert page["at"].endswith(".6")
+    assert page["at"].split(".")[1] == "6"
 
 
 def test_records_get_and_find(api: Api, store: str) -> None:
@@ -350,8 +351,8 @@ def test_future_and_foreign_cursors(api: Api, store: str) -> None:
     epoch = api.call("GET", f"/v1/stores/{store}").json()["epoch"]
     assert_error(
         api.call("GET", f"/v1/stores/{store}/changes", params={"cursor": f"{epoch}.99"}),
-        400,
-        "invalid_cursor",
+        410,
+        "reset_required",
     )
     assert_error(
         api.call("GET", f"/v1/stores/{store}/changes", params={"cursor": "0123456789abcdef.0"}),
