@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from idsync_client.protocol import (
@@ -28,6 +28,7 @@ from idsync_client.protocol import (
 from .config import ServerConfig
 from .notify import ChangeNotifier
 from .storage import Storage
+from .target import log_safe
 from .wsgi import (
     HttpError,
     Request,
@@ -41,7 +42,41 @@ from .wsgi import (
 access_log = logging.getLogger("idsync.server.access")
 
 Handler = Callable[..., Response]
-_STORE = r"(?P<store>[^/]+)"
+
+
+@dataclass(frozen=True)
+class PathPattern:
+    """A path template: literal segments, ``{store}`` (one segment) and ``{key}``
+    (the rest of the path, so a key may hold "/" whether encoded or not)."""
+
+    parts: tuple[str, ...]
+
+    @property
+    def pattern(self) -> str:
+        """The template as a regular expression over the decoded path (for docs)."""
+        named = {"{store}": "(?P<store>[^/]+)", "{key}": "(?P<key>.+)"}
+        return "/" + "/".join(named.get(part, part) for part in self.parts)
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        """The named parts of ``segments`` if they fit, else None."""
+        args: dict[str, str] = {}
+        for i, part in enumerate(self.parts):
+            if i >= len(segments):
+                return None
+            if part == "{key}":
+                args["key"] = "/".join(segments[i:])
+                return args
+            if part == "{store}":
+                args["store"] = segments[i]
+            elif part != segments[i]:
+                return None
+        return args if len(segments) == len(self.parts) else None
+
+
+def allowed_methods(methods: dict[str, Handler]) -> list[str]:
+    """The methods an endpoint takes, HEAD wherever GET is."""
+    names = set(methods) | ({"HEAD"} if "GET" in methods else set())
+    return sorted(names)
 
 
 class ServerApp:
@@ -56,18 +91,16 @@ class ServerApp:
         self.notifier = notifier or ChangeNotifier()
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
-        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-            (re.compile(r"/v1/health"), {"GET": self.health}),
-            (re.compile(r"/v1/stores"), {"GET": self.list_stores, "POST": self.create_store}),
-            (
-                re.compile(rf"/v1/stores/{_STORE}"),
-                {"GET": self.get_store, "DELETE": self.drop_store},
-            ),
-            (re.compile(rf"/v1/stores/{_STORE}/push"), {"POST": self.push}),
-            (re.compile(rf"/v1/stores/{_STORE}/changes"), {"GET": self.pull}),
-            (re.compile(rf"/v1/stores/{_STORE}/snapshot"), {"GET": self.snapshot}),
-            (re.compile(rf"/v1/stores/{_STORE}/records"), {"GET": self.find}),
-            (re.compile(rf"/v1/stores/{_STORE}/records/(?P<key>.+)"), {"GET": self.get_record}),
+        store = ("v1", "stores", "{store}")
+        self._routes: list[tuple[PathPattern, dict[str, Handler]]] = [
+            (PathPattern(("v1", "health")), {"GET": self.health}),
+            (PathPattern(("v1", "stores")), {"GET": self.list_stores, "POST": self.create_store}),
+            (PathPattern(store), {"GET": self.get_store, "DELETE": self.drop_store}),
+            (PathPattern((*store, "push")), {"POST": self.push}),
+            (PathPattern((*store, "changes")), {"GET": self.pull}),
+            (PathPattern((*store, "snapshot")), {"GET": self.snapshot}),
+            (PathPattern((*store, "records")), {"GET": self.find}),
+            (PathPattern((*store, "records", "{key}")), {"GET": self.get_record}),
         ]
 
     # -- WSGI entry ---------------------------------------------------------
@@ -84,33 +117,41 @@ class ServerApp:
                 response = Response.error(error_for(exc))
             if overloaded:
                 response.headers.append((BACKOFF_HEADER, str(self.config.backoff_seconds)))
+            # Everything taken from the request is escaped: a CR/LF or other
+            # control character in it must not forge or garble log lines.
             access_log.info(
-                "%s %s %d %.1fms",
-                environ.get("REQUEST_METHOD"),
-                environ.get("PATH_INFO"),
+                "%s %s %d %.1fms %s",
+                log_safe(environ.get("REQUEST_METHOD", "")),
+                log_safe(environ.get("REQUEST_URI", "")),
                 response.status,
                 (time.perf_counter() - started) * 1000,
+                log_safe(environ.get("HTTP_USER_AGENT", "-"), 200),
             )
-            return response.send(start_response)
+            return response.send(start_response, head=environ.get("REQUEST_METHOD") == "HEAD")
         finally:
             with self._in_flight_lock:
                 self._in_flight -= 1
 
     def _dispatch(self, request: Request) -> Response:
         for pattern, methods in self._routes:
-            match = pattern.fullmatch(request.path)
-            if match is None:
+            args = pattern.match(request.segments)
+            if args is None:
                 continue
-            handler = methods.get(request.method)
+            method = "GET" if request.method == "HEAD" else request.method
+            handler = methods.get(method)
             if handler is None:
-                raise HttpError("method_not_allowed", f"{request.method} is not allowed here")
+                allow = ", ".join(allowed_methods(methods))
+                error = HttpError("method_not_allowed", f"{request.method} is not allowed here")
+                error.headers.append(("Allow", allow))
+                raise error
             if handler != self.health:
                 self._authorize(request)
-            args = match.groupdict()
             if "store" in args:
                 validate_store_name(args["store"])
             return handler(request, **args)
-        raise HttpError("not_found", f"no endpoint at {request.path[:200]!r}")
+        raise HttpError(
+            "not_found", f"no endpoint at {request.raw_path[:200].decode('latin-1')!r}"
+        )
 
     def _authorize(self, request: Request) -> None:
         token = self.config.auth_token

@@ -1,32 +1,27 @@
-"""WSGI plumbing: requests, responses, and the one table from errors to HTTP.
-
-Endpoints (in :mod:`.api`) raise :class:`HttpError` or let storage and
-protocol errors through; :func:`error_for` turns any of them into the single
-error envelope with the status, ``retryable`` flag and ``Retry-After`` that
-the protocol fixes.
-"""
+"""WSGI plumbing: requests and responses as the endpoints in :mod:`.api` see them."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import urlsplit
 
 from idsync_client import jsoncodec
-from idsync_client.protocol import ERRORS, ErrorBody, Limits, ProtocolViolation
+from idsync_client.protocol import ERRORS, ErrorBody, Limits
 
-from .storage import (
-    CursorAhead,
-    ResetRequired,
-    StorageBusy,
-    StorageError,
-    StoreExists,
-    StoreNotFound,
-)
+from .errors import RETRY_AFTER, HttpError, error_for
+from .target import parse_query, path_segments
 
-log = logging.getLogger("idsync.server")
+__all__ = [
+    "HttpError",
+    "Request",
+    "Response",
+    "bool_param",
+    "error_for",
+    "float_param",
+    "int_param",
+]
 
 _REASONS = {
     200: "OK",
@@ -45,44 +40,6 @@ _REASONS = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
-
-#: Seconds a client should wait before retrying, per retryable error code.
-RETRY_AFTER = {"storage_busy": 1, "storage_unavailable": 5, "shutting_down": 2, "rate_limited": 1}
-
-
-class HttpError(Exception):
-    """An error answer: ``code`` is a key of the protocol's ERRORS table."""
-
-    def __init__(self, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        if code not in ERRORS:
-            raise ValueError(f"unknown error code {code!r}")
-        self.code = code
-        self.message = message
-        self.details = details
-
-
-def error_for(exc: BaseException) -> HttpError:
-    """Map any exception raised while serving to the error the client gets."""
-    if isinstance(exc, HttpError):
-        return exc
-    if isinstance(exc, ProtocolViolation):
-        return HttpError(exc.code, exc.message, **exc.details)
-    if isinstance(exc, StoreNotFound):
-        return HttpError("store_not_found", f"no store named {str(exc)!r}")
-    if isinstance(exc, StoreExists):
-        return HttpError("store_exists", f"store {str(exc)!r} exists already")
-    if isinstance(exc, ResetRequired):
-        return HttpError("reset_required", str(exc))
-    if isinstance(exc, CursorAhead):
-        return HttpError("invalid_cursor", str(exc))
-    if isinstance(exc, StorageBusy):
-        return HttpError("storage_busy", "the database is busy; retry shortly")
-    if isinstance(exc, StorageError):
-        log.error("storage failure: %s", exc)
-        return HttpError("storage_unavailable", "the database failed; retry later")
-    log.exception("unexpected error", exc_info=exc)
-    return HttpError("internal_error", "unexpected server error")
 
 
 @dataclass
@@ -104,12 +61,13 @@ class Response:
         spec = ERRORS[err.code]
         body = ErrorBody(err.code, err.message, spec.retryable, err.details).to_wire()
         response = cls.json(body, spec.status)
+        response.headers.extend(err.headers)
         if err.code in RETRY_AFTER:
             response.headers.append(("Retry-After", str(RETRY_AFTER[err.code])))
         return response
 
-    def send(self, start_response: Any) -> Iterable[bytes]:
-        """Hand the response to the WSGI server."""
+    def send(self, start_response: Any, head: bool = False) -> Iterable[bytes]:
+        """Hand the response to the WSGI server; for HEAD, the headers alone."""
         payload = self.body.encode("utf-8")
         headers = [
             ("Content-Type", "application/json"),
@@ -117,7 +75,8 @@ class Response:
             *self.headers,
         ]
         start_response(f"{self.status} {_REASONS.get(self.status, 'Unknown')}", headers)
-        return [payload]
+        # HEAD: the same headers, Content-Length included, and no body.
+        return [b""] if head else [payload]
 
 
 class Request:
@@ -127,13 +86,15 @@ class Request:
         self.environ = environ
         self.limits = limits
         self.method: str = environ["REQUEST_METHOD"]
-        # WSGI hands the path over as latin-1 decoded bytes; keys are UTF-8.
-        raw_path = environ.get("PATH_INFO", "")
-        try:
-            self.path = raw_path.encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            raise HttpError("invalid_request", "the path is not valid UTF-8") from None
-        self._query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        # The raw target as sent (WSGI hands it over as latin-1 decoded bytes):
+        # routing splits it on "/" before decoding, so "%2F" stays in its segment.
+        target = environ.get("REQUEST_URI") or "/"
+        if not target.startswith("/"):  # absolute form, "http://host/path?query"
+            target = urlsplit(target).path or "/"
+        self.raw_path: bytes = target.partition("?")[0].encode("latin-1")
+        self.raw_query: bytes = environ.get("QUERY_STRING", "").encode("latin-1")
+        self.segments = path_segments(self.raw_path)
+        self._query = parse_query(self.raw_query)
 
     def header(self, name: str) -> str | None:
         """A request header by its HTTP name, or None."""

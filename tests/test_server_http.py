@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
 import uuid
+from urllib.parse import quote
 
 import pytest
 
@@ -435,3 +437,117 @@ def test_busy_storage_answers_503_with_retry_after(tmp_path) -> None:
             blocker.execute("ROLLBACK")
             blocker.close()
         assert api.push("busy", "c", [add(1)])[0]["status"] == "applied"
+
+
+# -- the request target: strict decoding, raw-path routing, HEAD, Allow, logs -----------------
+
+
+def _raw_get(server: ServerProcess, target: str, method: str = "GET", headers=None):
+    """Send ``target`` exactly as given (no client-side re-quoting); (status, headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request(method, target, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("bad", ["tag:%FF", "tag:%C3", "tag:%zz", "tag:%F", "tag:%", "%FF=1"])
+def test_query_is_decoded_strictly(server: ServerProcess, api: Api, store: str, bad: str) -> None:
+    api.push(store, "c1", [add(1, "k", index=["tag:\ufffd", "tag:%zz", "tag:%F", "tag:%"])])
+    status, _, body = _raw_get(server, f"/v1/stores/{store}/records?index={bad}")
+    assert status == 400, body
+    assert json.loads(body)["error"]["code"] == "invalid_request"
+
+
+def test_query_decodes_plus_and_utf8(server: ServerProcess, api: Api, store: str) -> None:
+    api.push(store, "c1", [add(1, "k", index=["tag:a é"])])
+    status, _, body = _raw_get(server, f"/v1/stores/{store}/records?index=tag:a+%C3%A9")
+    assert status == 200 and [r["key"] for r in json.loads(body)["records"]] == ["k"]
+
+
+def test_encoded_slash_does_not_route(server: ServerProcess, api: Api, store: str) -> None:
+    api.push(store, "c1", [add(1, "k1")])
+    status, _, body = _raw_get(server, f"/v1/stores/{store}%2Frecords%2Fk1")
+    assert status == 400, body
+    assert json.loads(body)["error"]["code"] == "invalid_store_name"
+    status, _, body = _raw_get(server, f"/v1/stores/{store}/records%2Fk1")
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("key", ["a/b", "a/../b", "/lead", "100%", "q?x=1&y", "sp ace/é", "a%2Fb"])
+def test_record_key_with_slash_and_reserved_characters(api: Api, store: str, key: str) -> None:
+    api.push(store, "c1", [add(1, key, {"k": key})])
+    response = api.call("GET", f"/v1/stores/{store}/records/{quote(key, safe='')}")
+    assert response.status_code == 200, response.text
+    assert response.json()["key"] == key
+
+
+def test_bad_percent_encoding_in_path(server: ServerProcess, store: str) -> None:
+    for target in (f"/v1/stores/{store}/records/%FF", f"/v1/stores/{store}/records/a%zz"):
+        status, _, body = _raw_get(server, target)
+        assert status == 400 and json.loads(body)["error"]["code"] == "invalid_request"
+
+
+def test_head_on_every_get_endpoint(server: ServerProcess, api: Api, store: str) -> None:
+    api.push(store, "c1", [add(1, "k", index=["tag:a"])])
+    targets = [
+        "/v1/health",
+        "/v1/stores",
+        f"/v1/stores/{store}",
+        f"/v1/stores/{store}/changes",
+        f"/v1/stores/{store}/snapshot",
+        f"/v1/stores/{store}/records?index=tag:a",
+        f"/v1/stores/{store}/records/k",
+        f"/v1/stores/{store}/records/missing",
+        "/v1/stores/no-such/changes",
+    ]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        for target in targets:
+            # HEAD then GET on one connection: a body sent after HEAD would garble the GET.
+            conn.request("HEAD", target)
+            head = conn.getresponse()
+            assert head.read() == b""
+            conn.request("GET", target)
+            get = conn.getresponse()
+            body = get.read()
+            assert head.status == get.status, target
+            assert head.getheader("Content-Type") == get.getheader("Content-Type")
+            assert head.getheader("Content-Length") == get.getheader("Content-Length")
+            assert int(get.getheader("Content-Length")) == len(body) > 0
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PATCH", "/v1/stores/{store}", "DELETE, GET, HEAD"),
+        ("POST", "/v1/health", "GET, HEAD"),
+        ("DELETE", "/v1/stores", "GET, HEAD, POST"),
+        ("GET", "/v1/stores/{store}/push", "POST"),
+        ("PUT", "/v1/stores/{store}/records/k", "GET, HEAD"),
+    ],
+)
+def test_405_carries_allow(api: Api, store: str, method: str, path: str, allow: str) -> None:
+    response = api.call(method, path.format(store=store))
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == allow
+
+
+def test_request_text_is_escaped_in_the_log(tmp_path) -> None:
+    with ServerProcess(tmp_path / "s.sqlite3", "--log-level", "INFO") as proc:
+        forged = "FORGED GET /v1/stores 200 0.1ms"
+        _raw_get(proc, "/v1/health%0d%0a" + forged.replace(" ", "%20"))
+        _raw_get(proc, "/v1/health?x=%0a" + forged.replace(" ", "%20"))
+        _raw_get(proc, "/v1/health", headers={"User-Agent": "ua\t\x85\x9b2Jend"})
+        deadline = time.monotonic() + 10
+        while sum("idsync.server.access" in line for line in proc.log_lines) < 3:
+            assert time.monotonic() < deadline, "".join(proc.log_lines)
+            time.sleep(0.01)
+        text = "".join(proc.log_lines)
+    assert not any(line.startswith("FORGED") for line in text.splitlines())
+    assert not any(c in text for c in "\r\t\x85\x9b")
+    assert "ua\\x09\\x85\\x9b2Jend" in text
