@@ -24,7 +24,13 @@ from .storage import (
 log = logging.getLogger("idsync.server")
 
 #: Seconds a client should wait before retrying, per retryable error code.
-RETRY_AFTER = {"storage_busy": 1, "storage_unavailable": 5, "shutting_down": 2, "rate_limited": 1}
+RETRY_AFTER = {
+    "storage_busy": 1,
+    "storage_unavailable": 5,
+    "shutting_down": 2,
+    "server_busy": 1,
+    "rate_limited": 1,
+}
 
 
 class HttpError(Exception):
