@@ -5,9 +5,11 @@ added here, in the one protocol class uvicorn lets us choose:
 
 - a connection limit: past it, a new connection gets ``503 server_busy``
   (our JSON envelope, ``Retry-After``) and is closed;
-- deadlines: a request's headers must arrive within ``header_timeout`` of the
-  connection becoming ready for it, and its body within ``body_timeout`` of
-  its headers; a slow client is dropped and no one else waits on it;
+- deadlines: a request's headers must arrive within ``header_timeout`` of
+  the connection opening (first request) or of their first byte (later
+  ones; between requests uvicorn closes a connection idle for
+  ``timeout_keep_alive``), and its body within ``body_timeout`` of its
+  headers; a slow client is dropped and no one else waits on it;
 - a cap on the bytes of a request's headers;
 - a request that frames its body two ways (Content-Length and
   Transfer-Encoding) is refused before the app sees it;
@@ -24,6 +26,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from types import FrameType
 from typing import Any, ClassVar
 
@@ -55,13 +58,10 @@ def error_response_bytes(err: HttpError) -> bytes:
     err.headers.append(("Connection", "close"))
     response = Response.error(err)
     headers, payload = response.encode()
-    status = f"HTTP/1.1 {response.status} {_PHRASES.get(response.status, 'Error')}\r\n"
+    status = f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}\r\n"
     lines = [status.encode("ascii")]
     lines += [name + b": " + value + b"\r\n" for name, value in headers]
     return b"".join(lines) + b"\r\n" + payload
-
-
-_PHRASES = {400: "Bad Request", 503: "Service Unavailable"}
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -75,7 +75,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._reading_headers = True
         self._header_bytes = 0
-        self._unanswered = 0  # requests read whole, not yet answered
         self._bad_request: str | None = None
 
     # -- connection limit ---------------------------------------------------
@@ -117,7 +116,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._deadline = None
 
     def _expire(self) -> None:
-        # Too slow: drop the connection; nothing was handed to the app yet.
+        # Too slow: drop the connection. An app reading the body sees a disconnect.
         self._deadline = None
         if not self.transport.is_closing():
             self.transport.close()
@@ -157,7 +156,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_headers = True
-        if self._deadline is None:  # a pipelined request: its own header deadline
+        self._header_bytes = 0
+        if self._deadline is None:  # a later request on this connection: its first byte
             self._arm(self.guards.header_timeout)
 
     def on_headers_complete(self) -> None:
@@ -178,17 +178,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
-        self._unanswered += 1
         super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        self._unanswered = max(0, self._unanswered - 1)
-        super().on_response_complete()
-        if self._unanswered == 0 and not self._reading_headers and not self.transport.is_closing():
-            # Ready for the next request on this connection: its headers are due.
-            self._reading_headers = True
-            self._header_bytes = 0
-            self._arm(self.guards.header_timeout)
 
 
 def protocol_class(guards: Guards) -> type[GuardedHttpProtocol]:

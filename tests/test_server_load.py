@@ -140,6 +140,39 @@ def test_slow_header_clients_do_not_block_and_are_dropped(tmp_path) -> None:
                 sock.close()
 
 
+def test_slow_body_is_dropped_and_others_are_served(tmp_path) -> None:
+    with ServerProcess(tmp_path / "s.sqlite3", "--body-timeout", "1") as proc:
+        api = Api(proc.url)
+        api.create_store("b")
+        sock = open_request(
+            proc.port,
+            b"POST /v1/stores/b/push HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"client_id\"",
+        )
+        with sock:
+            health, elapsed = timed(api.call, "GET", "/v1/health")
+            assert health.status_code == 200 and elapsed < LIVE
+            sock.settimeout(10)
+            (data, elapsed) = timed(sock.recv, 1024)
+            assert data == b"" and elapsed < LIVE, "the slow body was not dropped"
+        assert api.call("GET", "/v1/stores/b").json()["head_seq"] == 0
+
+
+def test_a_long_poll_whose_client_left_stops_waiting(tmp_path) -> None:
+    with ServerProcess(tmp_path / "s.sqlite3") as proc:
+        api = Api(proc.url)
+        api.create_store("gone")
+        _, cursor = api.pull_all("gone")
+        socks = [open_request(proc.port, long_poll("gone", cursor)) for _ in range(10)]
+        wait_until_waiting(api, 10)
+        for sock in socks:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while api.call("GET", "/v1/health").json()["waiting"] > 0:
+            assert time.monotonic() < deadline, "long-polls kept waiting for no one"
+            time.sleep(0.05)
+
+
 def test_stop_answers_waiting_long_polls(tmp_path) -> None:
     proc = ServerProcess(tmp_path / "s.sqlite3").start()
     socks: list[socket.socket] = []
