@@ -101,6 +101,7 @@ ERRORS: dict[str, ErrorSpec] = {
     "storage_busy": ErrorSpec(503, True, "The database is locked by other work; retry soon."),
     "storage_unavailable": ErrorSpec(503, True, "The database failed; retry later."),
     "shutting_down": ErrorSpec(503, True, "The server is stopping."),
+    "server_busy": ErrorSpec(503, True, "The server holds all the connections it takes."),
 }
 
 #: Codes of per-change rejections inside a push's outcomes (not HTTP errors).
@@ -131,6 +132,7 @@ class Limits:
     default_page: int = 1000
     max_page_bytes: int = 4 * 1024 * 1024
     max_wait_seconds: float = 30.0
+    max_wait_stores: int = 100
 
     def with_overrides(self, **changes: Any) -> Limits:
         """Return a copy with some limits changed; each must be a positive number."""

@@ -1,23 +1,28 @@
-"""The HTTP endpoints of the reference server, as one WSGI application.
+"""The HTTP endpoints of the reference server, as one ASGI application.
 
-Every endpoint and its shapes are described in ``docs/protocol.md``.
+Every endpoint and its shapes are described in ``docs/protocol.md``. Storage
+is synchronous and runs in a fixed pool of threads sized for the database;
+a long-poll waits on the event loop and holds no thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import logging
-import re
-import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from idsync_client.protocol import (
     BACKOFF_HEADER,
     PROTOCOL_VERSION,
     Change,
     Cursor,
+    ProtocolViolation,
     parse_change,
     validate_client_id,
     validate_index_items,
@@ -25,27 +30,73 @@ from idsync_client.protocol import (
     validate_store_name,
 )
 
-from .config import ServerConfig
-from .notify import ChangeNotifier
-from .storage import Storage
-from .wsgi import (
+from .asgi import (
+    ClientGone,
     HttpError,
+    Receive,
     Request,
     Response,
+    Scope,
+    Send,
     bool_param,
+    error_envelope,
     error_for,
     float_param,
     int_param,
 )
+from .config import ServerConfig
+from .notify import ChangeNotifier
+from .storage import Storage
+from .target import log_safe
 
 access_log = logging.getLogger("idsync.server.access")
 
-Handler = Callable[..., Response]
-_STORE = r"(?P<store>[^/]+)"
+Handler = Callable[..., Awaitable[Response]]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PathPattern:
+    """A path template: literal segments, ``{store}`` (one segment) and ``{key}``
+    (the rest of the path, so a key may hold "/" whether encoded or not)."""
+
+    parts: tuple[str, ...]
+
+    @property
+    def pattern(self) -> str:
+        """The template as a regular expression over the decoded path (for docs)."""
+        named = {"{store}": "(?P<store>[^/]+)", "{key}": "(?P<key>.+)"}
+        return "/" + "/".join(named.get(part, part) for part in self.parts)
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        """The named parts of ``segments`` if they fit, else None."""
+        args: dict[str, str] = {}
+        for i, part in enumerate(self.parts):
+            if i >= len(segments):
+                return None
+            if part == "{key}":
+                args["key"] = "/".join(segments[i:])
+                return args
+            if part == "{store}":
+                args["store"] = segments[i]
+            elif part != segments[i]:
+                return None
+        return args if len(segments) == len(self.parts) else None
+
+
+def allowed_methods(methods: dict[str, Handler]) -> list[str]:
+    """The methods an endpoint takes, HEAD wherever GET is."""
+    names = set(methods) | ({"HEAD"} if "GET" in methods else set())
+    return sorted(names)
 
 
 class ServerApp:
-    """The reference server's WSGI application over a storage backend."""
+    """The reference server's ASGI application over a storage backend.
+
+    Call :meth:`begin_shutdown` when the server stops: waiting long-polls are
+    answered at once (``503 shutting_down``) instead of being dropped. Call
+    :meth:`close` at the end to stop the storage threads.
+    """
 
     def __init__(
         self, storage: Storage, config: ServerConfig, notifier: ChangeNotifier | None = None
@@ -54,63 +105,127 @@ class ServerApp:
         self.config = config
         self.limits = config.limits
         self.notifier = notifier or ChangeNotifier()
-        self._in_flight = 0
-        self._in_flight_lock = threading.Lock()
-        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-            (re.compile(r"/v1/health"), {"GET": self.health}),
-            (re.compile(r"/v1/stores"), {"GET": self.list_stores, "POST": self.create_store}),
-            (
-                re.compile(rf"/v1/stores/{_STORE}"),
-                {"GET": self.get_store, "DELETE": self.drop_store},
-            ),
-            (re.compile(rf"/v1/stores/{_STORE}/push"), {"POST": self.push}),
-            (re.compile(rf"/v1/stores/{_STORE}/changes"), {"GET": self.pull}),
-            (re.compile(rf"/v1/stores/{_STORE}/snapshot"), {"GET": self.snapshot}),
-            (re.compile(rf"/v1/stores/{_STORE}/records"), {"GET": self.find}),
-            (re.compile(rf"/v1/stores/{_STORE}/records/(?P<key>.+)"), {"GET": self.get_record}),
+        self.executor = ThreadPoolExecutor(
+            max_workers=config.threads, thread_name_prefix="idsync-storage"
+        )
+        # Requests being worked on; long-polls parked in a wait do not count.
+        self._busy = 0
+        self._waiting = 0
+        store = ("v1", "stores", "{store}")
+        self._routes: list[tuple[PathPattern, dict[str, Handler]]] = [
+            (PathPattern(("v1", "health")), {"GET": self.health}),
+            (PathPattern(("v1", "wait")), {"POST": self.wait_many}),
+            (PathPattern(("v1", "stores")), {"GET": self.list_stores, "POST": self.create_store}),
+            (PathPattern(store), {"GET": self.get_store, "DELETE": self.drop_store}),
+            (PathPattern((*store, "push")), {"POST": self.push}),
+            (PathPattern((*store, "changes")), {"GET": self.pull}),
+            (PathPattern((*store, "snapshot")), {"GET": self.snapshot}),
+            (PathPattern((*store, "records")), {"GET": self.find}),
+            (PathPattern((*store, "records", "{key}")), {"GET": self.get_record}),
         ]
 
-    # -- WSGI entry ---------------------------------------------------------
+    def begin_shutdown(self) -> None:
+        """Answer every waiting long-poll now; later waits answer at once."""
+        self.notifier.close()
 
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    def close(self) -> None:
+        """Stop the storage threads (after the server stopped serving)."""
+        self.executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a storage call in the storage pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
+
+    # -- ASGI entry ---------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
         started = time.perf_counter()
-        with self._in_flight_lock:
-            self._in_flight += 1
-            overloaded = self._in_flight > self.config.backoff_threshold
+        self._busy += 1
+        overloaded = self._busy > self.config.backoff_threshold
+        response: Response | None = None
         try:
             try:
-                response = self._dispatch(Request(environ, self.limits))
+                response = await self._dispatch(Request(scope, receive, self.limits))
+            except ClientGone:
+                return
             except Exception as exc:  # every failure becomes the error envelope
                 response = Response.error(error_for(exc))
             if overloaded:
                 response.headers.append((BACKOFF_HEADER, str(self.config.backoff_seconds)))
-            access_log.info(
-                "%s %s %d %.1fms",
-                environ.get("REQUEST_METHOD"),
-                environ.get("PATH_INFO"),
-                response.status,
-                (time.perf_counter() - started) * 1000,
-            )
-            return response.send(start_response)
+            await response.send(send, head=scope["method"] == "HEAD")
         finally:
-            with self._in_flight_lock:
-                self._in_flight -= 1
+            self._busy -= 1
+            self._log(scope, response, started)
 
-    def _dispatch(self, request: Request) -> Response:
+    @staticmethod
+    def _log(scope: Scope, response: Response | None, started: float) -> None:
+        # Everything taken from the request is escaped: a CR/LF or other control
+        # character in it must not forge or garble log lines.
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        target = scope.get("raw_path") or b""
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        agent = next((v for k, v in scope.get("headers", ()) if k == b"user-agent"), b"-")
+        access_log.info(
+            "%s %s %s %.1fms %s",
+            log_safe(scope.get("method", "")),
+            log_safe(target.decode("latin-1")),
+            response.status if response else "-",
+            (time.perf_counter() - started) * 1000,
+            log_safe(agent.decode("latin-1"), 200),
+        )
+
+    async def _dispatch(self, request: Request) -> Response:
         for pattern, methods in self._routes:
-            match = pattern.fullmatch(request.path)
-            if match is None:
+            args = pattern.match(request.segments)
+            if args is None:
                 continue
-            handler = methods.get(request.method)
+            method = "GET" if request.method == "HEAD" else request.method
+            handler = methods.get(method)
             if handler is None:
-                raise HttpError("method_not_allowed", f"{request.method} is not allowed here")
+                allow = ", ".join(allowed_methods(methods))
+                error = HttpError("method_not_allowed", f"{request.method} is not allowed here")
+                error.headers.append(("Allow", allow))
+                raise error
             if handler != self.health:
                 self._authorize(request)
-            args = match.groupdict()
             if "store" in args:
                 validate_store_name(args["store"])
-            return handler(request, **args)
-        raise HttpError("not_found", f"no endpoint at {request.path[:200]!r}")
+            return await handler(request, **args)
+        raise HttpError("not_found", f"no endpoint at {request.raw_path[:200].decode('latin-1')!r}")
+
+    async def _wait(self, request: Request, after: dict[str, int], seconds: float) -> set[str]:
+        """Wait for changes past ``after`` (not counted as busy); 503 if the server stops.
+
+        A client that hangs up ends its wait: nothing is left waiting for no one.
+        """
+        self._busy -= 1
+        self._waiting += 1
+        try:
+            waiting = asyncio.ensure_future(self.notifier.wait_any(after, seconds))
+            gone = asyncio.ensure_future(request.disconnected())
+            try:
+                await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                if not waiting.done():
+                    waiting.cancel()
+            if not waiting.done() or waiting.cancelled():
+                raise ClientGone
+            changed = waiting.result()
+        finally:
+            self._busy += 1
+            self._waiting -= 1
+        if self.notifier.closed:
+            raise HttpError("shutting_down", "the server is stopping; retry shortly")
+        return changed
 
     def _authorize(self, request: Request) -> None:
         token = self.config.auth_token
@@ -125,43 +240,50 @@ class ServerApp:
 
     # -- endpoints ----------------------------------------------------------
 
-    def health(self, request: Request) -> Response:
-        """Liveness, protocol version and the limits in force."""
+    async def health(self, request: Request) -> Response:
+        """Liveness, protocol version, the limits in force and the long-polls waiting."""
         request.query(())
         return Response.json(
-            {"status": "ok", "protocol": PROTOCOL_VERSION, "limits": vars(self.limits)}
+            {
+                "status": "ok",
+                "protocol": PROTOCOL_VERSION,
+                "limits": vars(self.limits),
+                "waiting": self._waiting,
+            }
         )
 
-    def list_stores(self, request: Request) -> Response:
+    async def list_stores(self, request: Request) -> Response:
         """All stores with their figures."""
         request.query(())
-        return Response.json({"stores": [s.to_wire() for s in self.storage.list_stores()]})
+        return Response.json(
+            {"stores": [s.to_wire() for s in await self._run(self.storage.list_stores)]}
+        )
 
-    def create_store(self, request: Request) -> Response:
+    async def create_store(self, request: Request) -> Response:
         """Create a store: body ``{"name": ...}``; 409 if it exists."""
         request.query(())
-        body = request.json_body()
+        body = await request.json_body()
         if not isinstance(body, dict) or set(body) != {"name"}:
             raise HttpError("invalid_request", 'the body must be {"name": <store name>}')
-        info = self.storage.create_store(validate_store_name(body["name"]))
+        info = await self._run(self.storage.create_store, validate_store_name(body["name"]))
         return Response.json(info.to_wire(), status=201)
 
-    def get_store(self, request: Request, store: str) -> Response:
+    async def get_store(self, request: Request, store: str) -> Response:
         """One store's figures: live records, log length, head cursor, epoch."""
         request.query(())
-        return Response.json(self.storage.get_store(store).to_wire())
+        return Response.json((await self._run(self.storage.get_store, store)).to_wire())
 
-    def drop_store(self, request: Request, store: str) -> Response:
+    async def drop_store(self, request: Request, store: str) -> Response:
         """Delete a store and all it holds."""
         request.query(())
-        self.storage.drop_store(store)
+        await self._run(self.storage.drop_store, store)
         self.notifier.forget(store)
         return Response.json({"dropped": store})
 
-    def push(self, request: Request, store: str) -> Response:
+    async def push(self, request: Request, store: str) -> Response:
         """Apply a client's numbered changes in one transaction; outcome per change."""
         request.query(())
-        body = request.json_body()
+        body = await request.json_body()
         if not isinstance(body, dict) or set(body) != {"client_id", "changes"}:
             raise HttpError(
                 "invalid_request", 'the body must be {"client_id": ..., "changes": [...]}'
@@ -176,7 +298,7 @@ class ServerApp:
                 f"{len(raw_changes)} changes is over the limit of {self.limits.max_batch}",
             )
         changes = self._parse_changes(raw_changes)
-        outcomes = self.storage.push(store, client_id, changes)
+        outcomes = await self._run(self.storage.push, store, client_id, changes)
         head = max((o.seq or 0 for o in outcomes if o.status == "applied"), default=0)
         if head:
             self.notifier.notify(store, head)
@@ -193,43 +315,47 @@ class ServerApp:
             seen.add(change.n)
         return changes
 
-    def pull(self, request: Request, store: str) -> Response:
+    async def pull(self, request: Request, store: str) -> Response:
         """Changes after a cursor, in pages; optionally wait for the first one."""
         params = request.query(("cursor", "limit", "wait"))
         cursor = Cursor.decode(params["cursor"]) if params.get("cursor") else None
         limit = int_param(params, "limit", self.limits.default_page, 1, self.limits.max_page)
         wait = float_param(params, "wait", self.limits.max_wait_seconds)
-        page = self.storage.pull(store, cursor, limit, self.limits.max_page_bytes)
-        if not page.items_json and wait > 0 and self.notifier.wait(store, page.cursor.seq, wait):
-            page = self.storage.pull(store, page.cursor, limit, self.limits.max_page_bytes)
+        max_bytes = self.limits.max_page_bytes
+        page = await self._run(self.storage.pull, store, cursor, limit, max_bytes)
+        waited = not page.items_json and wait > 0
+        if waited and await self._wait(request, {store: page.cursor.seq}, wait):
+            page = await self._run(self.storage.pull, store, page.cursor, limit, max_bytes)
         body = (
             f'{{"changes":[{",".join(page.items_json)}],'
             f'"cursor":"{page.cursor.encode()}","more":{"true" if page.more else "false"}}}'
         )
         return Response(200, body)
 
-    def snapshot(self, request: Request, store: str) -> Response:
+    async def snapshot(self, request: Request, store: str) -> Response:
         """Live records at one cursor, in pages, consistent while writes go on."""
         params = request.query(("at", "after", "limit"))
         at = Cursor.decode(params["at"]) if params.get("at") else None
         after = int_param(params, "after", 0, 0, 2**63 - 1)
         limit = int_param(params, "limit", self.limits.default_page, 1, self.limits.max_page)
-        page = self.storage.snapshot(store, at, after, limit, self.limits.max_page_bytes)
+        page = await self._run(
+            self.storage.snapshot, store, at, after, limit, self.limits.max_page_bytes
+        )
         body = (
             f'{{"records":[{",".join(page.records_json)}],"at":"{page.at.encode()}",'
             f'"after":{page.next_after},"more":{"true" if page.more else "false"}}}'
         )
         return Response(200, body)
 
-    def get_record(self, request: Request, store: str, key: str) -> Response:
+    async def get_record(self, request: Request, store: str, key: str) -> Response:
         """The live record with this key, or 404 record_not_found."""
         request.query(())
-        record = self.storage.get_record(store, validate_key(key, self.limits))
+        record = await self._run(self.storage.get_record, store, validate_key(key, self.limits))
         if record is None:
             raise HttpError("record_not_found", "no live record with that key")
         return Response(200, record)
 
-    def find(self, request: Request, store: str) -> Response:
+    async def find(self, request: Request, store: str) -> Response:
         """Live records by index item, exact or by prefix, paged."""
         params = request.query(("index", "prefix", "after", "limit"))
         if "index" not in params:
@@ -239,9 +365,86 @@ class ServerApp:
         validate_index_items([item], self.limits)
         after = int_param(params, "after", 0, 0, 2**63 - 1)
         limit = int_param(params, "limit", self.limits.default_page, 1, self.limits.max_page)
-        records, next_after, more = self.storage.find(store, item, prefix, after, limit)
+        records, next_after, more = await self._run(
+            self.storage.find, store, item, prefix, after, limit
+        )
         body = (
             f'{{"records":[{",".join(records)}],"after":{next_after},'
             f'"more":{"true" if more else "false"}}}'
         )
         return Response(200, body)
+
+    async def wait_many(self, request: Request) -> Response:
+        """One long-poll for many stores: which have changes past their cursors.
+
+        Body ``{"cursors": {"<store>": "<cursor>" | null, ...}, "wait": seconds}``.
+        Answers ``{"changed": [...], "errors": {"<store>": <error>}}`` as soon as
+        any store has changes or an error, or when the wait ends. A missing
+        store or a bad cursor is that store's error, not the request's.
+        """
+        request.query(())
+        body = await request.json_body()
+        if not isinstance(body, dict) or not set(body) <= {"cursors", "wait"}:
+            raise HttpError("invalid_request", 'the body must be {"cursors": {...}, "wait": s}')
+        cursors = body.get("cursors")
+        if not isinstance(cursors, dict) or not cursors:
+            raise HttpError(
+                "invalid_request", "cursors must map one or more store names to cursors"
+            )
+        if len(cursors) > self.limits.max_wait_stores:
+            raise HttpError(
+                "invalid_request",
+                f"{len(cursors)} stores is over the limit of {self.limits.max_wait_stores}",
+            )
+        wait = body.get("wait", 0)
+        if isinstance(wait, bool) or not isinstance(wait, int | float):
+            raise HttpError("invalid_request", "wait must be a number of seconds")
+        if not 0 <= wait <= self.limits.max_wait_seconds:
+            raise HttpError(
+                "invalid_request", f"wait must be between 0 and {self.limits.max_wait_seconds:g}"
+            )
+        errors: dict[str, Any] = {}
+        parsed: dict[str, Cursor | None] = {}
+        for store, text in cursors.items():
+            try:
+                validate_store_name(store)
+                if text is not None and not isinstance(text, str):
+                    raise HttpError("invalid_cursor", "a cursor is a string (or null)")
+                parsed[store] = Cursor.decode(text) if text else None
+            except (HttpError, ProtocolViolation) as exc:
+                errors[store] = error_envelope(error_for(exc))["error"]
+        heads, changed, store_errors = await self._run(self._check_stores, parsed)
+        errors.update(store_errors)
+        if not changed and not errors and wait > 0:
+            changed = await self._wait(request, heads, float(wait))
+        return Response.json({"changed": sorted(changed), "errors": errors})
+
+    def _check_stores(
+        self, cursors: dict[str, Cursor | None]
+    ) -> tuple[dict[str, int], set[str], dict[str, Any]]:
+        """Per store: the seq to wait past, or changed now, or the error (storage thread)."""
+        heads: dict[str, int] = {}
+        changed: set[str] = set()
+        errors: dict[str, Any] = {}
+        for store, cursor in cursors.items():
+            try:
+                page = self.storage.pull(store, cursor, 1, self.limits.max_page_bytes)
+            except Exception as exc:  # reported for this store alone
+                errors[store] = error_envelope(error_for(exc))["error"]
+                continue
+            if page.items_json:
+                changed.add(store)
+            else:
+                heads[store] = page.cursor.seq
+        return heads, changed, errors
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Answer the lifespan protocol (nothing to set up: the runner does it)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

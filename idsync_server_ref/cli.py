@@ -10,18 +10,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import waitress
-
 from idsync_client.protocol import Limits
 
 from .api import ServerApp
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, default_database_path
+from .http_server import build_server
 from .storage import SqliteStorage, StorageError
 
 log = logging.getLogger("idsync.server")
@@ -58,8 +56,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads",
         type=int,
-        default=int(_env("threads", 32)),
-        help="worker threads; each long-poll holds one (default %(default)s)",
+        default=int(_env("threads", 8)),
+        help="storage threads: database work runs there, waiting long-polls hold none "
+        "(IDSYNC_THREADS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(_env("max_connections", 10_000)),
+        help="open connections past this get 503 server_busy "
+        "(IDSYNC_MAX_CONNECTIONS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=float(_env("header_timeout", 10.0)),
+        help="seconds a request's headers may take to arrive "
+        "(IDSYNC_HEADER_TIMEOUT; default %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=float(_env("body_timeout", 60.0)),
+        help="seconds a request's body may take to arrive after its headers "
+        "(IDSYNC_BODY_TIMEOUT; default %(default)s)",
     )
     parser.add_argument(
         "--busy-timeout-ms",
@@ -76,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backoff-threshold",
         type=int,
         default=int(_env("backoff_threshold", 24)),
-        help="send the back-off hint when more requests are in flight",
+        help="send the back-off hint when more requests are being worked on "
+        "(waiting long-polls do not count)",
     )
     parser.add_argument(
         "--log-level",
@@ -108,11 +129,31 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         busy_timeout_ms=args.busy_timeout_ms,
         auth_token=args.auth_token or None,
         backoff_threshold=args.backoff_threshold,
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
 
 
-def _stop(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+def _check_positive(config: ServerConfig) -> None:
+    for name in ("threads", "max_connections", "header_timeout", "body_timeout"):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} must be a positive number")
+
+
+def _raise_open_file_limit(wanted: int) -> None:
+    """Let the process hold ``wanted`` sockets if the hard limit allows (POSIX)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            log.warning("cannot raise the open file limit to %d", target)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,8 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.log_level != "DEBUG":
+        # uvicorn's start and stop notes repeat ours; its warnings stay.
+        logging.getLogger("uvicorn").setLevel(logging.WARNING)
     try:
         config = config_from_args(args)
+        _check_positive(config)
     except ValueError as exc:
         parser.error(str(exc))
     try:
@@ -131,28 +176,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as exc:
         print(f"idsync-server: cannot open {config.database}: {exc}", file=sys.stderr)
         return 2
+    _raise_open_file_limit(config.max_connections + 256)
     app = ServerApp(storage, config)
-    server = waitress.create_server(
-        app,
-        host=config.host,
-        port=config.port,
-        threads=config.threads,
-        # Above our own limit, so that an oversize body gets our JSON 413.
-        max_request_body_size=2 * config.limits.max_body_bytes + 1024 * 1024,
-        channel_timeout=int(config.limits.max_wait_seconds) + 30,
-        ident="idsync",
-    )
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        port = server.effective_port
+
+    def listening(port: int) -> None:
         print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
         print(f"idsync-server database {config.database.resolve()}", flush=True)
-        server.run()
-    except KeyboardInterrupt:
-        log.info("stopping")
+
+    try:
+        build_server(app, config, listening).run()
+        log.info("stopped")
     finally:
-        app.notifier.close()
-        server.close()
+        app.close()
         storage.close()
     return 0
 

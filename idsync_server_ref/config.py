@@ -28,17 +28,25 @@ def default_database_path() -> Path:
 class ServerConfig:
     """Everything the reference server can be told.
 
-    ``auth_token``: when set, every endpoint but health needs
-    ``Authorization: Bearer <token>``. ``backoff_threshold``: when more
-    requests than this are in flight, responses carry the back-off hint.
+    ``threads``: the storage pool (database work runs there; waiting
+    long-polls hold no thread). ``auth_token``: when set, every endpoint but
+    health needs ``Authorization: Bearer <token>``. ``backoff_threshold``:
+    when more requests than this are being worked on (long-polls waiting do
+    not count), responses carry the back-off hint. ``max_connections``: open
+    connections past it get ``503 server_busy``. ``header_timeout`` and
+    ``body_timeout``: seconds a request's headers, then its body, may take
+    to arrive before the connection is dropped.
     """
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     database: Path = field(default_factory=default_database_path)
     limits: Limits = field(default_factory=Limits)
-    threads: int = 32
+    threads: int = 8
     busy_timeout_ms: int = 5000
     auth_token: str | None = None
     backoff_threshold: int = 24
     backoff_seconds: int = 5
+    max_connections: int = 10_000
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0

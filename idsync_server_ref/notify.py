@@ -1,51 +1,121 @@
-"""Wake-ups for long-polling pullers when a store's log grows."""
+"""Wake-ups for long-polls when a store's log grows, on the server's event loop.
+
+A waiting long-poll is a future on the event loop, not a thread: thousands
+may wait at once. Writers may call :meth:`ChangeNotifier.notify` from any
+thread (pushes run in the storage pool); the wake-up is handed to the loop
+with ``call_soon_threadsafe``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable, Mapping
 
 
 class ChangeNotifier:
-    """Tells waiting pullers, in this process, that a store has new changes.
+    """Tells waiting long-polls, in this process, that stores have new changes.
 
-    Writers call :meth:`notify` after their transaction commits; pullers call
-    :meth:`wait` after finding nothing new. A notify that lands between a
-    puller's read and its wait is not lost: the head it recorded is checked
-    before sleeping.
+    Writers call :meth:`notify` after their transaction commits; long-polls
+    call :meth:`wait_any` after finding nothing new. A notify that lands
+    between a poll's read and its wait is not lost: the heads recorded are
+    checked before waiting, and both happen on the loop's thread.
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
         self._heads: dict[str, int] = {}
+        self._waiters: dict[str, set[asyncio.Future[str]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (the server is stopping)."""
+        return self._closed
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the loop the waits run on; call it from that loop's thread."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    def _on_loop(self, callback: Callable[..., None], *args: object) -> None:
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread:
+            callback(*args)
+        else:
+            loop.call_soon_threadsafe(callback, *args)
 
     def notify(self, store: str, head_seq: int) -> None:
         """Record that ``store`` now reaches ``head_seq`` and wake its waiters."""
-        with self._cond:
-            self._heads[store] = head_seq
-            self._cond.notify_all()
+        self._on_loop(self._advance, store, head_seq)
 
     def forget(self, store: str) -> None:
-        """Drop what is known of a store (it was dropped); wake its waiters."""
-        with self._cond:
-            self._heads.pop(store, None)
-            self._cond.notify_all()
-
-    def wait(self, store: str, after_seq: int, timeout: float) -> bool:
-        """Block until ``store`` passes ``after_seq``, the timeout, or close.
-
-        Returns True when new changes are known to exist.
-        """
-        with self._cond:
-            return (
-                self._cond.wait_for(
-                    lambda: self._closed or self._heads.get(store, -1) > after_seq, timeout
-                )
-                and not self._closed
-            )
+        """The store was dropped: forget its head and wake its waiters."""
+        self._on_loop(self._drop, store)
 
     def close(self) -> None:
         """Wake every waiter for good (the server is stopping)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._on_loop(self._close)
+
+    def _advance(self, store: str, head_seq: int) -> None:
+        if head_seq > self._heads.get(store, -1):
+            self._heads[store] = head_seq
+        self._wake(store)
+
+    def _drop(self, store: str) -> None:
+        # Waiters wake as if the store changed: their next read tells them it is gone.
+        self._heads.pop(store, None)
+        self._wake(store)
+
+    def _close(self) -> None:
+        self._closed = True
+        for store in list(self._waiters):
+            self._wake(store)
+
+    def _wake(self, store: str) -> None:
+        for future in self._waiters.pop(store, ()):
+            if not future.done():
+                future.set_result(store)
+
+    async def wait(self, store: str, after_seq: int, timeout: float) -> bool:
+        """Wait until ``store`` passes ``after_seq``, the timeout, or close.
+
+        Returns True when new changes (or a drop) are known to have happened.
+        """
+        return bool(await self.wait_any({store: after_seq}, timeout))
+
+    async def wait_any(self, after: Mapping[str, int], timeout: float) -> set[str]:
+        """Wait until any store passes its seq in ``after``, the timeout, or close.
+
+        Returns the stores known to have changed (empty on timeout or close).
+        Holds no thread while waiting.
+        """
+        if self._loop is None:
+            self.attach(asyncio.get_running_loop())
+        changed = self._changed(after)
+        if changed or self._closed or timeout <= 0:
+            return changed
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        for store in after:
+            self._waiters.setdefault(store, set()).add(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            for store in after:
+                waiting = self._waiters.get(store)
+                if waiting is not None:
+                    waiting.discard(future)
+                    if not waiting:
+                        del self._waiters[store]
+        if self._closed:
+            return set()
+        changed = self._changed(after)
+        if future.done() and future.result() not in self._heads:
+            changed.add(future.result())  # woken by a drop
+        return changed
+
+    def _changed(self, after: Mapping[str, int]) -> set[str]:
+        return {store for store, seq in after.items() if self._heads.get(store, -1) > seq}

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from idsync_server_ref.process import ServerProcess
 
 from .conftest import Api
@@ -26,17 +28,33 @@ def test_help_lists_every_flag() -> None:
         "--max-batch",
         "--max-value-bytes",
         "--max-wait-seconds",
+        "--max-wait-stores",
+        "--threads",
+        "--max-connections",
+        "--header-timeout",
+        "--body-timeout",
     ):
         assert flag in out
 
 
-def test_bad_limit_is_refused() -> None:
+@pytest.mark.parametrize(
+    ("flag", "name"),
+    [
+        ("--max-batch", "max_batch"),
+        ("--max-wait-stores", "max_wait_stores"),
+        ("--threads", "threads"),
+        ("--max-connections", "max_connections"),
+        ("--header-timeout", "header_timeout"),
+        ("--body-timeout", "body_timeout"),
+    ],
+)
+def test_bad_limit_is_refused(flag: str, name: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "idsync_server_ref", "--max-batch", "0"],
+        [sys.executable, "-m", "idsync_server_ref", flag, "0"],
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 2 and "max_batch" in result.stderr
+    assert result.returncode == 2 and name in result.stderr
 
 
 def test_default_database_in_the_user_data_folder(tmp_path) -> None:

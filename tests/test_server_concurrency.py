@@ -55,3 +55,51 @@ def test_pullers_see_every_change_once_in_order(api: Api, store: str) -> None:
         assert seqs == list(range(1, total + 1)), f"{name} skipped or repeated a change"
     keys = {c["key"] for c in seen["busy-poll"]}
     assert len(keys) == total
+
+
+# -- the notifier: waits on the event loop, wake-ups from any thread ------------------------
+
+
+def test_notifier_wakes_a_wait_from_a_worker_thread() -> None:
+    import asyncio
+
+    from idsync_server_ref.notify import ChangeNotifier
+
+    async def scenario() -> tuple[set[str], float, set[str], set[str]]:
+        notifier = ChangeNotifier()
+        notifier.attach(asyncio.get_running_loop())
+        writer = threading.Timer(0.05, notifier.notify, args=("b", 3))
+        started = time.monotonic()
+        writer.start()
+        woken = await notifier.wait_any({"a": 0, "b": 2}, 10)
+        elapsed = time.monotonic() - started
+        writer.join()
+        already = await notifier.wait_any({"b": 2}, 10)  # known head past the cursor
+        dropper = threading.Timer(0.05, notifier.forget, args=("a",))
+        dropper.start()
+        dropped = await notifier.wait_any({"a": 0}, 10)
+        dropper.join()
+        return woken, elapsed, already, dropped
+
+    woken, elapsed, already, dropped = asyncio.run(scenario())
+    assert woken == {"b"} and elapsed < 5
+    assert already == {"b"} and dropped == {"a"}
+
+
+def test_notifier_close_ends_every_wait() -> None:
+    import asyncio
+
+    from idsync_server_ref.notify import ChangeNotifier
+
+    async def scenario() -> tuple[list[set[str]], float]:
+        notifier = ChangeNotifier()
+        notifier.attach(asyncio.get_running_loop())
+        waits = [asyncio.ensure_future(notifier.wait_any({f"s{i}": 0}, 30)) for i in range(50)]
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        threading.Thread(target=notifier.close).start()
+        results = await asyncio.wait_for(asyncio.gather(*waits), 10)
+        return results, time.monotonic() - started
+
+    results, elapsed = asyncio.run(scenario())
+    assert results == [set()] * 50 and elapsed < 5

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
 import uuid
+from urllib.parse import quote
 
 import pytest
 
@@ -436,3 +438,289 @@ def test_busy_storage_answers_503_with_retry_after(tmp_path) -> None:
             blocker.execute("ROLLBACK")
             blocker.close()
         assert api.push("busy", "c", [add(1)])[0]["status"] == "applied"
+
+
+# -- the request target: strict decoding, raw-path routing, HEAD, Allow, logs -----------------
+
+
+def _raw_get(server: ServerProcess, target: str, method: str = "GET", headers=None):
+    """Send ``target`` exactly as given (no client-side re-quoting); (status, headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request(method, target, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("bad", ["tag:%FF", "tag:%C3", "tag:%zz", "tag:%F", "tag:%", "%FF=1"])
+def test_query_is_decoded_strictly(server: ServerProcess, api: Api, store: str, bad: str) -> None:
+    api.push(store, "c1", [add(1, "k", index=["tag:\ufffd", "tag:%zz", "tag:%F", "tag:%"])])
+    status, _, body = _raw_get(server, f"/v1/stores/{store}/records?index={bad}")
+    assert status == 400, body
+    assert json.loads(body)["error"]["code"] == "invalid_request"
+
+
+def test_query_decodes_plus_and_utf8(server: ServerProcess, api: Api, store: str) -> None:
+    api.push(store, "c1", [add(1, "k", index=["tag:a é"])])
+    status, _, body = _raw_get(server, f"/v1/stores/{store}/records?index=tag:a+%C3%A9")
+    assert status == 200 and [r["key"] for r in json.loads(body)["records"]] == ["k"]
+
+
+def test_encoded_slash_does_not_route(server: ServerProcess, api: Api, store: str) -> None:
+    api.push(store, "c1", [add(1, "k1")])
+    status, _, body = _raw_get(server, f"/v1/stores/{store}%2Frecords%2Fk1")
+    assert status == 400, body
+    assert json.loads(body)["error"]["code"] == "invalid_store_name"
+    status, _, body = _raw_get(server, f"/v1/stores/{store}/records%2Fk1")
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("key", ["a/b", "a/../b", "/lead", "100%", "q?x=1&y", "sp ace/é", "a%2Fb"])
+def test_record_key_with_slash_and_reserved_characters(api: Api, store: str, key: str) -> None:
+    api.push(store, "c1", [add(1, key, {"k": key})])
+    response = api.call("GET", f"/v1/stores/{store}/records/{quote(key, safe='')}")
+    assert response.status_code == 200, response.text
+    assert response.json()["key"] == key
+
+
+def test_bad_percent_encoding_in_path(server: ServerProcess, store: str) -> None:
+    for target in (f"/v1/stores/{store}/records/%FF", f"/v1/stores/{store}/records/a%zz"):
+        status, _, body = _raw_get(server, target)
+        assert status == 400 and json.loads(body)["error"]["code"] == "invalid_request"
+
+
+def test_head_on_every_get_endpoint(server: ServerProcess, api: Api, store: str) -> None:
+    api.push(store, "c1", [add(1, "k", index=["tag:a"])])
+    targets = [
+        "/v1/health",
+        "/v1/stores",
+        f"/v1/stores/{store}",
+        f"/v1/stores/{store}/changes",
+        f"/v1/stores/{store}/snapshot",
+        f"/v1/stores/{store}/records?index=tag:a",
+        f"/v1/stores/{store}/records/k",
+        f"/v1/stores/{store}/records/missing",
+        "/v1/stores/no-such/changes",
+    ]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        for target in targets:
+            # HEAD then GET on one connection: a body sent after HEAD would garble the GET.
+            conn.request("HEAD", target)
+            head = conn.getresponse()
+            assert head.read() == b""
+            conn.request("GET", target)
+            get = conn.getresponse()
+            body = get.read()
+            assert head.status == get.status, target
+            assert head.getheader("Content-Type") == get.getheader("Content-Type")
+            assert head.getheader("Content-Length") == get.getheader("Content-Length")
+            assert int(get.getheader("Content-Length")) == len(body) > 0
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PATCH", "/v1/stores/{store}", "DELETE, GET, HEAD"),
+        ("POST", "/v1/health", "GET, HEAD"),
+        ("DELETE", "/v1/stores", "GET, HEAD, POST"),
+        ("GET", "/v1/stores/{store}/push", "POST"),
+        ("PUT", "/v1/stores/{store}/records/k", "GET, HEAD"),
+    ],
+)
+def test_405_carries_allow(api: Api, store: str, method: str, path: str, allow: str) -> None:
+    response = api.call(method, path.format(store=store))
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == allow
+
+
+def test_request_text_is_escaped_in_the_log(tmp_path) -> None:
+    with ServerProcess(tmp_path / "s.sqlite3", "--log-level", "INFO") as proc:
+        forged = "FORGED GET /v1/stores 200 0.1ms"
+        _raw_get(proc, "/v1/health%0d%0a" + forged.replace(" ", "%20"))
+        _raw_get(proc, "/v1/health?x=%0a" + forged.replace(" ", "%20"))
+        _raw_get(proc, "/v1/health", headers={"User-Agent": "ua\t\x85\x9b2Jend"})
+        deadline = time.monotonic() + 10
+        while sum("idsync.server.access" in line for line in proc.log_lines) < 3:
+            assert time.monotonic() < deadline, "".join(proc.log_lines)
+            time.sleep(0.01)
+        text = "".join(proc.log_lines)
+    assert not any(line.startswith("FORGED") for line in text.splitlines())
+    assert not any(c in text for c in "\r\t\x85\x9b")
+    assert "ua\\x09\\x85\\x9b2Jend" in text
+
+
+# -- the HTTP layer: framing, limits before reading, errors in the envelope -----------------
+
+
+def _exchange(server: ServerProcess, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes or stays quiet for ``timeout``."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(data)
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except TimeoutError:
+            pass
+    return out
+
+
+def _envelope(raw: bytes, status: int) -> dict:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), raw[:300]
+    assert b"content-type: application/json" in head.lower()
+    return json.loads(body)["error"]
+
+
+def test_body_over_the_limit_is_refused_before_it_is_sent(server: ServerProcess, store: str) -> None:
+    started = time.monotonic()
+    raw = _exchange(
+        server,
+        f"POST /v1/stores/{store}/push HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {64 * 1024 * 1024}\r\n\r\n".encode(),
+    )
+    assert _envelope(raw, 413)["code"] == "body_too_large"
+    assert time.monotonic() - started < 4, "the server waited for a body it will not take"
+
+
+def test_chunked_body_over_the_limit(tmp_path) -> None:
+    with ServerProcess(tmp_path / "s.sqlite3", "--max-body-bytes", "1000") as proc:
+        Api(proc.url).create_store("ch")
+        chunk = b"x" * 600
+        raw = _exchange(
+            proc,
+            b"POST /v1/stores/ch/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n" % (len(chunk), chunk) * 2
+            + b"0\r\n\r\n",
+        )
+        assert _envelope(raw, 413)["code"] == "body_too_large"
+
+
+def test_request_framed_two_ways_is_refused(server: ServerProcess, api: Api) -> None:
+    name = f"smuggle-{uuid.uuid4().hex[:6]}"
+    body = json.dumps({"name": name}).encode()
+    smuggled = b"DELETE /v1/stores/" + name.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    raw = _exchange(
+        server,
+        b"POST /v1/stores HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        + smuggled,
+    )
+    assert _envelope(raw, 400)["code"] == "invalid_request"
+    assert raw.count(b"HTTP/1.1 ") == 1, "a second request was served"
+    assert_error(api.call("GET", f"/v1/stores/{name}"), 404, "store_not_found")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    ],
+    ids=["garbage", "huge-headers", "two-lengths", "bad-header"],
+)
+def test_server_layer_errors_use_the_envelope(server: ServerProcess, data: bytes) -> None:
+    error = _envelope(_exchange(server, data), 400)
+    assert error["code"] == "invalid_request" and error["retryable"] is False
+
+
+# -- POST /v1/wait: one long-poll for many stores --------------------------------------------
+
+
+def _wait(api: Api, cursors: dict, wait: float = 0, **kwargs):
+    return api.call("POST", "/v1/wait", {"cursors": cursors, "wait": wait}, **kwargs)
+
+
+def test_wait_wakes_on_a_change_in_any_store(api: Api) -> None:
+    import threading
+
+    stores = [f"w{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+    cursors = {}
+    for name in stores:
+        api.create_store(name)
+        cursors[name] = api.pull_all(name)[1]
+    quiet = _wait(api, cursors, 0.2)
+    assert quiet.status_code == 200 and quiet.json() == {"changed": [], "errors": {}}
+    result: dict = {}
+
+    def waiter() -> None:
+        started = time.monotonic()
+        result["response"] = _wait(Api(api.url), cursors, 20)
+        result["elapsed"] = time.monotonic() - started
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while api.call("GET", "/v1/health").json()["waiting"] < 1 and thread.is_alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    api.push(stores[1], "c1", [add(1, "k")])
+    thread.join(timeout=25)
+    assert result["response"].json() == {"changed": [stores[1]], "errors": {}}
+    assert result["elapsed"] < 10
+    # A cursor already behind the head answers at once.
+    started = time.monotonic()
+    assert _wait(api, cursors, 20).json()["changed"] == [stores[1]]
+    assert time.monotonic() - started < 5
+
+
+def test_wait_reports_errors_per_store(api: Api, store: str) -> None:
+    api.push(store, "c1", [add(1)])
+    head = api.pull_all(store)[1]
+    started = time.monotonic()
+    response = _wait(
+        api,
+        {
+            store: head,
+            "no-such-store": None,
+            "Bad Name": None,
+            f"{store}x": "garbage",
+        },
+        20,
+    )
+    assert response.status_code == 200 and time.monotonic() - started < 5
+    body = response.json()
+    assert body["changed"] == []
+    errors = {name: e["code"] for name, e in body["errors"].items()}
+    assert errors == {
+        "no-such-store": "store_not_found",
+        "Bad Name": "invalid_store_name",
+        f"{store}x": "invalid_cursor",
+    }
+    assert body["errors"]["no-such-store"]["retryable"] is False
+    foreign = _wait(api, {store: "0123456789abcdef.1"}).json()
+    assert foreign["errors"][store]["code"] == "reset_required"
+    assert _wait(api, {store: None}).json() == {"changed": [store], "errors": {}}
+
+
+def test_wait_limits_and_bad_bodies(api: Api, store: str) -> None:
+    from idsync_client.protocol import Limits
+
+    too_many = {f"s{i}": None for i in range(Limits().max_wait_stores + 1)}
+    assert_error(_wait(api, too_many), 400, "invalid_request")
+    for bad in (
+        {"cursors": {}},
+        {"cursors": [store]},
+        {"cursors": {store: None}, "wait": 31},
+        {"cursors": {store: None}, "wait": -1},
+        {"cursors": {store: None}, "wait": True},
+        {"cursors": {store: None}, "extra": 1},
+        [],
+    ):
+        assert_error(api.call("POST", "/v1/wait", bad), 400, "invalid_request")
+    assert_error(_push_raw_to(api, "/v1/wait", b"{nope"), 400, "malformed_json")
+    assert_error(api.call("GET", "/v1/wait"), 405, "method_not_allowed")
+
+
+def _push_raw_to(api: Api, path: str, data: bytes):
+    return api.call("POST", path, data=data, headers={"Content-Type": "application/json"})
