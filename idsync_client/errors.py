@@ -8,6 +8,7 @@
     │   ├── AuthError           401/403: sync pauses until credentials change
     │   ├── ResetRequired       410: the engine reloads a snapshot
     │   └── StoreNotFound       404 store_not_found
+    ├── LocalStorageError       the local file cannot be read or written (disk full, ...)
     ├── SyncLocked              another process is syncing this local file
     └── ClientClosed            the client was closed
 
@@ -74,6 +75,21 @@ class ResetRequired(PermanentError):
 
 class StoreNotFound(PermanentError):
     """The store does not exist on the server."""
+
+
+class LocalStorageError(IdsyncError):
+    """The local database file or its sync-lock file failed (disk full, read-only,
+    missing, corrupt, ...).
+
+    Raised by any public call that touches the local file, with the driver's
+    exception as ``__cause__`` (and in ``original``). A write that raises it
+    is wholly absent; nothing is half written. Free space (or fix the file)
+    and retry: pending changes are kept and sync resumes by itself.
+    """
+
+    def __init__(self, message: str, *, original: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.original = original
 
 
 class SyncLocked(IdsyncError):
