@@ -119,7 +119,11 @@ CLASSIFICATION: list[RetryRule] = [
     RetryRule("501 Not Implemented", False, "permanent error"),
     RetryRule("401, 403", False, "sync pauses until set_token()"),
     RetryRule("410 reset_required", False, "reload the snapshot, keep pending changes"),
-    RetryRule("413 batch_too_large / body_too_large", False, "split the batch and resend"),
+    RetryRule(
+        "413 (any body, JSON or not)",
+        False,
+        "split the batch and resend; a change too large alone moves to rejected",
+    ),
     RetryRule("422 invalid_change", False, "that change moves to rejected; the rest resent"),
     RetryRule("other 4xx", False, "permanent error"),
     RetryRule("Idsync-Backoff header", True, "no request until the hint has passed"),
