@@ -97,8 +97,9 @@ class StatusTracker:
                 return new
             self._status = new
             listeners = list(self._listeners)
-        for listener in listeners:
-            self.callbacks.call(partial(listener, new))
+        with self.callbacks.held():  # every listener hears of it before what it causes
+            for listener in listeners:
+                self.callbacks.call(partial(listener, new))
         return new
 
     def reset_seen(self, count: int) -> None:

@@ -137,7 +137,8 @@ class SubscriptionHub:
             return
         with self._lock:
             subs = list(self._subs)
-        for sub in subs:
-            narrowed = sub._filter(event)
-            if narrowed is not None:
-                self.callbacks.call(partial(sub.callback, narrowed))
+        with self.callbacks.held():  # every subscriber hears of it before what it causes
+            for sub in subs:
+                narrowed = sub._filter(event)
+                if narrowed is not None:
+                    self.callbacks.call(partial(sub.callback, narrowed))

@@ -88,9 +88,11 @@ class SyncEngine:
         (``body_too_large``); it never holds back the changes behind it.
         """
         report = report or SyncReport()
-        limits = self.transport.limits()
         with self._push_lock:
             while True:
+                if not self.db.pending_count(store):
+                    return report
+                limits = self.transport.limits()  # asked once, when there is something to push
                 entries = self.db.pending(store, min(self.batch_size, limits.max_batch))
                 if not entries:
                     return report
