@@ -171,18 +171,21 @@ class BackgroundSync:
             self.engine.push(store, report)
         return report
 
-    def _pull(self, store: str) -> SyncReport:
-        report = self.engine.pull(store, wait=self.long_poll, cancelled=self._stop.is_set)
+    def _pull(self, store: str, wait: float) -> SyncReport:
+        report = self.engine.pull(store, wait=wait, cancelled=self._stop.is_set)
         if not self._stop.is_set() and self.engine.db.pending_count(store):
             self.kick()
         return report
 
     def _pull_loop(self, store: str) -> None:
         delay = 0.0
+        wait = 0.0  # the first pull, and the first after a failure, answer at once
         while self._ready():
-            if self._round(lambda: self._pull(store)):
+            if self._round(lambda: self._pull(store, wait)):  # noqa: B023
                 delay = 0.0
+                wait = self.long_poll
             else:
+                wait = 0.0
                 delay = min(self.max_offline_delay, max(0.5, delay * 2))
                 self._wake_pulls.wait(delay)
                 self._wake_pulls.clear()
