@@ -182,9 +182,17 @@ class LocalDB:
                 self.db.close()
 
     def close_all(self) -> None:
-        """Close the connections of every thread (the client is closing)."""
+        """Close the connections of every thread (the client is closing).
+
+        Waits (a second at most) for a write transaction under way to end.
+        """
         assert isinstance(self.db, _SqliteFile)
-        self.db.close_all()
+        locked = self._write_lock.acquire(timeout=1.0)
+        try:
+            self.db.close_all()
+        finally:
+            if locked:
+                self._write_lock.release()
 
     # -- local writes (call inside transaction()) ---------------------------
 
