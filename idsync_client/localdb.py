@@ -129,7 +129,13 @@ class LocalDB:
         self, path: str | Path, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
     ) -> None:
         self.path = Path(path)
-        base = open_database(self.path, synchronous, busy_timeout_ms)  # checks, makes the folder
+        try:
+            base = open_database(self.path, synchronous, busy_timeout_ms)  # makes the folder
+        except OSError as exc:
+            raise LocalStorageError(
+                f"cannot create the folder of the local database file: {self.path} ({exc})",
+                original=exc,
+            ) from exc
         # The same settings, on a database that can close every thread's connection.
         self.db: peewee.SqliteDatabase = _SqliteFile(
             base.database,

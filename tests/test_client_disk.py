@@ -85,6 +85,11 @@ def test_every_local_failure_is_a_local_storage_error(tmp_path) -> None:
     folder.mkdir()
     with pytest.raises(LocalStorageError, match="cannot open the local database file"):
         Client(folder)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    with pytest.raises(LocalStorageError, match="cannot create the folder") as caught:
+        Client(a_file / "c.db")
+    assert isinstance(caught.value.__cause__, OSError)
     assert issubclass(LocalStorageError, IdsyncError)
 
 
