@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from .background import BackgroundSync
-from .errors import AuthError, ClientClosed, IdsyncError, SyncLocked, TemporaryError
+from .errors import (
+    AuthError,
+    ClientClosed,
+    IdsyncError,
+    LocalStorageError,
+    SyncLocked,
+    TemporaryError,
+)
 from .localdb import LocalDB
 from .processlock import ProcessLock
 from .protocol import Limits, validate_store_name
@@ -16,9 +25,11 @@ from .records import ChangeEvent, RejectedChange
 from .retry import RetryPolicy
 from .status import StatusTracker, SyncStatus
 from .store import Store
-from .subscriptions import SubscriptionHub
+from .subscriptions import CallbackQueue, SubscriptionHub
 from .sync import SyncEngine, SyncReport
 from .transport import HttpTransport
+
+log = logging.getLogger("idsync.client")
 
 
 class Client:
@@ -32,6 +43,10 @@ class Client:
     the server.
 
     Use it as a context manager, or call :meth:`close`.
+
+    Callbacks (subscriptions, status listeners) run after the library's
+    locks are released, in order, on the thread that caused them; they may
+    call any public method, ``sync()`` and ``close()`` included.
     """
 
     def __init__(
@@ -54,7 +69,8 @@ class Client:
         self.path = Path(path)
         self.limits = limits or Limits()
         self.db = LocalDB(self.path, synchronous=synchronous)
-        self._hub = SubscriptionHub()
+        self._callbacks = CallbackQueue()
+        self._hub = SubscriptionHub(self._callbacks)
         self._stores: dict[str, Store] = {}
         self._closed = False
         self._lock = ProcessLock(self.path.with_name(self.path.name + ".sync-lock"))
@@ -64,7 +80,8 @@ class Client:
                 state="idle" if server else "local",
                 pending=self.db.pending_count(),
                 rejected=len(self.db.rejected()),
-            )
+            ),
+            self._callbacks,
         )
         self._engine = (
             None
@@ -116,9 +133,12 @@ class Client:
     def _changed(self, event: ChangeEvent) -> None:
         """A local write committed: tell subscribers, update the count, push soon."""
         self._hub.publish(event)
-        self._status.update(pending=self.db.pending_count())
-        if self._background is not None:
-            self._background.kick()
+        # The write is committed: a failing count must not make it look failed.
+        with contextlib.suppress(IdsyncError):
+            self._status.update(pending=self.db.pending_count())
+        background = self._background
+        if background is not None:
+            background.kick()
 
     def _counts(self) -> tuple[int, int]:
         return self.db.pending_count(), len(self.db.rejected())
@@ -135,62 +155,139 @@ class Client:
         """One sync round for every store opened on this client, now.
 
         Raises the last TemporaryError when the server stays unreachable
-        through the retries, AuthError when credentials are refused, and
-        SyncLocked when another process is syncing this file.
+        through the retries, AuthError when credentials are refused,
+        SyncLocked when another process is syncing this file, and
+        LocalStorageError when the local file fails (disk full, ...).
+        Subscription and status callbacks caused by the round run before it
+        returns, after its locks are released.
         """
         engine = self._require_engine()
-        with self._sync_lock:
-            if not self._lock.acquire():
-                raise SyncLocked(f"another process is syncing {self.path}")
+        with self._callbacks.held(), self._sync_lock:
             try:
-                total = SyncReport()
-                self._status.update(state="syncing")
-                for name in sorted(self._stores):
-                    report = engine.sync(name)
-                    total.pushed += report.pushed
-                    total.pulled += report.pulled
-                    total.resets += report.resets
-                    total.rejected += report.rejected
-            except AuthError as exc:
-                self._status.update(state="auth_error", last_error=str(exc))
+                if not self._lock.acquire():
+                    raise SyncLocked(f"another process is syncing {self.path}")
+            except LocalStorageError as exc:
+                self._status.update(last_error=str(exc))
                 raise
-            except TemporaryError as exc:
-                self._status.update(state="offline", last_error=str(exc))
-                raise
+            try:
+                return self._sync_round(engine)
             finally:
                 if self._background is None:
                     self._lock.release()
-        self._status.succeeded(*self._counts())
+
+    def _sync_round(self, engine: SyncEngine) -> SyncReport:
+        before = self._status.current.state
+        contacts = engine.transport.contacts
+        total = SyncReport()
+        self._status.update(state="syncing")
+        try:
+            for name in sorted(self._stores):
+                report = engine.sync(name)
+                total.pushed += report.pushed
+                total.pulled += report.pulled
+                total.resets += report.resets
+                total.rejected += report.rejected
+        except AuthError as exc:
+            self._status.update(state="auth_error", last_error=str(exc))
+            raise
+        except TemporaryError as exc:
+            self._status.update(state="offline", last_error=str(exc))
+            raise
+        except BaseException as exc:
+            # The server may have answered (a permanent error) or not been
+            # asked at all (the local file failed): say which, never "syncing".
+            answered = engine.transport.contacts != contacts
+            state = "online" if answered else before
+            self._status.update(state=state, last_error=str(exc))
+            raise
+        finally:
+            self._status.reset_seen(total.resets)
+        pending, rejected = self._counts()
+        if engine.transport.contacts != contacts:
+            self._status.succeeded(pending, rejected)
+        else:  # nothing was asked of the server: no news about the link
+            self._status.update(state=before, pending=pending, rejected=rejected)
         return total
 
-    def start(self) -> None:
-        """Start syncing in the background (threads); returns at once."""
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Push pending changes now, waiting at most ``timeout`` seconds.
+
+        Returns True if nothing is left to upload. For an app about to exit:
+        ``client.flush(5.0)`` then ``client.close()`` (or
+        ``close(flush_timeout=5.0)``). A push still under way at the deadline
+        is abandoned; what it did not upload stays in the outbox for next time.
+        """
         engine = self._require_engine()
-        if self._background is not None:
+        done = threading.Event()
+
+        def push_all() -> None:
+            try:
+                with self._callbacks.held(), self._sync_lock:
+                    if self._lock.acquire():
+                        try:
+                            for name in sorted(self._stores):
+                                engine.push(name)
+                        finally:
+                            if self._background is None:
+                                self._lock.release()
+            except Exception as exc:
+                log.warning("flush failed: %s", exc)
+                self._status.update(last_error=str(exc))
+            finally:
+                done.set()
+                with contextlib.suppress(IdsyncError):
+                    self.db.close()  # this thread's connection
+
+        threading.Thread(target=push_all, name="idsync-flush", daemon=True).start()
+        done.wait(timeout)
+        try:
+            pending = self.db.pending_count()
+        except IdsyncError:
+            return False
+        self._status.update(pending=pending)
+        return pending == 0
+
+    def start(self) -> None:
+        """Start syncing in the background (threads); returns at once.
+
+        The state is ``connecting`` until the server first answers.
+        """
+        engine = self._require_engine()
+        if self._background is not None and self._background.running:
             return
         self._background = BackgroundSync(
             engine, self._status, self._lock, self._counts, long_poll=self._long_poll
         )
+        self._status.update(state="connecting")
         self._background.start(sorted(self._stores))
 
     def stop(self) -> None:
-        """Stop background sync (pending changes stay in the outbox)."""
-        if self._background is not None:
-            self._background.stop()
-            self._background = None
-            self._status.update(state="idle")
+        """Stop background sync (pending changes stay in the outbox).
+
+        Returns within about half a second; a long-poll still under way is
+        abandoned and changes nothing (state and data) when it returns.
+        """
+        background, self._background = self._background, None
+        if background is not None:
+            background.stop()
+            changes: dict[str, object] = {"state": "idle"}
+            with contextlib.suppress(IdsyncError):
+                changes["pending"], changes["rejected"] = self._counts()
+            self._status.update(**changes)
 
     def kick(self) -> None:
         """Ask background sync to try the server now (after the network came back)."""
-        if self._background is not None:
-            self._background.kick()
+        background = self._background
+        if background is not None:
+            background.kick()
 
     def set_token(self, token: str | None) -> None:
         """Replace the bearer token; resumes a sync paused by an auth error."""
         engine = self._require_engine()
         engine.transport.token = token
-        if self._background is not None:
-            self._background.resume()
+        background = self._background
+        if background is not None:
+            background.resume()
 
     # -- status and rejected changes ----------------------------------------
 
@@ -215,16 +312,26 @@ class Client:
 
     # -- lifetime -----------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop syncing and close the local database. Safe to call twice."""
+    def close(self, flush_timeout: float | None = None) -> None:
+        """Stop syncing and close the local database. Safe to call twice.
+
+        Returns promptly (about half a second at most): a request still under
+        way is abandoned. Every thread's connection to the local file is
+        closed. With ``flush_timeout``, first push pending changes for at most
+        that long (see :meth:`flush`). Safe to call from a callback.
+        """
         if self._closed:
             return
-        self.stop()
+        if flush_timeout is not None and self._engine is not None:
+            self.flush(flush_timeout)
         self._closed = True
+        self.stop()
         if self.transport is not None:
             self.transport.close()
+        if self._engine is not None:
+            self._engine.close()
         self._lock.release()
-        self.db.close()
+        self.db.close_all()
         self._status.update(state="closed")
 
     def __enter__(self) -> Client:

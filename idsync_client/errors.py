@@ -8,6 +8,7 @@
     │   ├── AuthError           401/403: sync pauses until credentials change
     │   ├── ResetRequired       410: the engine reloads a snapshot
     │   └── StoreNotFound       404 store_not_found
+    ├── LocalStorageError       the local file cannot be read or written (disk full, ...)
     ├── SyncLocked              another process is syncing this local file
     └── ClientClosed            the client was closed
 
@@ -76,6 +77,21 @@ class StoreNotFound(PermanentError):
     """The store does not exist on the server."""
 
 
+class LocalStorageError(IdsyncError):
+    """The local database file or its sync-lock file failed (disk full, read-only,
+    missing, corrupt, ...).
+
+    Raised by any public call that touches the local file, with the driver's
+    exception as ``__cause__`` (and in ``original``). A write that raises it
+    is wholly absent; nothing is half written. Free space (or fix the file)
+    and retry: pending changes are kept and sync resumes by itself.
+    """
+
+    def __init__(self, message: str, *, original: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.original = original
+
+
 class SyncLocked(IdsyncError):
     """Another process holds this local database's sync lock."""
 
@@ -103,7 +119,11 @@ CLASSIFICATION: list[RetryRule] = [
     RetryRule("501 Not Implemented", False, "permanent error"),
     RetryRule("401, 403", False, "sync pauses until set_token()"),
     RetryRule("410 reset_required", False, "reload the snapshot, keep pending changes"),
-    RetryRule("413 batch_too_large / body_too_large", False, "split the batch and resend"),
+    RetryRule(
+        "413 (any body, JSON or not)",
+        False,
+        "split the batch and resend; a change too large alone moves to rejected",
+    ),
     RetryRule("422 invalid_change", False, "that change moves to rejected; the rest resent"),
     RetryRule("other 4xx", False, "permanent error"),
     RetryRule("Idsync-Backoff header", True, "no request until the hint has passed"),

@@ -23,14 +23,93 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import peewee
+
 from . import jsoncodec
-from .errors import IdsyncError
+from .errors import IdsyncError, LocalStorageError
 from .protocol import Outcome
 from .records import ChangeEvent, KeyInUse, OutboxEntry, Record, RejectedChange
 from .schema import ALL_MODELS, SCHEMA_VERSION, MetaRow
 from .sqlitedb import open_database
 
 _RECORD = "key, index_json, value_json, seq"
+
+_DRIVER_ERRORS = (peewee.PeeweeException, sqlite3.Error)
+
+# What failed, in words an app can show, by a fragment of SQLite's message.
+_STORAGE_FAILURES = (
+    ("database or disk is full", "the local database file is full (no disk space or size limit)"),
+    ("disk i/o error", "a disk I/O error on the local database file"),
+    ("readonly database", "the local database file is read-only"),
+    ("unable to open database", "cannot open the local database file"),
+    ("database is locked", "the local database file stayed locked by another connection"),
+    ("not a database", "the local database file is not a database (corrupt?)"),
+    ("malformed", "the local database file is corrupt"),
+    ("closed database", "the local database connection was closed"),
+)
+
+
+def _root_failure(exc: BaseException) -> BaseException:
+    """The error that started it: a failed rollback after SQLite already rolled
+    back (disk full) hides the real failure in ``__context__``."""
+    seen: BaseException = exc
+    while "cannot rollback" in str(seen) and seen.__context__ is not None:
+        seen = seen.__context__
+    return seen
+
+
+def storage_error(exc: BaseException, path: Path) -> LocalStorageError:
+    """The LocalStorageError for a driver exception on the file at ``path``."""
+    root = _root_failure(exc)
+    if isinstance(root, LocalStorageError):
+        return root
+    text = str(root).lower()
+    what = next((words for frag, words in _STORAGE_FAILURES if frag in text), None)
+    message = f"{what or 'the local database failed'}: {path} ({root})"
+    error = LocalStorageError(message, original=root)
+    error.__cause__ = root
+    return error
+
+
+@contextlib.contextmanager
+def _wrapped(path: Path) -> Iterator[None]:
+    """Turn a driver exception into a LocalStorageError (cause attached)."""
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        raise storage_error(exc, path)  # noqa: B904 - the cause is set to the root failure
+
+
+class _SqliteFile(peewee.SqliteDatabase):
+    """peewee's SqliteDatabase, remembering every thread's connection.
+
+    peewee opens one connection per thread; :meth:`close_all` closes them all,
+    whichever thread opened them (hence ``check_same_thread=False``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._open: list[sqlite3.Connection] = []
+        self._open_lock = threading.Lock()
+
+    def _initialize_connection(self, conn: sqlite3.Connection) -> None:
+        super()._initialize_connection(conn)  # type: ignore[misc]
+        with self._open_lock:
+            self._open.append(conn)
+
+    def _close(self, conn: sqlite3.Connection) -> None:
+        with self._open_lock:
+            if conn in self._open:
+                self._open.remove(conn)
+        conn.close()
+
+    def close_all(self) -> None:
+        """Close every connection, of every thread. Later use fails (wrapped)."""
+        with self._open_lock:
+            conns, self._open = self._open, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
 
 def _record(row: Sequence[Any]) -> Record:
@@ -50,7 +129,20 @@ class LocalDB:
         self, path: str | Path, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
     ) -> None:
         self.path = Path(path)
-        self.db = open_database(self.path, synchronous, busy_timeout_ms)
+        try:
+            base = open_database(self.path, synchronous, busy_timeout_ms)  # makes the folder
+        except OSError as exc:
+            raise LocalStorageError(
+                f"cannot create the folder of the local database file: {self.path} ({exc})",
+                original=exc,
+            ) from exc
+        # The same settings, on a database that can close every thread's connection.
+        self.db: peewee.SqliteDatabase = _SqliteFile(
+            base.database,
+            pragmas=base._pragmas,  # type: ignore[attr-defined]
+            timeout=base._timeout,  # type: ignore[attr-defined]
+            check_same_thread=False,
+        )
         self._write_lock = threading.RLock()
         with self.transaction(), self.db.bind_ctx(ALL_MODELS):
             self.db.create_tables(ALL_MODELS, safe=True)
@@ -72,23 +164,41 @@ class LocalDB:
         """One write transaction (``BEGIN IMMEDIATE``); nested ones are savepoints."""
         # Threads of this process queue here rather than in SQLite's busy
         # handler, whose sleeps grow to 100 ms and would stall the UI and sync.
-        with self._write_lock, self.db.atomic("IMMEDIATE"):
+        # Every driver failure leaves as LocalStorageError; SQLite rolls back by
+        # itself on "disk full", so the write is wholly absent either way.
+        with self._write_lock, _wrapped(self.path), self.db.atomic("IMMEDIATE"):
             yield
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        cursor: sqlite3.Cursor = self.db.execute_sql(sql, params)
+        with _wrapped(self.path):
+            cursor: sqlite3.Cursor = self.db.execute_sql(sql, params)
         return cursor
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> int:
         return int(self._sql(sql, params).fetchone()[0])
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        self.db.connection().executemany(sql, rows)
+        with _wrapped(self.path):
+            self.db.connection().executemany(sql, rows)
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        if not self.db.is_closed():
-            self.db.close()
+        """Close this thread's connection (it reopens on next use)."""
+        with _wrapped(self.path):
+            if not self.db.is_closed():
+                self.db.close()
+
+    def close_all(self) -> None:
+        """Close the connections of every thread (the client is closing).
+
+        Waits (a second at most) for a write transaction under way to end.
+        """
+        assert isinstance(self.db, _SqliteFile)
+        locked = self._write_lock.acquire(timeout=1.0)
+        try:
+            self.db.close_all()
+        finally:
+            if locked:
+                self._write_lock.release()
 
     # -- local writes (call inside transaction()) ---------------------------
 

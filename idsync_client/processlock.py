@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 from typing import IO
 
+from .errors import LocalStorageError
+
 
 class ProcessLock:
     """A non-blocking exclusive lock on ``path`` (created if missing).
@@ -24,9 +26,18 @@ class ProcessLock:
         self._guard = threading.Lock()
 
     def acquire(self) -> bool:
-        """Take the lock if it is free; True if held now."""
+        """Take the lock if it is free; True if held now.
+
+        LocalStorageError if the lock file cannot be opened or written (disk
+        full, read-only folder, ...); the lock is then not held.
+        """
         with self._guard:
-            return self._acquire()
+            try:
+                return self._acquire()
+            except OSError as exc:
+                raise LocalStorageError(
+                    f"cannot use the sync-lock file {self.path} ({exc})", original=exc
+                ) from exc
 
     def _acquire(self) -> bool:
         if self._file is not None:
@@ -44,10 +55,14 @@ class ProcessLock:
         except OSError:
             handle.close()
             return False
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()).encode())
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()).encode())
+            handle.flush()
+        except OSError:
+            handle.close()
+            raise
         self._file = handle
         return True
 

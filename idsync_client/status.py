@@ -7,11 +7,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal
+
+from .subscriptions import CallbackQueue
 
 log = logging.getLogger("idsync.client")
 
-State = Literal["local", "idle", "syncing", "online", "offline", "auth_error", "standby", "closed"]
+State = Literal[
+    "local",
+    "idle",
+    "connecting",
+    "syncing",
+    "online",
+    "offline",
+    "auth_error",
+    "standby",
+    "closed",
+]
 
 
 @dataclass(frozen=True)
@@ -19,10 +32,17 @@ class SyncStatus:
     """A snapshot of the sync state.
 
     ``state``: ``local`` (no server configured), ``idle`` (background sync
-    not started), ``syncing``, ``online`` (last round succeeded),
-    ``offline`` (the server cannot be reached; retrying), ``auth_error``
-    (paused until new credentials), ``standby`` (another process syncs this
-    file), ``closed``.
+    not started), ``connecting`` (background sync started, no answer from
+    the server yet), ``syncing`` (a ``sync()`` call is under way),
+    ``online`` (the server answered the last request), ``offline`` (the
+    server cannot be reached; retrying), ``auth_error`` (paused until new
+    credentials), ``standby`` (another process syncs this file), ``closed``.
+
+    ``last_error`` is the last failure (server or local file), cleared by
+    the next round that succeeds. ``resets`` counts the times the server
+    asked this client to reload a store (its history changed, e.g. restored
+    from a backup); ``last_reset`` is when the last one happened (epoch
+    seconds): pending local changes were kept and sent again.
     """
 
     state: State = "idle"
@@ -30,20 +50,23 @@ class SyncStatus:
     rejected: int = 0
     last_error: str | None = None
     last_sync: float | None = None
+    resets: int = 0
+    last_reset: float | None = None
 
     @property
     def online(self) -> bool:
-        """True when the last contact with the server succeeded."""
-        return self.state in ("online", "syncing")
+        """True when the server answered the last request."""
+        return self.state == "online"
 
 
 class StatusTracker:
     """Holds the current :class:`SyncStatus` and calls listeners when it changes."""
 
-    def __init__(self, initial: SyncStatus) -> None:
+    def __init__(self, initial: SyncStatus, callbacks: CallbackQueue | None = None) -> None:
         self._status = initial
         self._lock = threading.Lock()
         self._listeners: list[Callable[[SyncStatus], None]] = []
+        self.callbacks = callbacks or CallbackQueue()
 
     @property
     def current(self) -> SyncStatus:
@@ -63,19 +86,28 @@ class StatusTracker:
         return stop
 
     def update(self, **changes: object) -> SyncStatus:
-        """Change some fields; listeners hear of it if anything differs."""
+        """Change some fields; listeners hear of it if anything differs.
+
+        Listeners run through the callback queue: after the library's locks
+        are released, in order.
+        """
         with self._lock:
             new = replace(self._status, **changes)  # type: ignore[arg-type]
             if new == self._status:
                 return new
             self._status = new
             listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(new)
-            except Exception:
-                log.exception("a status listener failed")
+        with self.callbacks.held():  # every listener hears of it before what it causes
+            for listener in listeners:
+                self.callbacks.call(partial(listener, new))
         return new
+
+    def reset_seen(self, count: int) -> None:
+        """The server made this client reload ``count`` stores just now."""
+        if count:
+            with self._lock:
+                total = self._status.resets + count
+            self.update(resets=total, last_reset=time.time())
 
     def succeeded(self, pending: int, rejected: int) -> None:
         """A sync round finished well."""

@@ -2,16 +2,75 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 from .records import ChangeEvent, Record
 
 log = logging.getLogger("idsync.client")
 
 Callback = Callable[[ChangeEvent], None]
+
+
+class CallbackQueue:
+    """Runs the app's callbacks where they may do anything.
+
+    Inside :meth:`held` (a section that holds the library's locks) a call is
+    queued; it runs when the outermost held section of that thread ends,
+    after the locks are released. Calls run in the order they were made,
+    on the thread that made them. A callback that raises is logged; the
+    others still run.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _queue(self) -> deque[Callable[[], None]]:
+        queue: deque[Callable[[], None]] | None = getattr(self._local, "queue", None)
+        if queue is None:
+            queue = self._local.queue = deque()
+            self._local.depth = 0
+            self._local.draining = False
+        return queue
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """A section whose callbacks wait until it (and any enclosing one) ends."""
+        self._queue()
+        self._local.depth += 1
+        try:
+            yield
+        finally:
+            self._local.depth -= 1
+            if self._local.depth == 0 and not self._local.draining:
+                self._drain()
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` now, or after the current held section of this thread."""
+        queue = self._queue()
+        queue.append(fn)
+        if self._local.depth == 0 and not self._local.draining:
+            self._drain()
+
+    def _drain(self) -> None:
+        # Callbacks that cause more callbacks (a write, a sync) append to the
+        # same queue: they run after the ones before them, in order.
+        queue = self._queue()
+        self._local.draining = True
+        try:
+            while queue:
+                fn = queue.popleft()
+                try:
+                    fn()
+                except Exception:
+                    log.exception("a callback failed")
+        finally:
+            self._local.draining = False
 
 
 @dataclass(eq=False)
@@ -46,14 +105,16 @@ class SubscriptionHub:
     """Delivers change events to subscriptions, after the change committed.
 
     Callbacks run on the thread that made the change (the app's thread for
-    local writes, the sync thread for remote ones): a GUI should hand the
+    local writes, the sync thread for remote ones), after the library's
+    locks are released (see :class:`CallbackQueue`): a GUI should hand the
     event to its own event loop. A callback that raises is logged, not
     propagated.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, callbacks: CallbackQueue | None = None) -> None:
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
+        self.callbacks = callbacks or CallbackQueue()
 
     def add(self, store: str, callback: Callback, index_item: str | None = None) -> Subscription:
         """Register ``callback`` for changes of ``store`` (or of one index item in it)."""
@@ -76,11 +137,8 @@ class SubscriptionHub:
             return
         with self._lock:
             subs = list(self._subs)
-        for sub in subs:
-            narrowed = sub._filter(event)
-            if narrowed is None:
-                continue
-            try:
-                sub.callback(narrowed)
-            except Exception:
-                log.exception("a subscription callback failed")
+        with self.callbacks.held():  # every subscriber hears of it before what it causes
+            for sub in subs:
+                narrowed = sub._filter(event)
+                if narrowed is not None:
+                    self.callbacks.call(partial(sub.callback, narrowed))

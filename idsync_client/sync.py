@@ -13,10 +13,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import attributes
+from . import attributes, jsoncodec
 from .errors import PermanentError, ResetRequired, StoreNotFound
 from .localdb import LocalDB
-from .protocol import Outcome
+from .protocol import Limits, Outcome
 from .records import ChangeEvent, OutboxEntry, RejectedChange
 from .retry import RetryPolicy
 from .subscriptions import SubscriptionHub
@@ -80,14 +80,59 @@ class SyncEngine:
     # -- push ---------------------------------------------------------------
 
     def push(self, store: str, report: SyncReport | None = None) -> SyncReport:
-        """Upload every pending change of ``store``, oldest first, in batches."""
+        """Upload every pending change of ``store``, oldest first, in batches.
+
+        A batch holds at most the server's ``max_batch`` changes and fits its
+        ``max_body_bytes`` (the limits ``GET /v1/health`` advertises). A change
+        too large to fit any body moves to the rejected list
+        (``body_too_large``); it never holds back the changes behind it.
+        """
         report = report or SyncReport()
         with self._push_lock:
             while True:
-                entries = self.db.pending(store, self.batch_size)
+                if not self.db.pending_count(store):
+                    return report
+                limits = self.transport.limits()  # asked once, when there is something to push
+                entries = self.db.pending(store, min(self.batch_size, limits.max_batch))
                 if not entries:
                     return report
-                self._push_batch(store, entries, report)
+                batch = self._fitting(store, entries, limits, report)
+                if batch:
+                    self._push_batch(store, batch, report)
+
+    def _fitting(
+        self, store: str, entries: Sequence[OutboxEntry], limits: Limits, report: SyncReport
+    ) -> list[OutboxEntry]:
+        """The oldest entries whose push body fits ``max_body_bytes``.
+
+        Empty when the oldest entry alone is too large: it is rejected here.
+        """
+        size = len(self._push_body([]).encode("utf-8"))
+        batch: list[OutboxEntry] = []
+        for entry in entries:
+            size += len(entry.to_wire_json().encode("utf-8")) + 1  # and a comma
+            if size > limits.max_body_bytes:
+                break
+            batch.append(entry)
+        if not batch:
+            self._reject_alone(store, entries[0], limits.max_body_bytes, report)
+        return batch
+
+    def _push_body(self, wire: list[str]) -> str:
+        return f'{{"client_id":{jsoncodec.dumps(self.db.client_id)},"changes":[{",".join(wire)}]}}'
+
+    def _reject_alone(
+        self, store: str, entry: OutboxEntry, max_body: int | None, report: SyncReport
+    ) -> None:
+        size = len(self._push_body([entry.to_wire_json()]).encode("utf-8"))
+        limit = f"the server's {max_body} byte limit" if max_body else "what the server accepts"
+        rejection, event = self.db.reject(
+            entry,
+            "body_too_large",
+            f"change {entry.n} ({entry.op} {entry.key!r} in {store!r}) makes a push body of"
+            f" {size} bytes, over {limit}",
+        )
+        self._rejected([rejection], event, report)
 
     def _push_batch(self, store: str, entries: Sequence[OutboxEntry], report: SyncReport) -> None:
         wire = [e.to_wire_json() for e in entries]
@@ -106,18 +151,23 @@ class SyncEngine:
     def _handle_refused_batch(
         self, store: str, entries: Sequence[OutboxEntry], exc: PermanentError, report: SyncReport
     ) -> None:
-        if exc.code in _SPLIT_CODES and len(entries) > 1:
+        # Any 413 splits, whatever its body: a proxy or the HTTP layer may
+        # answer it in plain text.
+        too_large = exc.status == 413 or exc.code in _SPLIT_CODES
+        if too_large and len(entries) > 1:
             half = len(entries) // 2
             self._push_batch(store, entries[:half], report)
             self._push_batch(store, entries[half:], report)
             return
+        if too_large:
+            self._reject_alone(store, entries[0], None, report)
+            return
         bad_n = exc.details.get("n") if exc.code == "invalid_change" else None
-        if exc.code in _SPLIT_CODES or bad_n is not None:
-            bad = entries[0] if bad_n is None else next((e for e in entries if e.n == bad_n), None)
-            if bad is not None:
-                rejection, event = self.db.reject(bad, exc.code or "rejected", str(exc))
-                self._rejected([rejection], event, report)
-                return
+        bad = None if bad_n is None else next((e for e in entries if e.n == bad_n), None)
+        if bad is not None:
+            rejection, event = self.db.reject(bad, exc.code or "rejected", str(exc))
+            self._rejected([rejection], event, report)
+            return
         raise exc
 
     def _settle(
@@ -231,6 +281,10 @@ class SyncEngine:
                 break
         assert at is not None
         self.hub.publish(self.db.stage_install(store, at))
+
+    def close(self) -> None:
+        """Stop the prefetch thread (a fetch under way is abandoned)."""
+        self._prefetcher.shutdown(wait=False, cancel_futures=True)
 
     # -- a whole round ------------------------------------------------------
 

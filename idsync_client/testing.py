@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from idsync_server_ref.process import ServerProcess
 
 from . import jsoncodec
 from .protocol import ERRORS
+from .transport import KeepAliveAdapter
 
 if TYPE_CHECKING:
     from .client import Client
@@ -56,7 +56,7 @@ class Fault:
     code: str | None = None
 
 
-class _FaultAdapter(HTTPAdapter):
+class _FaultAdapter(KeepAliveAdapter):
     def __init__(self, network: Network) -> None:
         super().__init__()
         self.network = network
@@ -152,8 +152,11 @@ class Network:
         if self._offline:
             self.log.append((what, "offline", ""))
             raise requests.ConnectionError(f"[idsync.testing] network is down: {what}")
+        # Planned faults are for sync requests: the client's one-off question
+        # about the server's limits does not use them up.
+        health = request.path_url.endswith("/v1/health")
         with self._lock:
-            fault = self._faults.pop(0) if self._faults else None
+            fault = self._faults.pop(0) if self._faults and not health else None
         if fault is None:
             response: requests.Response = send(request, *args, **kwargs)
             self.log.append((what, "ok", str(response.status_code)))

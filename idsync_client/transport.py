@@ -8,11 +8,14 @@ carrying the remaining wait.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection
 
 from . import jsoncodec
 from .errors import (
@@ -22,10 +25,34 @@ from .errors import (
     TemporaryError,
     classify_status,
 )
-from .protocol import BACKOFF_HEADER, Outcome
+from .protocol import BACKOFF_HEADER, Limits, Outcome
 
+#: Seconds to open a connection.
 CONNECT_TIMEOUT = 5.0
-READ_TIMEOUT = 30.0
+#: Seconds to wait for an answer to an ordinary request (no wait asked for):
+#: short, so that a dead link is noticed soon.
+READ_TIMEOUT = 10.0
+#: Added to a long-poll's wait to make its read timeout.
+POLL_MARGIN = 5.0
+
+
+def _keepalive_options() -> list[tuple[int, int, int]]:
+    """TCP keepalive, probing an idle link after 10 s, where the platform allows."""
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
+
+
+class KeepAliveAdapter(HTTPAdapter):
+    """An HTTPAdapter whose sockets use TCP keepalive, so a link that died
+    silently fails a waiting request instead of hanging until its timeout."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        """Create the pool with keepalive socket options."""
+        kwargs["socket_options"] = [*HTTPConnection.default_socket_options, *_keepalive_options()]
+        super().init_poolmanager(*args, **kwargs)
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -40,7 +67,13 @@ def _retry_after(response: requests.Response) -> float | None:
 
 class HttpTransport:
     """Talks to one server. ``session`` is a :class:`requests.Session`, exposed so
-    that adapters can be mounted on it (the testing kit does)."""
+    that adapters can be mounted on it (the testing kit does).
+
+    ``connect_timeout`` and ``read_timeout`` bound each request; a long-poll
+    waits ``wait + poll_margin`` for its answer. ``contacts`` counts the
+    answers the server gave (any answer but a temporary failure): the
+    status says "online" only after one.
+    """
 
     def __init__(
         self, base_url: str, token: str | None = None, session: requests.Session | None = None
@@ -50,10 +83,18 @@ class HttpTransport:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.session = session or requests.Session()
+        if session is None:
+            self.session.mount("http://", KeepAliveAdapter())
+            self.session.mount("https://", KeepAliveAdapter())
         # No proxy or netrc look-ups on every request: they cost ~0.2 ms each.
         self.session.trust_env = False
+        self.connect_timeout = CONNECT_TIMEOUT
+        self.read_timeout = READ_TIMEOUT
+        self.poll_margin = POLL_MARGIN
+        self.contacts = 0
         self._backoff_until = 0.0
         self._lock = threading.Lock()
+        self._limits: Limits | None = None
 
     def request(
         self,
@@ -63,7 +104,7 @@ class HttpTransport:
         params: dict[str, Any] | None = None,
         raw_body: str | None = None,
         body: Any = None,
-        read_timeout: float = READ_TIMEOUT,
+        read_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Send one request; return the decoded JSON object or raise a classified error."""
         with self._lock:
@@ -82,7 +123,7 @@ class HttpTransport:
                 params=params,
                 headers=headers,
                 data=raw_body.encode("utf-8") if raw_body is not None else None,
-                timeout=(CONNECT_TIMEOUT, read_timeout),
+                timeout=(self.connect_timeout, read_timeout or self.read_timeout),
             )
         except requests.Timeout as exc:
             raise TemporaryError(
@@ -91,6 +132,9 @@ class HttpTransport:
         except requests.RequestException as exc:
             raise TemporaryError(f"cannot reach the server ({exc})") from exc
         self._note_backoff(response)
+        if classify_status(response.status_code) is not TemporaryError:
+            with self._lock:
+                self.contacts += 1
         if response.status_code < 400:
             try:
                 answer = jsoncodec.loads(response.content)
@@ -120,6 +164,10 @@ class HttpTransport:
             details = envelope.get("details") or {}
         except (jsoncodec.JSONDecodeError, KeyError, TypeError):
             code, message, details = None, response.text[:200] or response.reason, {}
+            if status == 413:
+                # A proxy or the HTTP server itself refused the size, not in our
+                # JSON: it is still "too large", and the push splits on it.
+                code = "body_too_large"
         text = f"HTTP {status}: {message}" + (f" ({code})" if code else "")
         kind = classify_status(status)
         if kind is TemporaryError:
@@ -167,7 +215,7 @@ class HttpTransport:
             "GET",
             self._store_path(store, "/changes"),
             params=params,
-            read_timeout=READ_TIMEOUT + wait,
+            read_timeout=wait + self.poll_margin if wait else None,
         )
 
     def snapshot(self, store: str, at: str | None, after: int) -> dict[str, Any]:
@@ -176,6 +224,23 @@ class HttpTransport:
         if at:
             params["at"] = at
         return self.request("GET", self._store_path(store, "/snapshot"), params=params)
+
+    def limits(self) -> Limits:
+        """The server's limits (``GET /v1/health``), fetched once and kept.
+
+        If the server cannot say (unreachable, an older server), the default
+        limits are used for now and asked again next time.
+        """
+        if self._limits is not None:
+            return self._limits
+        try:
+            answer = self.request("GET", "/v1/health")
+            advertised = answer.get("limits") or {}
+            known = {k: v for k, v in advertised.items() if k in Limits.__dataclass_fields__}
+            self._limits = Limits().with_overrides(**known)
+        except (IdsyncError, ValueError, AttributeError):
+            return Limits()
+        return self._limits
 
     def close(self) -> None:
         """Close pooled connections."""

@@ -80,3 +80,32 @@ def test_client_doc_examples_run(server, tmp_path, monkeypatch) -> None:
     namespace: dict = {}
     exec(kit, namespace)
     namespace["test_my_app_survives_a_bad_network"](tmp_path)
+
+
+def test_every_client_exception_is_documented() -> None:
+    import inspect
+
+    import idsync_client
+    from idsync_client import errors
+
+    client_doc = (ROOT / "docs" / "client.md").read_text()
+    section = client_doc.split("### Exceptions an app can see", 1)[1].split("\n## ", 1)[0]
+    rows = table_rows(section)
+    exceptions = [
+        obj
+        for obj in vars(errors).values()
+        if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == errors.__name__
+    ]
+    assert len(exceptions) >= 9
+    for exc in exceptions:
+        assert exc.__name__ in rows, f"{exc.__name__} is missing from docs/client.md"
+        assert rows[exc.__name__][0] == f"`{exc.__mro__[1].__name__}`", exc.__name__
+        assert exc.__name__ in idsync_client.__all__, f"{exc.__name__} is not exported"
+
+
+def test_readme_example_status_is_not_idle_after_start(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    [example] = _python_blocks((ROOT / "README.md").read_text())
+    exec(example.replace("http://127.0.0.1:8765", server.url), {})
+    out = capsys.readouterr().out
+    assert "SyncStatus(state=" in out and "state='idle'" not in out
