@@ -25,7 +25,7 @@ from typing import Any
 
 from . import jsoncodec
 from .errors import IdsyncError
-from .protocol import Outcome
+from .protocol import Outcome, prefix_upper_bound
 from .records import ChangeEvent, KeyInUse, OutboxEntry, Record, RejectedChange
 from .schema import ALL_MODELS, SCHEMA_VERSION, MetaRow
 from .sqlitedb import open_database
@@ -187,9 +187,13 @@ class LocalDB:
         self, store: str, item: str, prefix: bool, after: int, limit: int
     ) -> list[tuple[int, Record]]:
         """Records with index item ``item`` (or an item starting with it), by id."""
+        params: tuple[Any, ...]
         if prefix:
-            where = "item >= ? AND item < ?"
-            params: tuple[Any, ...] = (item, item + "\U0010ffff")
+            bound = prefix_upper_bound(item)
+            if bound is None:  # the prefix is all U+10FFFF: nothing sorts above it
+                where, params = "item >= ?", (item,)
+            else:
+                where, params = "item >= ? AND item < ?", (item, bound)
         else:
             where, params = "item = ?", (item,)
         rows = self._sql(

@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from idsync_client import AuthError, Client, RetryPolicy, TemporaryError
+from idsync_client.protocol import ProtocolViolation
 from idsync_client.testing import Network, ServerProcess
 
 from .conftest import Api
@@ -312,3 +313,18 @@ def test_background_sync_pauses_on_auth_error_and_resumes_with_a_new_token(tmp_p
                 .json()["live_records"]
                 == 1
             )
+
+
+@pytest.mark.parametrize("item", ["", "tag:\x00x", "x" * 257], ids=["empty", "nul", "too-long"])
+@pytest.mark.parametrize("prefix", [True, False], ids=["prefix", "exact"])
+def test_find_refuses_what_the_server_refuses(make_client, api, store, item, prefix) -> None:
+    client = make_client("a")
+    notes = client.store(store)
+    notes.add(1, index=["tag:a"])
+    client.sync()
+    params = {"index": item, "prefix": "true" if prefix else "false"}
+    answer = api.call("GET", f"/v1/stores/{store}/records", params=params)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_request"
+    with pytest.raises(ProtocolViolation) as refused:
+        notes.find(item, prefix=prefix)  # refused at the call, before any iteration
+    assert refused.value.code == "invalid_request"
