@@ -15,22 +15,58 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import jsoncodec
-from .errors import IdsyncError
+from . import instance, jsoncodec, migrations
+from .errors import ResetRequired
 from .protocol import Outcome, prefix_upper_bound
 from .records import ChangeEvent, KeyInUse, OutboxEntry, Record, RejectedChange
-from .schema import ALL_MODELS, SCHEMA_VERSION, MetaRow
+from .schema import ALL_MODELS, SCHEMA_VERSION
 from .sqlitedb import open_database
 
+log = logging.getLogger("idsync.client")
+
 _RECORD = "key, index_json, value_json, seq"
+#: The server's answer when a change number was used before with another body.
+CHANGE_NUMBER_CONFLICT = "change_number_conflict"
+_PENDING_DELETES = "SELECT key FROM outbox WHERE store = ? AND op = 'delete'"
+
+
+def _new_client_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Settled:
+    """What settling the outcomes of an upload did.
+
+    ``pushed``: changes now in the server's log; ``rejected``: refused for
+    good; ``conflicts``: some changes stayed in the outbox because the
+    server knows their numbers from another copy of this file (renew the
+    client id and send them again); ``event``: what the app must hear.
+    """
+
+    event: ChangeEvent
+    rejected: list[RejectedChange] = field(default_factory=list)
+    pushed: int = 0
+    conflicts: bool = False
+
+
+def same_json(a: str, b: str) -> bool:
+    """True when two JSON texts hold equal values, type-exactly: ``false`` is
+    not ``0``, ``1`` is not ``1.0``, ``[1]`` is not ``[true]``; object member
+    order does not count."""
+    return a == b or jsoncodec.canonical(jsoncodec.loads(a)) == jsoncodec.canonical(
+        jsoncodec.loads(b)
+    )
 
 
 def _record(row: Sequence[Any]) -> Record:
@@ -52,18 +88,77 @@ class LocalDB:
         self.path = Path(path)
         self.db = open_database(self.path, synchronous, busy_timeout_ms)
         self._write_lock = threading.RLock()
-        with self.transaction(), self.db.bind_ctx(ALL_MODELS):
-            self.db.create_tables(ALL_MODELS, safe=True)
-            version = MetaRow.get_or_none(MetaRow.key == "schema_version")
+        self._open()
+
+    # -- opening: create, migrate, bind to this file ---------------------------
+
+    def _open(self) -> None:
+        """Create a fresh file at the latest version, or migrate an older one
+        step by step; refuse a newer one unchanged; then check that this file
+        is not a copy (see :mod:`.instance`)."""
+        with self.transaction():
+            version = migrations.read_version(self.db, self.path)
             if version is None:
-                MetaRow.create(key="schema_version", value=str(SCHEMA_VERSION))
-                MetaRow.create(key="client_id", value=uuid.uuid4().hex)
-            elif version.value != str(SCHEMA_VERSION):
-                raise IdsyncError(
-                    f"{self.path} has local schema version {version.value}; "
-                    f"this client knows version {SCHEMA_VERSION}"
+                with self.db.bind_ctx(ALL_MODELS):
+                    self.db.create_tables(ALL_MODELS)
+                self._sql(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?), ('client_id', ?)",
+                    (str(SCHEMA_VERSION), _new_client_id()),
                 )
-            self.client_id: str = MetaRow.get(MetaRow.key == "client_id").value
+            else:
+                migrations.check_supported(version, self.path)
+        migrations.migrate(self.db, self.transaction, self.path)
+        with self.transaction():
+            marker = self._meta("instance")
+            # No marker yet: a fresh file, or the first open since the marker
+            # exists (a migrated file); there is nothing to compare with.
+            if marker is not None and not instance.is_same_file(self.path, marker):
+                old = self.client_id
+                self._set_meta("client_id", _new_client_id())
+                log.warning(
+                    "%s is a copy (or a restored backup) of a client file: client id %s"
+                    " replaced by %s so that the copies never share change numbers",
+                    self.path,
+                    old,
+                    self.client_id,
+                )
+            marker = instance.new_marker()
+            self._set_meta("instance", marker)
+            # Written while the transaction holds the file's write lock: two
+            # processes opening at once cannot cross their markers.
+            instance.write_sidecar(self.path, marker)
+
+    def _meta(self, key: str) -> str | None:
+        row = self._sql("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._sql(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @property
+    def client_id(self) -> str:
+        """The id the server knows this file's changes by (read from the file:
+        another process may have replaced it)."""
+        value = self._meta("client_id")
+        assert value is not None
+        return value
+
+    def renew_client_id(self, used: str) -> str:
+        """Take a fresh client id if the file still has ``used``; the id now.
+
+        Called when the server says another writer sent our change numbers
+        under ``used`` (a copy of this file): pending changes are sent again
+        under the new id, which no copy shares.
+        """
+        with self.transaction():
+            if self.client_id == used:
+                self._set_meta("client_id", _new_client_id())
+                log.warning("client id %s is shared with a copy of %s: renewed", used, self.path)
+            return self.client_id
 
     # -- plumbing -----------------------------------------------------------
 
@@ -159,6 +254,13 @@ class LocalDB:
             raise KeyError(f"no record with key {key!r} in store {store!r}")
         record = _record(row[1:])
         self._remove(store, row[0], record.index)
+        # Kept until the server acknowledges the delete: a delete it refuses
+        # for good brings the record back (see _reject).
+        self._sql(
+            "INSERT OR REPLACE INTO deleted_records (store, key, index_json, value_json, seq)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (store, key, row[2], record.value_json, record.seq),
+        )
         self._sql("INSERT OR IGNORE INTO tombstones (store, key) VALUES (?, ?)", (store, key))
         self._sql("INSERT INTO outbox (store, op, key) VALUES (?, 'delete', ?)", (store, key))
         return record
@@ -234,51 +336,140 @@ class LocalDB:
         return self._scalar("SELECT count(*) FROM outbox WHERE store = ?", (store,))
 
     def settle(
-        self, store: str, entries: Sequence[OutboxEntry], outcomes: Sequence[Outcome]
-    ) -> tuple[list[RejectedChange], ChangeEvent]:
+        self,
+        store: str,
+        entries: Sequence[OutboxEntry],
+        outcomes: Sequence[Outcome],
+        keep_conflicts: bool = True,
+    ) -> Settled:
         """Record what the server did with uploaded changes, in one transaction.
 
-        Applied and duplicate changes leave the outbox (an add gets its seq);
-        rejected ones move to the rejected list and their local effect is undone.
+        Applied and duplicate changes leave the outbox (an add gets its seq and
+        is marked as this client's own; so is a delete's tombstone). Rejected
+        ones move to the rejected list and their local effect is undone: a
+        refused add disappears, a refused delete brings its record back.
+
+        With ``keep_conflicts``, the first ``change_number_conflict`` and every
+        change after it stay in the outbox (another copy of this file used
+        these numbers: send them again under a new client id, in order).
+        Changes sent again after a reset are settled quietly when the server
+        already knows better (the key was deleted, or holds other content).
         """
         by_n = {o.n: o for o in outcomes}
-        rejected: list[RejectedChange] = []
+        result = Settled(ChangeEvent(store, "remote"))
         undone: list[Record] = []
+        restored: list[Record] = []
         done: list[tuple[int]] = []
         synced: list[tuple[int | None, str, str]] = []
+        deleted: list[tuple[int | None, str, str]] = []
         with self.transaction():
             for entry in entries:
                 outcome = by_n.get(entry.n)
                 if outcome is None:
                     continue
-                if outcome.ok:
-                    done.append((entry.n,))
-                    if entry.op == "add":
-                        synced.append((outcome.seq, store, entry.key))
+                if keep_conflicts and outcome.code == CHANGE_NUMBER_CONFLICT:
+                    result.conflicts = True
+                if result.conflicts:
                     continue
-                rejection, record = self._reject(
-                    entry, outcome.code or "rejected", outcome.message or ""
-                )
-                rejected.append(rejection)
-                if record is not None:
-                    undone.append(record)
+                if outcome.ok:
+                    result.pushed += 1
+                    done.append((entry.n,))
+                    target = synced if entry.op == "add" else deleted
+                    target.append((outcome.seq, store, entry.key))
+                    continue
+                code = outcome.code or "rejected"
+                if self._settle_resent(entry, code, undone):
+                    continue
+                rejection, gone, back = self._reject(entry, code, outcome.message or "")
+                result.rejected.append(rejection)
+                undone += [gone] if gone else []
+                restored += [back] if back else []
             self._many(
-                "UPDATE records SET seq = ? WHERE store = ? AND key = ? AND seq IS NULL", synced
+                "UPDATE records SET seq = coalesce(seq, ?), own = 1 WHERE store = ? AND key = ?",
+                synced,
+            )
+            self._many("UPDATE tombstones SET seq = ?, own = 1 WHERE store = ? AND key = ?", deleted)
+            self._many(
+                "DELETE FROM deleted_records WHERE store = ? AND key = ?",
+                [(store, key) for _, _, key in deleted],
             )
             self._many("DELETE FROM outbox WHERE n = ?", done)
-        return rejected, ChangeEvent(store, "remote", deleted=tuple(undone))
+        result.event = ChangeEvent(store, "remote", tuple(restored), tuple(undone))
+        return result
+
+    def _settle_resent(self, entry: OutboxEntry, code: str, undone: list[Record]) -> bool:
+        """A change sent again after a reset that the server refuses because it
+        knows better: settled without troubling the app. False otherwise."""
+        row = self._sql("SELECT resend FROM outbox WHERE n = ?", (entry.n,)).fetchone()
+        expected = ("key_deleted", "key_exists") if entry.op == "add" else ("key_not_found",)
+        if row is None or not row[0] or code not in expected:
+            return False
+        self._sql("DELETE FROM outbox WHERE n = ?", (entry.n,))
+        if entry.op == "delete":
+            # The server has no such record: the delete holds already.
+            self._sql(
+                "DELETE FROM deleted_records WHERE store = ? AND key = ?", (entry.store, entry.key)
+            )
+            return True
+        gone = self._remove_pending(entry.store, entry.key)
+        if gone is not None:
+            undone.append(gone)
+        if code == "key_deleted":  # deleted by someone while we did not look
+            self._sql(
+                "INSERT OR IGNORE INTO tombstones (store, key) VALUES (?, ?)",
+                (entry.store, entry.key),
+            )
+        # key_exists: the server's version comes with the next pull.
+        return True
 
     def reject(
         self, entry: OutboxEntry, code: str, message: str
     ) -> tuple[RejectedChange, ChangeEvent]:
         """Move one outbox entry to the rejected list (its local effect undone)."""
         with self.transaction():
-            rejection, record = self._reject(entry, code, message)
-        return rejection, ChangeEvent(entry.store, "remote", deleted=(record,) if record else ())
+            rejection, gone, back = self._reject(entry, code, message)
+        event = ChangeEvent(
+            entry.store, "remote", added=(back,) if back else (), deleted=(gone,) if gone else ()
+        )
+        return rejection, event
+
+    def _remove_pending(self, store: str, key: str) -> Record | None:
+        row = self._sql(
+            f"SELECT id, {_RECORD} FROM records WHERE store = ? AND key = ? AND seq IS NULL",
+            (store, key),
+        ).fetchone()
+        if row is None:
+            return None
+        record = _record(row[1:])
+        self._remove(store, row[0], record.index)
+        return record
+
+    def _restore_deleted(self, store: str, key: str, code: str) -> Record | None:
+        """Undo a delete the server refused: the record comes back as it was synced.
+
+        Not for ``key_not_found`` (the server never had the record: the delete
+        holds), nor for a record that was never on the server.
+        """
+        row = self._sql(
+            "SELECT index_json, value_json, seq FROM deleted_records WHERE store = ? AND key = ?",
+            (store, key),
+        ).fetchone()
+        self._sql("DELETE FROM deleted_records WHERE store = ? AND key = ?", (store, key))
+        if row is None or row[2] is None or code == "key_not_found":
+            return None
+        if self._sql(
+            "SELECT 1 FROM outbox WHERE store = ? AND key = ? AND op = 'delete'", (store, key)
+        ).fetchone():
+            return None  # deleted again meanwhile: that delete is still to be sent
+        self._sql("DELETE FROM tombstones WHERE store = ? AND key = ?", (store, key))
+        record = _record((key, row[0], row[1], row[2]))
+        self._insert_records(store, [record])
+        return record
 
     def _reject(
         self, entry: OutboxEntry, code: str, message: str
-    ) -> tuple[RejectedChange, Record | None]:
+    ) -> tuple[RejectedChange, Record | None, Record | None]:
+        """Move an entry to the rejected list; the record it removed and the one it restored."""
         now = time.time()
         cursor = self._sql(
             "INSERT INTO rejected (n, store, op, key, index_json, value_json, code, message, at)"
@@ -296,15 +487,11 @@ class LocalDB:
             ),
         )
         self._sql("DELETE FROM outbox WHERE n = ?", (entry.n,))
-        record = None
+        gone = back = None
         if entry.op == "add":
-            row = self._sql(
-                f"SELECT id, {_RECORD} FROM records WHERE store = ? AND key = ? AND seq IS NULL",
-                (entry.store, entry.key),
-            ).fetchone()
-            if row is not None:
-                record = _record(row[1:])
-                self._remove(entry.store, row[0], record.index)
+            gone = self._remove_pending(entry.store, entry.key)
+        else:
+            back = self._restore_deleted(entry.store, entry.key, code)
         assert cursor.lastrowid is not None
         rejection = RejectedChange(
             cursor.lastrowid,
@@ -318,7 +505,7 @@ class LocalDB:
             message,
             now,
         )
-        return rejection, record
+        return rejection, gone, back
 
     def rejected(self) -> list[RejectedChange]:
         """Every rejected change not yet dismissed, oldest first."""
@@ -382,6 +569,7 @@ class LocalDB:
         with self.transaction():
             if self.cursor(store) != pulled_from:
                 return None
+            self._check_same_history(store, changes)
             add_keys = [c["key"] for c in changes if c["op"] == "add"]
             dead = self._tombstoned(store, add_keys) if self._has("tombstones", store) else set()
             local = self._present(store, add_keys) if self._has("records", store) else set()
@@ -392,7 +580,14 @@ class LocalDB:
                         self._delete_pulled(store, key, deleted)
                     dead.add(key)
                     self._sql(
-                        "INSERT OR IGNORE INTO tombstones (store, key) VALUES (?, ?)", (store, key)
+                        "INSERT INTO tombstones (store, key, seq) VALUES (?, ?, ?)"
+                        " ON CONFLICT(store, key) DO UPDATE SET seq = excluded.seq",
+                        (store, key, change["seq"]),
+                    )
+                    # Deleted on the server: a refusal of our own delete must
+                    # not bring it back.
+                    self._sql(
+                        "DELETE FROM deleted_records WHERE store = ? AND key = ?", (store, key)
                     )
                     continue
                 if key in dead:
@@ -406,6 +601,38 @@ class LocalDB:
             self._insert_records(store, list(fresh.values()))
             self._set_cursor(store, cursor)
         return ChangeEvent(store, "remote", (*added, *fresh.values()), tuple(deleted))
+
+    def _check_same_history(self, store: str, changes: Sequence[dict[str, Any]]) -> None:
+        """Raise ResetRequired when a pulled change sits at a sequence number
+        where this file knows another change (another key, or another op).
+
+        That happens when the server was restored from an older copy and
+        logged new changes over the ones it lost, behind a cursor it still
+        accepts: this file's view is of a history the server no longer has.
+        """
+        seqs = [c["seq"] for c in changes if isinstance(c.get("seq"), int)]
+        if not seqs:
+            return
+        low, high = min(seqs), max(seqs)
+        known: dict[int, tuple[str, str]] = {}
+        for table, op in (("records", "add"), ("tombstones", "delete")):
+            if not self._has(table, store):
+                continue
+            rows = self._sql(
+                f"SELECT seq, key FROM {table} WHERE store = ? AND seq BETWEEN ? AND ?",
+                (store, low, high),
+            )
+            known.update((seq, (op, key)) for seq, key in rows)
+        if not known:
+            return
+        for change in changes:
+            mine = known.get(change.get("seq"))  # type: ignore[arg-type]
+            if mine is not None and mine != (change["op"], change["key"]):
+                raise ResetRequired(
+                    f"store {store}: the server's change {change['seq']} is not the one this"
+                    " client saw there (the server's history changed)",
+                    code="reset_required",
+                )
 
     def _has(self, table: str, store: str) -> bool:
         # A first sync into an empty store skips the per-key look-ups.
@@ -477,9 +704,13 @@ class LocalDB:
             "SELECT id, index_json, value_json FROM records WHERE store = ? AND key = ?",
             (store, record.key),
         ).fetchone()
+        # Type-exact JSON equality (false != 0, 1 != 1.0, [1] != [true]) that
+        # ignores the order of object members: the same content is no change.
+        same = old_index == index_json and same_json(old_value, record.value_json)
         self._sql(
-            "UPDATE records SET seq = ?, index_json = ?, value_json = ? WHERE id = ?",
-            (record.seq, index_json, record.value_json, record_id),
+            "UPDATE records SET seq = ?, index_json = ?, value_json = ?,"
+            " own = CASE WHEN ? THEN own ELSE 0 END WHERE id = ?",
+            (record.seq, index_json, record.value_json, same, record_id),
         )
         if old_index != index_json:
             self._remove_index(store, record_id, jsoncodec.loads(old_index))
@@ -487,7 +718,7 @@ class LocalDB:
                 "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
                 [(store, item, record_id) for item in record.index],
             )
-        return bool(old_index != index_json or old_value != record.value_json)
+        return not same
 
     # -- snapshot reload (reset) ---------------------------------------------
 
@@ -509,22 +740,45 @@ class LocalDB:
                 ],
             )
 
-    def stage_install(self, store: str, at: str) -> ChangeEvent:
+    def stage_install(self, store: str, at: str) -> tuple[ChangeEvent, int]:
         """Replace the synced records of ``store`` by the staged snapshot, atomically.
 
         Pending local changes survive: pending adds stay, pending deletes keep
-        their records out.
+        their records out. This client's own acknowledged changes that the
+        snapshot lacks (the server was restored from an older copy, or the
+        store was re-created) are kept and queued to be sent again: records
+        it added that the snapshot does not hold, and records it deleted that
+        the snapshot still holds. Returns the event and how many changes were
+        queued again.
         """
         with self.transaction():
             old = self.cursor(store)
+            resent = self._queue_lost_deletes(store)
+            # Other deletes of keys the snapshot holds were lost by the server
+            # too; the snapshot is the truth (their authors send them again).
+            self._sql(
+                "DELETE FROM tombstones WHERE store = ? AND key IN"
+                f" (SELECT key FROM snapshot_stage WHERE store = ?) AND key NOT IN ({_PENDING_DELETES})",
+                (store, store, store),
+            )
             if old is None or old.split(".")[0] != at.split(".")[0]:
                 # A new epoch: forget deletions the old history made, but keep
                 # the ones still waiting to be uploaded.
                 self._sql(
-                    "DELETE FROM tombstones WHERE store = ? AND key NOT IN"
-                    " (SELECT key FROM outbox WHERE store = ? AND op = 'delete')",
+                    f"DELETE FROM tombstones WHERE store = ? AND key NOT IN ({_PENDING_DELETES})",
                     (store, store),
                 )
+            # Sequence numbers of the old view name a history the server may
+            # no longer hold: they must not be compared with new ones.
+            self._sql("UPDATE tombstones SET seq = NULL WHERE store = ?", (store,))
+            resent += self._queue_lost_adds(store)
+            self._sql(
+                "UPDATE snapshot_stage SET own = 1 WHERE store = ? AND EXISTS (SELECT 1 FROM"
+                " records r WHERE r.store = snapshot_stage.store AND r.key = snapshot_stage.key"
+                " AND r.own = 1 AND r.index_json = snapshot_stage.index_json"
+                " AND r.value_json = snapshot_stage.value_json)",
+                (store,),
+            )
             self._sql(
                 "DELETE FROM index_items WHERE store = ? AND record_id IN"
                 " (SELECT id FROM records WHERE store = ? AND seq IS NOT NULL)",
@@ -533,8 +787,8 @@ class LocalDB:
             self._sql("DELETE FROM records WHERE store = ? AND seq IS NOT NULL", (store,))
             first_new = self._sql("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]
             self._sql(
-                "INSERT INTO records (store, key, index_json, value_json, seq)"
-                " SELECT store, key, index_json, value_json, seq FROM snapshot_stage s"
+                "INSERT INTO records (store, key, index_json, value_json, seq, own)"
+                " SELECT store, key, index_json, value_json, seq, own FROM snapshot_stage s"
                 " WHERE s.store = ? AND s.key NOT IN (SELECT key FROM tombstones WHERE store = ?)"
                 " AND s.key NOT IN (SELECT key FROM records WHERE store = ?)"
                 " ORDER BY s.seq",
@@ -543,4 +797,36 @@ class LocalDB:
             self._index_new_records(store, "r.id > ?", (first_new,))
             self._sql("DELETE FROM snapshot_stage WHERE store = ?", (store,))
             self._set_cursor(store, at)
-        return ChangeEvent(store, "remote", reset=True)
+        return ChangeEvent(store, "remote", reset=True), resent
+
+    def _queue_lost_deletes(self, store: str) -> int:
+        """Queue again our acknowledged deletes of records the snapshot still holds."""
+        where = (
+            "FROM tombstones t JOIN snapshot_stage s ON s.store = t.store AND s.key = t.key"
+            f" WHERE t.store = ? AND t.own = 1 AND t.key NOT IN ({_PENDING_DELETES})"
+        )
+        # The snapshot's content is what comes back if the server refuses the delete.
+        self._sql(
+            "INSERT OR REPLACE INTO deleted_records (store, key, index_json, value_json, seq)"
+            f" SELECT s.store, s.key, s.index_json, s.value_json, s.seq {where}",
+            (store, store),
+        )
+        return self._sql(
+            f"INSERT INTO outbox (store, op, key, resend) SELECT t.store, 'delete', t.key, 1 {where}",
+            (store, store),
+        ).rowcount
+
+    def _queue_lost_adds(self, store: str) -> int:
+        """Queue again our acknowledged records the snapshot lacks; they stay in
+        the local view, pending again."""
+        where = (
+            "WHERE store = ? AND seq IS NOT NULL AND own = 1"
+            " AND key NOT IN (SELECT key FROM snapshot_stage WHERE store = ?)"
+        )
+        count = self._sql(
+            "INSERT INTO outbox (store, op, key, index_json, value_json, resend)"
+            f" SELECT store, 'add', key, index_json, value_json, 1 FROM records {where} ORDER BY seq",
+            (store, store),
+        ).rowcount
+        self._sql(f"UPDATE records SET seq = NULL, own = 0 {where}", (store, store))
+        return count
