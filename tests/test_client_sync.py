@@ -11,6 +11,8 @@ import uuid
 import pytest
 
 from idsync_client import AuthError, Client, RetryPolicy, TemporaryError
+from idsync_client.jsoncodec import canonical
+from idsync_client.localdb import same_json
 from idsync_client.protocol import ProtocolViolation
 from idsync_client.testing import Network, ServerProcess
 
@@ -328,3 +330,30 @@ def test_find_refuses_what_the_server_refuses(make_client, api, store, item, pre
     with pytest.raises(ProtocolViolation) as refused:
         notes.find(item, prefix=prefix)  # refused at the call, before any iteration
     assert refused.value.code == "invalid_request"
+
+
+def test_pulled_content_is_compared_as_exact_json(make_client, api, store) -> None:
+    """Another client logged these keys first. The same JSON in another member
+    order is no change; false/0, 1.0/1 and [true]/[1] are different values:
+    the local view ends with the server's, type for type, and says so."""
+    theirs = {"same": {"b": 2, "a": 1}, "bool": False, "float": 1.0, "list": [True]}
+    mine = {"same": {"a": 1, "b": 2}, "bool": 0, "float": 1, "list": [1]}
+    api.push(
+        store,
+        "other-client",
+        [{"n": i, "op": "add", "key": k, "value": v} for i, (k, v) in enumerate(theirs.items(), 1)],
+    )
+    client = make_client("a")
+    notes = client.store(store)
+    for key, value in mine.items():
+        notes.add(value, key=key)
+    remote: list = []
+    notes.subscribe(lambda event: remote.append(event) if event.origin == "remote" else None)
+    client.sync()
+    for key, value in theirs.items():
+        assert canonical(notes.get(key).value) == canonical(value), key
+    told = {r.key for event in remote for r in event.added}
+    assert told == {"bool", "float", "list"}, "only real changes are announced"
+    assert same_json('{"a":1,"b":2}', '{"b":2,"a":1}')
+    for a, b in (("false", "0"), ("1", "1.0"), ("[1]", "[true]"), ("0.0", "-0.0")):
+        assert not same_json(a, b)
