@@ -772,13 +772,7 @@ class LocalDB:
             # no longer hold: they must not be compared with new ones.
             self._sql("UPDATE tombstones SET seq = NULL WHERE store = ?", (store,))
             resent += self._queue_lost_adds(store)
-            self._sql(
-                "UPDATE snapshot_stage SET own = 1 WHERE store = ? AND EXISTS (SELECT 1 FROM"
-                " records r WHERE r.store = snapshot_stage.store AND r.key = snapshot_stage.key"
-                " AND r.own = 1 AND r.index_json = snapshot_stage.index_json"
-                " AND r.value_json = snapshot_stage.value_json)",
-                (store,),
-            )
+            self._carry_own_marks(store)
             self._sql(
                 "DELETE FROM index_items WHERE store = ? AND record_id IN"
                 " (SELECT id FROM records WHERE store = ? AND seq IS NOT NULL)",
@@ -798,6 +792,25 @@ class LocalDB:
             self._sql("DELETE FROM snapshot_stage WHERE store = ?", (store,))
             self._set_cursor(store, at)
         return ChangeEvent(store, "remote", reset=True), resent
+
+    def _carry_own_marks(self, store: str) -> None:
+        """Our own records that the snapshot holds stay marked as ours (when the
+        content is the same JSON: the same text, or equal type-exactly)."""
+        rows = self._sql(
+            "SELECT s.key, s.index_json = r.index_json AND s.value_json = r.value_json,"
+            " s.index_json, r.index_json, s.value_json, r.value_json"
+            " FROM snapshot_stage s JOIN records r ON r.store = s.store AND r.key = s.key"
+            " WHERE s.store = ? AND r.own = 1 AND r.seq IS NOT NULL",
+            (store,),
+        ).fetchall()
+        self._many(
+            "UPDATE snapshot_stage SET own = 1 WHERE store = ? AND key = ?",
+            [
+                (store, key)
+                for key, same_text, s_index, r_index, s_value, r_value in rows
+                if same_text or (s_index == r_index and same_json(s_value, r_value))
+            ],
+        )
 
     def _queue_lost_deletes(self, store: str) -> int:
         """Queue again our acknowledged deletes of records the snapshot still holds."""
