@@ -152,8 +152,13 @@ def test_reset_keeps_pending_changes(make_client, api) -> None:
     api.create_store(name)
     other = Api(api.url)
     other.push(name, "someone", [{"n": 1, "op": "add", "key": "theirs", "index": [], "value": 1}])
+    # Pull first, so that the reset really meets the pending changes (sync pushes first).
+    assert a._engine.pull(name).resets == 1
+    assert a.db.pending_count(name) == 2
+    assert {r.key for r in notes} == {pending_add, "theirs"}
+    assert notes.get(pending_add).pending
     report = a.sync()
-    assert report.resets == 1
+    assert report.resets == 0
     assert {r.key for r in notes} == {pending_add, "theirs"}
     assert set(server_state(api, name)) == {pending_add, "theirs"}
     assert [r.code for r in a.rejected()] == ["key_not_found"], "the delete had nothing to delete"
