@@ -98,6 +98,7 @@ def test_backup_restored_in_place_resends_under_a_new_client_id(tmp_path, server
     kept = notes.add({"before backup": True})
     doomed = notes.add({"to delete": True})
     client.sync()
+    original_id = client.client_id
     copy_file(path, tmp_path / "backup" / "profile.db")
     later = notes.add({"after backup": True})  # change numbers the backup will reuse
     client.sync()
@@ -106,6 +107,7 @@ def test_backup_restored_in_place_resends_under_a_new_client_id(tmp_path, server
     restored = Client(path, server.url, retry=fast_policy())
     try:
         old_id = restored.client_id
+        assert old_id == original_id, "the open cannot tell this restore from the file"
         notes = restored.store(store)
         mine = notes.add({"written after the restore": True})
         notes.delete(doomed)
