@@ -10,6 +10,12 @@ Guarantees:
   (``AUTOINCREMENT``), so the server's idempotency never confuses two changes.
 - Deleted keys are remembered (``tombstones``): a pulled add of a key deleted
   here, pending or not, never brings the record back.
+- The file is created at the current schema version, or migrated to it step
+  by step (:mod:`.migrations`); a copy of the file takes a fresh client id at
+  open (:mod:`.instance`).
+- A pulled page that contradicts what this file knows of the server's
+  history (another change at a known sequence number) is refused with
+  ``ResetRequired``, nothing applied.
 """
 
 from __future__ import annotations
@@ -18,64 +24,36 @@ import contextlib
 import logging
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import instance, jsoncodec, migrations
 from .errors import ResetRequired
-from .protocol import Outcome, prefix_upper_bound
-from .records import ChangeEvent, KeyInUse, OutboxEntry, Record, RejectedChange
+from .localtables import RECORD_COLUMNS as _RECORD
+from .localtables import record_from_row as _record
+from .protocol import prefix_upper_bound
+from .records import ChangeEvent, KeyInUse, OutboxEntry, Record, same_json
 from .schema import ALL_MODELS, SCHEMA_VERSION
+from .settling import CHANGE_NUMBER_CONFLICT, Settled, Settling
+from .snapshotload import SnapshotReload
 from .sqlitedb import open_database
 
-log = logging.getLogger("idsync.client")
+__all__ = ["CHANGE_NUMBER_CONFLICT", "LocalDB", "Settled"]
 
-_RECORD = "key, index_json, value_json, seq"
-#: The server's answer when a change number was used before with another body.
-CHANGE_NUMBER_CONFLICT = "change_number_conflict"
-_PENDING_DELETES = "SELECT key FROM outbox WHERE store = ? AND op = 'delete'"
+log = logging.getLogger("idsync.client")
 
 
 def _new_client_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass
-class Settled:
-    """What settling the outcomes of an upload did.
-
-    ``pushed``: changes now in the server's log; ``rejected``: refused for
-    good; ``conflicts``: some changes stayed in the outbox because the
-    server knows their numbers from another copy of this file (renew the
-    client id and send them again); ``event``: what the app must hear.
-    """
-
-    event: ChangeEvent
-    rejected: list[RejectedChange] = field(default_factory=list)
-    pushed: int = 0
-    conflicts: bool = False
-
-
-def same_json(a: str, b: str) -> bool:
-    """True when two JSON texts hold equal values, type-exactly: ``false`` is
-    not ``0``, ``1`` is not ``1.0``, ``[1]`` is not ``[true]``; object member
-    order does not count."""
-    return a == b or jsoncodec.canonical(jsoncodec.loads(a)) == jsoncodec.canonical(
-        jsoncodec.loads(b)
-    )
-
-
-def _record(row: Sequence[Any]) -> Record:
-    key, index_json, value_json, seq = row
-    return Record(key, tuple(jsoncodec.loads(index_json)), value_json, seq)
-
-
-class LocalDB:
+class LocalDB(Settling, SnapshotReload):
     """One local database file. Safe to use from several threads and processes.
+
+    Settling upload outcomes lives in :mod:`.settling`, snapshot reloads in
+    :mod:`.snapshotload`.
 
     ``synchronous`` is SQLite's durability: ``FULL`` (default) survives power
     loss after a write returns; ``NORMAL`` survives a process crash but may
@@ -335,205 +313,6 @@ class LocalDB:
             return self._scalar("SELECT count(*) FROM outbox")
         return self._scalar("SELECT count(*) FROM outbox WHERE store = ?", (store,))
 
-    def settle(
-        self,
-        store: str,
-        entries: Sequence[OutboxEntry],
-        outcomes: Sequence[Outcome],
-        keep_conflicts: bool = True,
-    ) -> Settled:
-        """Record what the server did with uploaded changes, in one transaction.
-
-        Applied and duplicate changes leave the outbox (an add gets its seq and
-        is marked as this client's own; so is a delete's tombstone). Rejected
-        ones move to the rejected list and their local effect is undone: a
-        refused add disappears, a refused delete brings its record back.
-
-        With ``keep_conflicts``, the first ``change_number_conflict`` and every
-        change after it stay in the outbox (another copy of this file used
-        these numbers: send them again under a new client id, in order).
-        Changes sent again after a reset are settled quietly when the server
-        already knows better (the key was deleted, or holds other content).
-        """
-        by_n = {o.n: o for o in outcomes}
-        result = Settled(ChangeEvent(store, "remote"))
-        undone: list[Record] = []
-        restored: list[Record] = []
-        done: list[tuple[int]] = []
-        synced: list[tuple[int | None, str, str]] = []
-        deleted: list[tuple[int | None, str, str]] = []
-        with self.transaction():
-            for entry in entries:
-                outcome = by_n.get(entry.n)
-                if outcome is None:
-                    continue
-                if keep_conflicts and outcome.code == CHANGE_NUMBER_CONFLICT:
-                    result.conflicts = True
-                if result.conflicts:
-                    continue
-                if outcome.ok:
-                    result.pushed += 1
-                    done.append((entry.n,))
-                    target = synced if entry.op == "add" else deleted
-                    target.append((outcome.seq, store, entry.key))
-                    continue
-                code = outcome.code or "rejected"
-                if self._settle_resent(entry, code, undone):
-                    continue
-                rejection, gone, back = self._reject(entry, code, outcome.message or "")
-                result.rejected.append(rejection)
-                undone += [gone] if gone else []
-                restored += [back] if back else []
-            self._many(
-                "UPDATE records SET seq = coalesce(seq, ?), own = 1 WHERE store = ? AND key = ?",
-                synced,
-            )
-            self._many("UPDATE tombstones SET seq = ?, own = 1 WHERE store = ? AND key = ?", deleted)
-            self._many(
-                "DELETE FROM deleted_records WHERE store = ? AND key = ?",
-                [(store, key) for _, _, key in deleted],
-            )
-            self._many("DELETE FROM outbox WHERE n = ?", done)
-        result.event = ChangeEvent(store, "remote", tuple(restored), tuple(undone))
-        return result
-
-    def _settle_resent(self, entry: OutboxEntry, code: str, undone: list[Record]) -> bool:
-        """A change sent again after a reset that the server refuses because it
-        knows better: settled without troubling the app. False otherwise."""
-        row = self._sql("SELECT resend FROM outbox WHERE n = ?", (entry.n,)).fetchone()
-        expected = ("key_deleted", "key_exists") if entry.op == "add" else ("key_not_found",)
-        if row is None or not row[0] or code not in expected:
-            return False
-        self._sql("DELETE FROM outbox WHERE n = ?", (entry.n,))
-        if entry.op == "delete":
-            # The server has no such record: the delete holds already.
-            self._sql(
-                "DELETE FROM deleted_records WHERE store = ? AND key = ?", (entry.store, entry.key)
-            )
-            return True
-        gone = self._remove_pending(entry.store, entry.key)
-        if gone is not None:
-            undone.append(gone)
-        if code == "key_deleted":  # deleted by someone while we did not look
-            self._sql(
-                "INSERT OR IGNORE INTO tombstones (store, key) VALUES (?, ?)",
-                (entry.store, entry.key),
-            )
-        # key_exists: the server's version comes with the next pull.
-        return True
-
-    def reject(
-        self, entry: OutboxEntry, code: str, message: str
-    ) -> tuple[RejectedChange, ChangeEvent]:
-        """Move one outbox entry to the rejected list (its local effect undone)."""
-        with self.transaction():
-            rejection, gone, back = self._reject(entry, code, message)
-        event = ChangeEvent(
-            entry.store, "remote", added=(back,) if back else (), deleted=(gone,) if gone else ()
-        )
-        return rejection, event
-
-    def _remove_pending(self, store: str, key: str) -> Record | None:
-        row = self._sql(
-            f"SELECT id, {_RECORD} FROM records WHERE store = ? AND key = ? AND seq IS NULL",
-            (store, key),
-        ).fetchone()
-        if row is None:
-            return None
-        record = _record(row[1:])
-        self._remove(store, row[0], record.index)
-        return record
-
-    def _restore_deleted(self, store: str, key: str, code: str) -> Record | None:
-        """Undo a delete the server refused: the record comes back as it was synced.
-
-        Not for ``key_not_found`` (the server never had the record: the delete
-        holds), nor for a record that was never on the server.
-        """
-        row = self._sql(
-            "SELECT index_json, value_json, seq FROM deleted_records WHERE store = ? AND key = ?",
-            (store, key),
-        ).fetchone()
-        self._sql("DELETE FROM deleted_records WHERE store = ? AND key = ?", (store, key))
-        if row is None or row[2] is None or code == "key_not_found":
-            return None
-        if self._sql(
-            "SELECT 1 FROM outbox WHERE store = ? AND key = ? AND op = 'delete'", (store, key)
-        ).fetchone():
-            return None  # deleted again meanwhile: that delete is still to be sent
-        self._sql("DELETE FROM tombstones WHERE store = ? AND key = ?", (store, key))
-        record = _record((key, row[0], row[1], row[2]))
-        self._insert_records(store, [record])
-        return record
-
-    def _reject(
-        self, entry: OutboxEntry, code: str, message: str
-    ) -> tuple[RejectedChange, Record | None, Record | None]:
-        """Move an entry to the rejected list; the record it removed and the one it restored."""
-        now = time.time()
-        cursor = self._sql(
-            "INSERT INTO rejected (n, store, op, key, index_json, value_json, code, message, at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                entry.n,
-                entry.store,
-                entry.op,
-                entry.key,
-                entry.index_json,
-                entry.value_json,
-                code,
-                message,
-                now,
-            ),
-        )
-        self._sql("DELETE FROM outbox WHERE n = ?", (entry.n,))
-        gone = back = None
-        if entry.op == "add":
-            gone = self._remove_pending(entry.store, entry.key)
-        else:
-            back = self._restore_deleted(entry.store, entry.key, code)
-        assert cursor.lastrowid is not None
-        rejection = RejectedChange(
-            cursor.lastrowid,
-            entry.n,
-            entry.store,
-            entry.op,
-            entry.key,
-            tuple(jsoncodec.loads(entry.index_json or "[]")),
-            jsoncodec.loads(entry.value_json) if entry.value_json else None,
-            code,
-            message,
-            now,
-        )
-        return rejection, gone, back
-
-    def rejected(self) -> list[RejectedChange]:
-        """Every rejected change not yet dismissed, oldest first."""
-        rows = self._sql(
-            "SELECT id, n, store, op, key, index_json, value_json, code, message, at"
-            " FROM rejected ORDER BY id"
-        ).fetchall()
-        return [
-            RejectedChange(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                tuple(jsoncodec.loads(r[5] or "[]")),
-                jsoncodec.loads(r[6]) if r[6] else None,
-                r[7],
-                r[8],
-                r[9],
-            )
-            for r in rows
-        ]
-
-    def dismiss(self, rejected_id: int) -> bool:
-        """Forget a rejected change; False if there was none with that id."""
-        with self.transaction():
-            return self._sql("DELETE FROM rejected WHERE id = ?", (rejected_id,)).rowcount > 0
-
     # -- sync state and pulled changes ---------------------------------------
 
     def known_stores(self) -> list[str]:
@@ -719,127 +498,3 @@ class LocalDB:
                 [(store, item, record_id) for item in record.index],
             )
         return not same
-
-    # -- snapshot reload (reset) ---------------------------------------------
-
-    def stage_clear(self, store: str) -> None:
-        """Start a snapshot reload: empty the staging area of ``store``."""
-        with self.transaction():
-            self._sql("DELETE FROM snapshot_stage WHERE store = ?", (store,))
-
-    def stage_page(self, store: str, records: Sequence[dict[str, Any]]) -> None:
-        """Keep one snapshot page in the staging area (on disk, not in memory)."""
-        dumps = jsoncodec.dumps
-        with self.transaction():
-            self._many(
-                "INSERT OR REPLACE INTO snapshot_stage (store, key, index_json, value_json, seq)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [
-                    (store, r["key"], dumps(r["index"]), dumps(r["value"]), r["seq"])
-                    for r in records
-                ],
-            )
-
-    def stage_install(self, store: str, at: str) -> tuple[ChangeEvent, int]:
-        """Replace the synced records of ``store`` by the staged snapshot, atomically.
-
-        Pending local changes survive: pending adds stay, pending deletes keep
-        their records out. This client's own acknowledged changes that the
-        snapshot lacks (the server was restored from an older copy, or the
-        store was re-created) are kept and queued to be sent again: records
-        it added that the snapshot does not hold, and records it deleted that
-        the snapshot still holds. Returns the event and how many changes were
-        queued again.
-        """
-        with self.transaction():
-            old = self.cursor(store)
-            resent = self._queue_lost_deletes(store)
-            # Other deletes of keys the snapshot holds were lost by the server
-            # too; the snapshot is the truth (their authors send them again).
-            self._sql(
-                "DELETE FROM tombstones WHERE store = ? AND key IN"
-                f" (SELECT key FROM snapshot_stage WHERE store = ?) AND key NOT IN ({_PENDING_DELETES})",
-                (store, store, store),
-            )
-            if old is None or old.split(".")[0] != at.split(".")[0]:
-                # A new epoch: forget deletions the old history made, but keep
-                # the ones still waiting to be uploaded.
-                self._sql(
-                    f"DELETE FROM tombstones WHERE store = ? AND key NOT IN ({_PENDING_DELETES})",
-                    (store, store),
-                )
-            # Sequence numbers of the old view name a history the server may
-            # no longer hold: they must not be compared with new ones.
-            self._sql("UPDATE tombstones SET seq = NULL WHERE store = ?", (store,))
-            resent += self._queue_lost_adds(store)
-            self._carry_own_marks(store)
-            self._sql(
-                "DELETE FROM index_items WHERE store = ? AND record_id IN"
-                " (SELECT id FROM records WHERE store = ? AND seq IS NOT NULL)",
-                (store, store),
-            )
-            self._sql("DELETE FROM records WHERE store = ? AND seq IS NOT NULL", (store,))
-            first_new = self._sql("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]
-            self._sql(
-                "INSERT INTO records (store, key, index_json, value_json, seq, own)"
-                " SELECT store, key, index_json, value_json, seq, own FROM snapshot_stage s"
-                " WHERE s.store = ? AND s.key NOT IN (SELECT key FROM tombstones WHERE store = ?)"
-                " AND s.key NOT IN (SELECT key FROM records WHERE store = ?)"
-                " ORDER BY s.seq",
-                (store, store, store),
-            )
-            self._index_new_records(store, "r.id > ?", (first_new,))
-            self._sql("DELETE FROM snapshot_stage WHERE store = ?", (store,))
-            self._set_cursor(store, at)
-        return ChangeEvent(store, "remote", reset=True), resent
-
-    def _carry_own_marks(self, store: str) -> None:
-        """Our own records that the snapshot holds stay marked as ours (when the
-        content is the same JSON: the same text, or equal type-exactly)."""
-        rows = self._sql(
-            "SELECT s.key, s.index_json = r.index_json AND s.value_json = r.value_json,"
-            " s.index_json, r.index_json, s.value_json, r.value_json"
-            " FROM snapshot_stage s JOIN records r ON r.store = s.store AND r.key = s.key"
-            " WHERE s.store = ? AND r.own = 1 AND r.seq IS NOT NULL",
-            (store,),
-        ).fetchall()
-        self._many(
-            "UPDATE snapshot_stage SET own = 1 WHERE store = ? AND key = ?",
-            [
-                (store, key)
-                for key, same_text, s_index, r_index, s_value, r_value in rows
-                if same_text or (s_index == r_index and same_json(s_value, r_value))
-            ],
-        )
-
-    def _queue_lost_deletes(self, store: str) -> int:
-        """Queue again our acknowledged deletes of records the snapshot still holds."""
-        where = (
-            "FROM tombstones t JOIN snapshot_stage s ON s.store = t.store AND s.key = t.key"
-            f" WHERE t.store = ? AND t.own = 1 AND t.key NOT IN ({_PENDING_DELETES})"
-        )
-        # The snapshot's content is what comes back if the server refuses the delete.
-        self._sql(
-            "INSERT OR REPLACE INTO deleted_records (store, key, index_json, value_json, seq)"
-            f" SELECT s.store, s.key, s.index_json, s.value_json, s.seq {where}",
-            (store, store),
-        )
-        return self._sql(
-            f"INSERT INTO outbox (store, op, key, resend) SELECT t.store, 'delete', t.key, 1 {where}",
-            (store, store),
-        ).rowcount
-
-    def _queue_lost_adds(self, store: str) -> int:
-        """Queue again our acknowledged records the snapshot lacks; they stay in
-        the local view, pending again."""
-        where = (
-            "WHERE store = ? AND seq IS NOT NULL AND own = 1"
-            " AND key NOT IN (SELECT key FROM snapshot_stage WHERE store = ?)"
-        )
-        count = self._sql(
-            "INSERT INTO outbox (store, op, key, index_json, value_json, resend)"
-            f" SELECT store, 'add', key, index_json, value_json, 1 FROM records {where} ORDER BY seq",
-            (store, store),
-        ).rowcount
-        self._sql(f"UPDATE records SET seq = NULL, own = 0 {where}", (store, store))
-        return count

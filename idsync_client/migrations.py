@@ -73,7 +73,9 @@ def check_supported(version: int, path: Path) -> None:
 
 
 def migrate(
-    db: SqliteDatabase, transaction: Callable[[], contextlib.AbstractContextManager[None]], path: Path
+    db: SqliteDatabase,
+    transaction: Callable[[], contextlib.AbstractContextManager[None]],
+    path: Path,
 ) -> list[int]:
     """Run the missing steps, each in its own ``transaction()``; the steps run.
 
@@ -91,9 +93,7 @@ def migrate(
             if version != target - 1:
                 raise UnsupportedSchema(f"{path}: no migration from version {version}")
             STEPS[target](db)
-            db.execute_sql(
-                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),)
-            )
+            db.execute_sql("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),))
             done.append(target)
     return done
 

@@ -263,7 +263,9 @@ class SyncEngine:
         assert at is not None
         event, resent = self.db.stage_install(store, at)
         if resent:
-            log.warning("store %s: %d changes of this client were missing on the server", store, resent)
+            log.warning(
+                "store %s: %d changes of this client were missing on the server", store, resent
+            )
         self.hub.publish(event)
         return resent
 

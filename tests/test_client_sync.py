@@ -12,8 +12,8 @@ import pytest
 
 from idsync_client import AuthError, Client, RetryPolicy, TemporaryError
 from idsync_client.jsoncodec import canonical
-from idsync_client.localdb import same_json
 from idsync_client.protocol import ProtocolViolation
+from idsync_client.records import same_json
 from idsync_client.testing import Network, ServerProcess
 
 from .conftest import Api
