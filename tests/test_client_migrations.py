@@ -59,7 +59,9 @@ def test_a_v1_file_opens_with_its_data_and_syncs_its_pending_changes(tmp_path) -
         assert notes.get("zero").value == 0 and notes.get("zero").seq == 3
         assert notes.get("zero").index == ("a", "b")
         assert notes.get_attr("note-1", "title") == "second title"
-        assert notes.get("pending-1").pending and notes.get("pending-1").value == {"title": "pending"}
+        assert notes.get("pending-1").pending and notes.get("pending-1").value == {
+            "title": "pending"
+        }
         assert notes.get("synced-1") is None, "its pending delete keeps it out"
         assert notes.get("synced-2") is None, "deleted and synced"
         assert client.store("other").get("other-1").value == [1, 2, 3]
@@ -117,7 +119,9 @@ def test_a_newer_file_is_refused_and_left_untouched(tmp_path) -> None:
     path = tmp_path / "newer.db"
     Client(path).close()
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,)
+        )
         conn.execute("CREATE TABLE from_the_future (x)")
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -83,9 +83,7 @@ def test_a_reset_with_pending_changes_keeps_them(make_client, api) -> None:
 
     assert report.resets == 1
     assert client.db.pending_count(name) == 3, "2 pending + 1 own record sent again"
-    assert notes.get(pending_add).pending and [r.key for r in notes.find("tag:p")] == [
-        pending_add
-    ]
+    assert notes.get(pending_add).pending and [r.key for r in notes.find("tag:p")] == [pending_add]
     assert notes.get(gone) is None, "the pending delete keeps its record out"
     assert notes.get(synced) is not None and notes.get(synced).pending
     assert notes.get("theirs").value == 1
@@ -141,7 +139,9 @@ def test_a_restore_behind_the_cursor_is_seen_from_the_pulled_changes(tmp_path) -
         restore(saved, database)
         with ServerProcess(database, port=port):
             other = Api(url)
-            other.push("notes", "b", [{"n": i, "op": "add", "key": f"b{i}", "value": i} for i in (1, 2)])
+            other.push(
+                "notes", "b", [{"n": i, "op": "add", "key": f"b{i}", "value": i} for i in (1, 2)]
+            )
             report = a._engine.sync("notes")
             assert report.resets == 1 and report.resent == 2
             assert a.rejected() == [] and a.db.pending_count() == 0
