@@ -186,6 +186,7 @@ class Client:
                 total.pushed += report.pushed
                 total.pulled += report.pulled
                 total.resets += report.resets
+                total.resent += report.resent
                 total.rejected += report.rejected
         except AuthError as exc:
             self._status.update(state="auth_error", last_error=str(exc))

@@ -10,14 +10,20 @@ Guarantees:
   (``AUTOINCREMENT``), so the server's idempotency never confuses two changes.
 - Deleted keys are remembered (``tombstones``): a pulled add of a key deleted
   here, pending or not, never brings the record back.
+- The file is created at the current schema version, or migrated to it step
+  by step (:mod:`.migrations`); a copy of the file takes a fresh client id at
+  open (:mod:`.instance`).
+- A pulled page that contradicts what this file knows of the server's
+  history (another change at a known sequence number) is refused with
+  ``ResetRequired``, nothing applied.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -25,14 +31,20 @@ from typing import Any
 
 import peewee
 
-from . import jsoncodec
-from .errors import IdsyncError, LocalStorageError
-from .protocol import Outcome
-from .records import ChangeEvent, KeyInUse, OutboxEntry, Record, RejectedChange
-from .schema import ALL_MODELS, SCHEMA_VERSION, MetaRow
+from . import instance, jsoncodec, migrations
+from .errors import LocalStorageError, ResetRequired
+from .localtables import RECORD_COLUMNS as _RECORD
+from .localtables import record_from_row as _record
+from .protocol import prefix_upper_bound
+from .records import ChangeEvent, KeyInUse, OutboxEntry, Record, same_json
+from .schema import ALL_MODELS, SCHEMA_VERSION
+from .settling import CHANGE_NUMBER_CONFLICT, Settled, Settling
+from .snapshotload import SnapshotReload
 from .sqlitedb import open_database
 
-_RECORD = "key, index_json, value_json, seq"
+__all__ = ["CHANGE_NUMBER_CONFLICT", "LocalDB", "Settled"]
+
+log = logging.getLogger("idsync.client")
 
 _DRIVER_ERRORS = (peewee.PeeweeException, sqlite3.Error)
 
@@ -112,13 +124,15 @@ class _SqliteFile(peewee.SqliteDatabase):
                 conn.close()
 
 
-def _record(row: Sequence[Any]) -> Record:
-    key, index_json, value_json, seq = row
-    return Record(key, tuple(jsoncodec.loads(index_json)), value_json, seq)
+def _new_client_id() -> str:
+    return uuid.uuid4().hex
 
 
-class LocalDB:
+class LocalDB(Settling, SnapshotReload):
     """One local database file. Safe to use from several threads and processes.
+
+    Settling upload outcomes lives in :mod:`.settling`, snapshot reloads in
+    :mod:`.snapshotload`.
 
     ``synchronous`` is SQLite's durability: ``FULL`` (default) survives power
     loss after a write returns; ``NORMAL`` survives a process crash but may
@@ -144,18 +158,77 @@ class LocalDB:
             check_same_thread=False,
         )
         self._write_lock = threading.RLock()
-        with self.transaction(), self.db.bind_ctx(ALL_MODELS):
-            self.db.create_tables(ALL_MODELS, safe=True)
-            version = MetaRow.get_or_none(MetaRow.key == "schema_version")
+        self._open()
+
+    # -- opening: create, migrate, bind to this file ---------------------------
+
+    def _open(self) -> None:
+        """Create a fresh file at the latest version, or migrate an older one
+        step by step; refuse a newer one unchanged; then check that this file
+        is not a copy (see :mod:`.instance`)."""
+        with self.transaction():
+            version = migrations.read_version(self.db, self.path)
             if version is None:
-                MetaRow.create(key="schema_version", value=str(SCHEMA_VERSION))
-                MetaRow.create(key="client_id", value=uuid.uuid4().hex)
-            elif version.value != str(SCHEMA_VERSION):
-                raise IdsyncError(
-                    f"{self.path} has local schema version {version.value}; "
-                    f"this client knows version {SCHEMA_VERSION}"
+                with self.db.bind_ctx(ALL_MODELS):
+                    self.db.create_tables(ALL_MODELS)
+                self._sql(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?), ('client_id', ?)",
+                    (str(SCHEMA_VERSION), _new_client_id()),
                 )
-            self.client_id: str = MetaRow.get(MetaRow.key == "client_id").value
+            else:
+                migrations.check_supported(version, self.path)
+        migrations.migrate(self.db, self.transaction, self.path)
+        with self.transaction():
+            marker = self._meta("instance")
+            # No marker yet: a fresh file, or the first open since the marker
+            # exists (a migrated file); there is nothing to compare with.
+            if marker is not None and not instance.is_same_file(self.path, marker):
+                old = self.client_id
+                self._set_meta("client_id", _new_client_id())
+                log.warning(
+                    "%s is a copy (or a restored backup) of a client file: client id %s"
+                    " replaced by %s so that the copies never share change numbers",
+                    self.path,
+                    old,
+                    self.client_id,
+                )
+            marker = instance.new_marker()
+            self._set_meta("instance", marker)
+            # Written while the transaction holds the file's write lock: two
+            # processes opening at once cannot cross their markers.
+            instance.write_sidecar(self.path, marker)
+
+    def _meta(self, key: str) -> str | None:
+        row = self._sql("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._sql(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @property
+    def client_id(self) -> str:
+        """The id the server knows this file's changes by (read from the file:
+        another process may have replaced it)."""
+        value = self._meta("client_id")
+        assert value is not None
+        return value
+
+    def renew_client_id(self, used: str) -> str:
+        """Take a fresh client id if the file still has ``used``; the id now.
+
+        Called when the server says another writer sent our change numbers
+        under ``used`` (a copy of this file): pending changes are sent again
+        under the new id, which no copy shares.
+        """
+        with self.transaction():
+            if self.client_id == used:
+                self._set_meta("client_id", _new_client_id())
+                log.warning("client id %s is shared with a copy of %s: renewed", used, self.path)
+            return self.client_id
 
     # -- plumbing -----------------------------------------------------------
 
@@ -269,6 +342,13 @@ class LocalDB:
             raise KeyError(f"no record with key {key!r} in store {store!r}")
         record = _record(row[1:])
         self._remove(store, row[0], record.index)
+        # Kept until the server acknowledges the delete: a delete it refuses
+        # for good brings the record back (see _reject).
+        self._sql(
+            "INSERT OR REPLACE INTO deleted_records (store, key, index_json, value_json, seq)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (store, key, row[2], record.value_json, record.seq),
+        )
         self._sql("INSERT OR IGNORE INTO tombstones (store, key) VALUES (?, ?)", (store, key))
         self._sql("INSERT INTO outbox (store, op, key) VALUES (?, 'delete', ?)", (store, key))
         return record
@@ -297,9 +377,13 @@ class LocalDB:
         self, store: str, item: str, prefix: bool, after: int, limit: int
     ) -> list[tuple[int, Record]]:
         """Records with index item ``item`` (or an item starting with it), by id."""
+        params: tuple[Any, ...]
         if prefix:
-            where = "item >= ? AND item < ?"
-            params: tuple[Any, ...] = (item, item + "\U0010ffff")
+            bound = prefix_upper_bound(item)
+            if bound is None:  # the prefix is all U+10FFFF: nothing sorts above it
+                where, params = "item >= ?", (item,)
+            else:
+                where, params = "item >= ? AND item < ?", (item, bound)
         else:
             where, params = "item = ?", (item,)
         rows = self._sql(
@@ -339,120 +423,6 @@ class LocalDB:
             return self._scalar("SELECT count(*) FROM outbox")
         return self._scalar("SELECT count(*) FROM outbox WHERE store = ?", (store,))
 
-    def settle(
-        self, store: str, entries: Sequence[OutboxEntry], outcomes: Sequence[Outcome]
-    ) -> tuple[list[RejectedChange], ChangeEvent]:
-        """Record what the server did with uploaded changes, in one transaction.
-
-        Applied and duplicate changes leave the outbox (an add gets its seq);
-        rejected ones move to the rejected list and their local effect is undone.
-        """
-        by_n = {o.n: o for o in outcomes}
-        rejected: list[RejectedChange] = []
-        undone: list[Record] = []
-        done: list[tuple[int]] = []
-        synced: list[tuple[int | None, str, str]] = []
-        with self.transaction():
-            for entry in entries:
-                outcome = by_n.get(entry.n)
-                if outcome is None:
-                    continue
-                if outcome.ok:
-                    done.append((entry.n,))
-                    if entry.op == "add":
-                        synced.append((outcome.seq, store, entry.key))
-                    continue
-                rejection, record = self._reject(
-                    entry, outcome.code or "rejected", outcome.message or ""
-                )
-                rejected.append(rejection)
-                if record is not None:
-                    undone.append(record)
-            self._many(
-                "UPDATE records SET seq = ? WHERE store = ? AND key = ? AND seq IS NULL", synced
-            )
-            self._many("DELETE FROM outbox WHERE n = ?", done)
-        return rejected, ChangeEvent(store, "remote", deleted=tuple(undone))
-
-    def reject(
-        self, entry: OutboxEntry, code: str, message: str
-    ) -> tuple[RejectedChange, ChangeEvent]:
-        """Move one outbox entry to the rejected list (its local effect undone)."""
-        with self.transaction():
-            rejection, record = self._reject(entry, code, message)
-        return rejection, ChangeEvent(entry.store, "remote", deleted=(record,) if record else ())
-
-    def _reject(
-        self, entry: OutboxEntry, code: str, message: str
-    ) -> tuple[RejectedChange, Record | None]:
-        now = time.time()
-        cursor = self._sql(
-            "INSERT INTO rejected (n, store, op, key, index_json, value_json, code, message, at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                entry.n,
-                entry.store,
-                entry.op,
-                entry.key,
-                entry.index_json,
-                entry.value_json,
-                code,
-                message,
-                now,
-            ),
-        )
-        self._sql("DELETE FROM outbox WHERE n = ?", (entry.n,))
-        record = None
-        if entry.op == "add":
-            row = self._sql(
-                f"SELECT id, {_RECORD} FROM records WHERE store = ? AND key = ? AND seq IS NULL",
-                (entry.store, entry.key),
-            ).fetchone()
-            if row is not None:
-                record = _record(row[1:])
-                self._remove(entry.store, row[0], record.index)
-        assert cursor.lastrowid is not None
-        rejection = RejectedChange(
-            cursor.lastrowid,
-            entry.n,
-            entry.store,
-            entry.op,
-            entry.key,
-            tuple(jsoncodec.loads(entry.index_json or "[]")),
-            jsoncodec.loads(entry.value_json) if entry.value_json else None,
-            code,
-            message,
-            now,
-        )
-        return rejection, record
-
-    def rejected(self) -> list[RejectedChange]:
-        """Every rejected change not yet dismissed, oldest first."""
-        rows = self._sql(
-            "SELECT id, n, store, op, key, index_json, value_json, code, message, at"
-            " FROM rejected ORDER BY id"
-        ).fetchall()
-        return [
-            RejectedChange(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                tuple(jsoncodec.loads(r[5] or "[]")),
-                jsoncodec.loads(r[6]) if r[6] else None,
-                r[7],
-                r[8],
-                r[9],
-            )
-            for r in rows
-        ]
-
-    def dismiss(self, rejected_id: int) -> bool:
-        """Forget a rejected change; False if there was none with that id."""
-        with self.transaction():
-            return self._sql("DELETE FROM rejected WHERE id = ?", (rejected_id,)).rowcount > 0
-
     # -- sync state and pulled changes ---------------------------------------
 
     def known_stores(self) -> list[str]:
@@ -488,6 +458,7 @@ class LocalDB:
         with self.transaction():
             if self.cursor(store) != pulled_from:
                 return None
+            self._check_same_history(store, changes)
             add_keys = [c["key"] for c in changes if c["op"] == "add"]
             dead = self._tombstoned(store, add_keys) if self._has("tombstones", store) else set()
             local = self._present(store, add_keys) if self._has("records", store) else set()
@@ -498,7 +469,14 @@ class LocalDB:
                         self._delete_pulled(store, key, deleted)
                     dead.add(key)
                     self._sql(
-                        "INSERT OR IGNORE INTO tombstones (store, key) VALUES (?, ?)", (store, key)
+                        "INSERT INTO tombstones (store, key, seq) VALUES (?, ?, ?)"
+                        " ON CONFLICT(store, key) DO UPDATE SET seq = excluded.seq",
+                        (store, key, change["seq"]),
+                    )
+                    # Deleted on the server: a refusal of our own delete must
+                    # not bring it back.
+                    self._sql(
+                        "DELETE FROM deleted_records WHERE store = ? AND key = ?", (store, key)
                     )
                     continue
                 if key in dead:
@@ -512,6 +490,38 @@ class LocalDB:
             self._insert_records(store, list(fresh.values()))
             self._set_cursor(store, cursor)
         return ChangeEvent(store, "remote", (*added, *fresh.values()), tuple(deleted))
+
+    def _check_same_history(self, store: str, changes: Sequence[dict[str, Any]]) -> None:
+        """Raise ResetRequired when a pulled change sits at a sequence number
+        where this file knows another change (another key, or another op).
+
+        That happens when the server was restored from an older copy and
+        logged new changes over the ones it lost, behind a cursor it still
+        accepts: this file's view is of a history the server no longer has.
+        """
+        seqs = [c["seq"] for c in changes if isinstance(c.get("seq"), int)]
+        if not seqs:
+            return
+        low, high = min(seqs), max(seqs)
+        known: dict[int, tuple[str, str]] = {}
+        for table, op in (("records", "add"), ("tombstones", "delete")):
+            if not self._has(table, store):
+                continue
+            rows = self._sql(
+                f"SELECT seq, key FROM {table} WHERE store = ? AND seq BETWEEN ? AND ?",
+                (store, low, high),
+            )
+            known.update((seq, (op, key)) for seq, key in rows)
+        if not known:
+            return
+        for change in changes:
+            mine = known.get(change.get("seq"))  # type: ignore[arg-type]
+            if mine is not None and mine != (change["op"], change["key"]):
+                raise ResetRequired(
+                    f"store {store}: the server's change {change['seq']} is not the one this"
+                    " client saw there (the server's history changed)",
+                    code="reset_required",
+                )
 
     def _has(self, table: str, store: str) -> bool:
         # A first sync into an empty store skips the per-key look-ups.
@@ -583,9 +593,13 @@ class LocalDB:
             "SELECT id, index_json, value_json FROM records WHERE store = ? AND key = ?",
             (store, record.key),
         ).fetchone()
+        # Type-exact JSON equality (false != 0, 1 != 1.0, [1] != [true]) that
+        # ignores the order of object members: the same content is no change.
+        same = old_index == index_json and same_json(old_value, record.value_json)
         self._sql(
-            "UPDATE records SET seq = ?, index_json = ?, value_json = ? WHERE id = ?",
-            (record.seq, index_json, record.value_json, record_id),
+            "UPDATE records SET seq = ?, index_json = ?, value_json = ?,"
+            " own = CASE WHEN ? THEN own ELSE 0 END WHERE id = ?",
+            (record.seq, index_json, record.value_json, same, record_id),
         )
         if old_index != index_json:
             self._remove_index(store, record_id, jsoncodec.loads(old_index))
@@ -593,60 +607,4 @@ class LocalDB:
                 "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
                 [(store, item, record_id) for item in record.index],
             )
-        return bool(old_index != index_json or old_value != record.value_json)
-
-    # -- snapshot reload (reset) ---------------------------------------------
-
-    def stage_clear(self, store: str) -> None:
-        """Start a snapshot reload: empty the staging area of ``store``."""
-        with self.transaction():
-            self._sql("DELETE FROM snapshot_stage WHERE store = ?", (store,))
-
-    def stage_page(self, store: str, records: Sequence[dict[str, Any]]) -> None:
-        """Keep one snapshot page in the staging area (on disk, not in memory)."""
-        dumps = jsoncodec.dumps
-        with self.transaction():
-            self._many(
-                "INSERT OR REPLACE INTO snapshot_stage (store, key, index_json, value_json, seq)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [
-                    (store, r["key"], dumps(r["index"]), dumps(r["value"]), r["seq"])
-                    for r in records
-                ],
-            )
-
-    def stage_install(self, store: str, at: str) -> ChangeEvent:
-        """Replace the synced records of ``store`` by the staged snapshot, atomically.
-
-        Pending local changes survive: pending adds stay, pending deletes keep
-        their records out.
-        """
-        with self.transaction():
-            old = self.cursor(store)
-            if old is None or old.split(".")[0] != at.split(".")[0]:
-                # A new epoch: forget deletions the old history made, but keep
-                # the ones still waiting to be uploaded.
-                self._sql(
-                    "DELETE FROM tombstones WHERE store = ? AND key NOT IN"
-                    " (SELECT key FROM outbox WHERE store = ? AND op = 'delete')",
-                    (store, store),
-                )
-            self._sql(
-                "DELETE FROM index_items WHERE store = ? AND record_id IN"
-                " (SELECT id FROM records WHERE store = ? AND seq IS NOT NULL)",
-                (store, store),
-            )
-            self._sql("DELETE FROM records WHERE store = ? AND seq IS NOT NULL", (store,))
-            first_new = self._sql("SELECT coalesce(max(id), 0) FROM records").fetchone()[0]
-            self._sql(
-                "INSERT INTO records (store, key, index_json, value_json, seq)"
-                " SELECT store, key, index_json, value_json, seq FROM snapshot_stage s"
-                " WHERE s.store = ? AND s.key NOT IN (SELECT key FROM tombstones WHERE store = ?)"
-                " AND s.key NOT IN (SELECT key FROM records WHERE store = ?)"
-                " ORDER BY s.seq",
-                (store, store, store),
-            )
-            self._index_new_records(store, "r.id > ?", (first_new,))
-            self._sql("DELETE FROM snapshot_stage WHERE store = ?", (store,))
-            self._set_cursor(store, at)
-        return ChangeEvent(store, "remote", reset=True)
+        return not same

@@ -8,7 +8,16 @@ from typing import Any, Literal
 
 from . import jsoncodec
 
-__all__ = ["ChangeEvent", "KeyInUse", "OutboxEntry", "Record", "RejectedChange"]
+__all__ = ["ChangeEvent", "KeyInUse", "OutboxEntry", "Record", "RejectedChange", "same_json"]
+
+
+def same_json(a: str, b: str) -> bool:
+    """True when two JSON texts hold equal values, type-exactly: ``false`` is
+    not ``0``, ``1`` is not ``1.0``, ``[1]`` is not ``[true]``; object member
+    order does not count."""
+    return a == b or jsoncodec.canonical(jsoncodec.loads(a)) == jsoncodec.canonical(
+        jsoncodec.loads(b)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,11 +5,15 @@
 
 from __future__ import annotations
 
-from peewee import CompositeKey, FloatField, IntegerField, Model, TextField
+from peewee import SQL, CompositeKey, FloatField, IntegerField, Model, Node, TextField
 from playhouse.sqlite_ext import AutoIncrementField
 
-#: Bump when the tables change; a file of another version is refused at open.
-SCHEMA_VERSION = 1
+#: The version of the tables below. A fresh file is created at this version;
+#: an older file is brought to it by the numbered steps in :mod:`.migrations`
+#: (add a step with every change here); a newer file is refused.
+SCHEMA_VERSION = 2
+
+_ZERO: list[Node] = [SQL("DEFAULT 0")]
 
 
 class BaseModel(Model):
@@ -17,7 +21,8 @@ class BaseModel(Model):
 
 
 class MetaRow(BaseModel):
-    """Facts about the file: ``schema_version`` and this client's stable ``client_id``."""
+    """Facts about the file: ``schema_version``, this client's ``client_id``, and
+    ``instance``, the marker that tells a copy of the file from the file itself."""
 
     key = TextField(primary_key=True)
     value = TextField()
@@ -37,7 +42,11 @@ class SyncStateRow(BaseModel):
 
 
 class RecordRow(BaseModel):
-    """The local view: synced records (``seq`` set) and pending local adds."""
+    """The local view: synced records (``seq`` set) and pending local adds.
+
+    ``own`` is 1 for a record this client added and the server acknowledged
+    (set at settle time): after a reset, the ones the server lacks are sent again.
+    """
 
     id = IntegerField(primary_key=True)
     store = TextField()
@@ -45,10 +54,11 @@ class RecordRow(BaseModel):
     index_json = TextField()
     value_json = TextField()
     seq = IntegerField(null=True)
+    own = IntegerField(constraints=_ZERO)
 
     class Meta:
         table_name = "records"
-        indexes = ((("store", "key"), True),)
+        indexes = ((("store", "key"), True), (("store", "seq"), False))
 
 
 class IndexItemRow(BaseModel):
@@ -65,19 +75,49 @@ class IndexItemRow(BaseModel):
 
 
 class TombstoneRow(BaseModel):
-    """A key deleted in this store (here or on the server): never shown again."""
+    """A key deleted in this store (here or on the server): never shown again.
+
+    ``seq`` is where the server logged the delete, when known; ``own`` is 1
+    for a delete this client made and the server acknowledged (sent again
+    after a reset if the server lost it).
+    """
 
     store = TextField()
     key = TextField()
+    own = IntegerField(constraints=_ZERO)
+    seq = IntegerField(null=True)
 
     class Meta:
         table_name = "tombstones"
         primary_key = CompositeKey("store", "key")
         without_rowid = True
+        indexes = ((("store", "seq"), False),)
+
+
+class DeletedRecordRow(BaseModel):
+    """A record deleted here whose delete the server has not acknowledged yet.
+
+    Kept so that a delete the server refuses for good brings the record back.
+    """
+
+    store = TextField()
+    key = TextField()
+    index_json = TextField()
+    value_json = TextField()
+    seq = IntegerField(null=True)
+
+    class Meta:
+        table_name = "deleted_records"
+        primary_key = CompositeKey("store", "key")
+        without_rowid = True
 
 
 class OutboxRow(BaseModel):
-    """A local change waiting for upload; ``n`` is its change number, never reused."""
+    """A local change waiting for upload; ``n`` is its change number, never reused.
+
+    ``resend`` is 1 for a change sent again after a reset (the app acknowledged
+    it long ago): if the server refuses it, that is settled quietly.
+    """
 
     n = AutoIncrementField()
     store = TextField()
@@ -85,6 +125,7 @@ class OutboxRow(BaseModel):
     key = TextField()
     index_json = TextField(null=True)
     value_json = TextField(null=True)
+    resend = IntegerField(constraints=_ZERO)
 
     class Meta:
         table_name = "outbox"
@@ -117,6 +158,7 @@ class SnapshotStageRow(BaseModel):
     index_json = TextField()
     value_json = TextField()
     seq = IntegerField()
+    own = IntegerField(constraints=_ZERO)
 
     class Meta:
         table_name = "snapshot_stage"
@@ -130,6 +172,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     RecordRow,
     IndexItemRow,
     TombstoneRow,
+    DeletedRecordRow,
     OutboxRow,
     RejectedRow,
     SnapshotStageRow,

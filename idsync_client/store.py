@@ -102,15 +102,19 @@ class Store:
         """Records with index item ``item``, or with an item starting with it.
 
         Iterates page by page (``page_size`` rows per query), in the order the
-        records arrived locally.
+        records arrived locally. An item the server's find would refuse (empty,
+        a control character, longer than ``max_index_item_length``) raises
+        :class:`~idsync_client.protocol.ProtocolViolation` (a ``ValueError``)
+        here too, at the call.
         """
-        if prefix:
-            if not isinstance(item, str):
-                raise TypeError("item must be a string")
-        else:
-            validate_index_items([item], self._client.limits)
+        # The same checks the server makes on its find endpoint: the same
+        # input gets the same answer both ways, prefix or not.
+        validate_index_items([item], self._client.limits)
         if page_size < 1:
             raise ValueError("page_size must be positive")
+        return self._find_pages(item, prefix, page_size)
+
+    def _find_pages(self, item: str, prefix: bool, page_size: int) -> Iterator[Record]:
         after = 0
         while True:
             rows = self._client._local().find(self.name, item, prefix, after, page_size)

@@ -25,6 +25,10 @@ from .transport import HttpTransport
 log = logging.getLogger("idsync.client")
 
 _SPLIT_CODES = ("batch_too_large", "body_too_large")
+#: Client ids renewed in a row on change_number_conflict before such a
+#: conflict counts as a rejection (a fresh id cannot conflict: only a broken
+#: server makes this limit matter).
+_MAX_RENEWALS = 3
 
 
 @dataclass
@@ -35,6 +39,10 @@ class SyncReport:
     pulled: int = 0
     rejected: list[RejectedChange] = field(default_factory=list)
     resets: int = 0
+    #: This client's own acknowledged changes that a reset found missing on
+    #: the server (restored from an older copy, store re-created) and queued
+    #: to be sent again.
+    resent: int = 0
 
 
 class SyncEngine:
@@ -68,6 +76,7 @@ class SyncEngine:
         # (harmless, the server is idempotent); the lock saves the traffic.
         self._push_lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idsync-fetch")
+        self._renewals = 0
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         return self.policy.call(fn)
@@ -177,9 +186,19 @@ class SyncEngine:
         outcomes: list[Outcome],
         report: SyncReport,
     ) -> None:
-        rejected, event = self.db.settle(store, entries, outcomes)
-        report.pushed += len(entries) - len(rejected)
-        self._rejected(rejected, event, report)
+        used = self.db.client_id
+        settled = self.db.settle(
+            store, entries, outcomes, keep_conflicts=self._renewals < _MAX_RENEWALS
+        )
+        report.pushed += settled.pushed
+        if settled.conflicts:
+            # Another copy of this file sent these change numbers: the changes
+            # stay in the outbox and go again, in order, under a fresh id.
+            self.db.renew_client_id(used)
+            self._renewals += 1
+        elif settled.pushed:
+            self._renewals = 0
+        self._rejected(settled.rejected, settled.event, report)
 
     def _rejected(
         self, rejected: list[RejectedChange], event: ChangeEvent, report: SyncReport
@@ -226,7 +245,7 @@ class SyncEngine:
                 else:
                     page = self._fetch(store, cursor, wait)
             except ResetRequired:
-                self.reset(store)
+                report.resent += self.reset(store)
                 report.resets += 1
                 continue
             except StoreNotFound as exc:
@@ -247,7 +266,15 @@ class SyncEngine:
                     page["cursor"],
                     self._prefetcher.submit(self._fetch, store, page["cursor"], 0.0),
                 )
-            event = self.db.apply_pulled(store, page["changes"], page["cursor"], cursor)
+            try:
+                event = self.db.apply_pulled(store, page["changes"], page["cursor"], cursor)
+            except ResetRequired:  # the page contradicts what this file saw: a new history
+                if ahead is not None:
+                    ahead[1].cancel()
+                    ahead = None
+                report.resent += self.reset(store)
+                report.resets += 1
+                continue
             if event is None:
                 continue  # another thread applied this page first
             report.pulled += len(page["changes"])
@@ -267,8 +294,12 @@ class SyncEngine:
                     deleted.append(self.db.delete(store, key))
         self.hub.publish(ChangeEvent(store, "remote", deleted=tuple(deleted)))
 
-    def reset(self, store: str) -> None:
-        """Reload the store from a snapshot, keeping every pending local change."""
+    def reset(self, store: str) -> int:
+        """Reload the store from a snapshot, keeping every pending local change.
+
+        This client's own acknowledged changes that the snapshot lacks are
+        queued to be sent again (the next push sends them); returns how many.
+        """
         log.info("store %s: reloading from a snapshot", store)
         self.db.stage_clear(store)
         at: str | None = None
@@ -280,7 +311,13 @@ class SyncEngine:
             if not page["more"]:
                 break
         assert at is not None
-        self.hub.publish(self.db.stage_install(store, at))
+        event, resent = self.db.stage_install(store, at)
+        if resent:
+            log.warning(
+                "store %s: %d changes of this client were missing on the server", store, resent
+            )
+        self.hub.publish(event)
+        return resent
 
     def close(self) -> None:
         """Stop the prefetch thread (a fetch under way is abandoned)."""

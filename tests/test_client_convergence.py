@@ -1,13 +1,16 @@
-"""Property: whatever the interleaving of clients, outages and lost answers,
-everyone converges to the server's state and nothing acknowledged is lost."""
+"""Property: whatever the interleaving of clients, outages, lost answers and
+copies of a client's file, everyone converges to the server's state and
+nothing acknowledged is lost."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import shutil
 import uuid
+from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from idsync_client import Client, RetryPolicy, TemporaryError
@@ -16,17 +19,31 @@ from idsync_client.testing import Network
 from .conftest import Api
 
 CLIENTS = 3
+MAX_CLIENTS = 5  # with the copies
 _dirs = itertools.count()
 
+# ``who`` is taken modulo the number of clients at that point (copies add some).
+who = st.integers(0, MAX_CLIENTS - 1)
 operation = st.one_of(
-    st.tuples(st.just("add"), st.integers(0, CLIENTS - 1), st.sampled_from(["tag:a", "tag:b"])),
-    st.tuples(st.just("delete"), st.integers(0, CLIENTS - 1), st.integers(0, 50)),
-    st.tuples(st.just("set"), st.integers(0, CLIENTS - 1), st.sampled_from(["e1", "e2"])),
-    st.tuples(st.just("sync"), st.integers(0, CLIENTS - 1), st.none()),
-    st.tuples(st.just("offline"), st.integers(0, CLIENTS - 1), st.none()),
-    st.tuples(st.just("online"), st.integers(0, CLIENTS - 1), st.none()),
-    st.tuples(st.just("lose"), st.integers(0, CLIENTS - 1), st.none()),
+    st.tuples(st.just("add"), who, st.sampled_from(["tag:a", "tag:b"])),
+    st.tuples(st.just("delete"), who, st.integers(0, 50)),
+    st.tuples(st.just("set"), who, st.sampled_from(["e1", "e2"])),
+    st.tuples(st.just("sync"), who, st.none()),
+    st.tuples(st.just("offline"), who, st.none()),
+    st.tuples(st.just("online"), who, st.none()),
+    st.tuples(st.just("lose"), who, st.none()),
+    st.tuples(st.just("copy"), who, st.none()),
 )
+
+
+def copy_of(client: Client, folder: Path, url: str, policy: RetryPolicy) -> Client:
+    """A second client on a copy of ``client``'s file (database, WAL, sidecar),
+    taken while it is open: a copied profile folder."""
+    target = folder / f"copy{next(_dirs)}.db"
+    for suffix in ("", "-wal", ".instance"):
+        if Path(f"{client.path}{suffix}").exists():
+            shutil.copy(f"{client.path}{suffix}", f"{target}{suffix}")
+    return Client(target, url, retry=policy)
 
 
 def view(client: Client, store: str) -> dict:
@@ -39,6 +56,18 @@ def view(client: Client, store: str) -> dict:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(ops=st.lists(operation, min_size=5, max_size=40))
+@example(  # a copy and its original both write new changes under the same numbers
+    ops=[
+        ("add", 0, "tag:a"),
+        ("sync", 0, None),
+        ("copy", 0, None),
+        ("add", 0, "tag:a"),
+        ("add", 3, "tag:b"),
+        ("delete", 3, 0),
+        ("sync", 0, None),
+        ("sync", 3, None),
+    ]
+)
 def test_random_interleavings_converge(server, tmp_path_factory, ops) -> None:
     store = f"prop-{uuid.uuid4().hex[:10]}"
     folder = tmp_path_factory.mktemp(f"conv{next(_dirs)}")
@@ -49,9 +78,14 @@ def test_random_interleavings_converge(server, tmp_path_factory, ops) -> None:
     deleted: set[str] = set()
     values_set = 0
     try:
-        for kind, who, arg in ops:
+        for kind, who_, arg in ops:
+            who = who_ % len(clients)
             client, notes = clients[who], clients[who].store(store)
-            if kind == "add":
+            if kind == "copy":
+                if len(clients) < MAX_CLIENTS:
+                    clients.append(copy_of(client, folder, server.url, policy()))
+                    nets.append(Network(clients[-1]))
+            elif kind == "add":
                 acknowledged.add(notes.add({"by": who}, index=[arg]))
             elif kind == "delete":
                 plain = [r.key for r in notes if not r.index or r.index[0].startswith("tag:")]

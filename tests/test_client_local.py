@@ -226,3 +226,21 @@ def test_sync_lock_is_shared_by_the_threads_of_a_process(tmp_path) -> None:
     lock.release()
     assert other.acquire() is True
     other.release()
+
+
+def test_prefix_find_keeps_items_that_continue_with_the_last_code_point(client: Client) -> None:
+    notes = client.store("notes")
+    top = "\U0010ffff"
+    inside = {
+        notes.add(1, index=["a" + top]),
+        notes.add(2, index=["a" + top + "z"]),
+        notes.add(3, index=["a"]),
+    }
+    notes.add(4, index=["b"])  # the upper bound of prefix "a" itself: outside
+    notes.add(5, index=["`" + top])  # sorts just below "a": outside
+    assert {r.key for r in notes.find("a", prefix=True)} == inside
+    at_top = {notes.add(6, index=[top]), notes.add(7, index=[top + top + "x"])}
+    assert {r.key for r in notes.find(top, prefix=True)} == at_top, "no upper bound at all"
+    assert {r.key for r in notes.find("a" + top, prefix=True)} == inside - {
+        r.key for r in notes.find("a")
+    }

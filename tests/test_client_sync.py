@@ -11,6 +11,9 @@ import uuid
 import pytest
 
 from idsync_client import AuthError, Client, RetryPolicy, TemporaryError
+from idsync_client.jsoncodec import canonical
+from idsync_client.protocol import ProtocolViolation
+from idsync_client.records import same_json
 from idsync_client.testing import Network, ServerProcess
 
 from .conftest import Api
@@ -149,8 +152,13 @@ def test_reset_keeps_pending_changes(make_client, api) -> None:
     api.create_store(name)
     other = Api(api.url)
     other.push(name, "someone", [{"n": 1, "op": "add", "key": "theirs", "index": [], "value": 1}])
+    # Pull first, so that the reset really meets the pending changes (sync pushes first).
+    assert a._engine.pull(name).resets == 1
+    assert a.db.pending_count(name) == 2
+    assert {r.key for r in notes} == {pending_add, "theirs"}
+    assert notes.get(pending_add).pending
     report = a.sync()
-    assert report.resets == 1
+    assert report.resets == 0
     assert {r.key for r in notes} == {pending_add, "theirs"}
     assert set(server_state(api, name)) == {pending_add, "theirs"}
     assert [r.code for r in a.rejected()] == ["key_not_found"], "the delete had nothing to delete"
@@ -312,3 +320,45 @@ def test_background_sync_pauses_on_auth_error_and_resumes_with_a_new_token(tmp_p
                 .json()["live_records"]
                 == 1
             )
+
+
+@pytest.mark.parametrize("item", ["", "tag:\x00x", "x" * 257], ids=["empty", "nul", "too-long"])
+@pytest.mark.parametrize("prefix", [True, False], ids=["prefix", "exact"])
+def test_find_refuses_what_the_server_refuses(make_client, api, store, item, prefix) -> None:
+    client = make_client("a")
+    notes = client.store(store)
+    notes.add(1, index=["tag:a"])
+    client.sync()
+    params = {"index": item, "prefix": "true" if prefix else "false"}
+    answer = api.call("GET", f"/v1/stores/{store}/records", params=params)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_request"
+    with pytest.raises(ProtocolViolation) as refused:
+        notes.find(item, prefix=prefix)  # refused at the call, before any iteration
+    assert refused.value.code == "invalid_request"
+
+
+def test_pulled_content_is_compared_as_exact_json(make_client, api, store) -> None:
+    """Another client logged these keys first. The same JSON in another member
+    order is no change; false/0, 1.0/1 and [true]/[1] are different values:
+    the local view ends with the server's, type for type, and says so."""
+    theirs = {"same": {"b": 2, "a": 1}, "bool": False, "float": 1.0, "list": [True]}
+    mine = {"same": {"a": 1, "b": 2}, "bool": 0, "float": 1, "list": [1]}
+    api.push(
+        store,
+        "other-client",
+        [{"n": i, "op": "add", "key": k, "value": v} for i, (k, v) in enumerate(theirs.items(), 1)],
+    )
+    client = make_client("a")
+    notes = client.store(store)
+    for key, value in mine.items():
+        notes.add(value, key=key)
+    remote: list = []
+    notes.subscribe(lambda event: remote.append(event) if event.origin == "remote" else None)
+    client.sync()
+    for key, value in theirs.items():
+        assert canonical(notes.get(key).value) == canonical(value), key
+    told = {r.key for event in remote for r in event.added}
+    assert told == {"bool", "float", "list"}, "only real changes are announced"
+    assert same_json('{"a":1,"b":2}', '{"b":2,"a":1}')
+    for a, b in (("false", "0"), ("1", "1.0"), ("[1]", "[true]"), ("0.0", "-0.0")):
+        assert not same_json(a, b)

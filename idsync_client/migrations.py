@@ -1,0 +1,102 @@
+"""Numbered migrations of the client file: an older file is brought up to date at open.
+
+Step ``n`` takes a file from version ``n - 1`` to version ``n``. Each step
+runs in one transaction with its version bump, so a failure (a crash, a full
+disk, a bug) leaves the file at the version before the step, openable again.
+A fresh file is created at :data:`~.schema.SCHEMA_VERSION` directly; a file
+newer than this code is refused, unchanged (:class:`UnsupportedSchema`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from peewee import SqliteDatabase
+
+from .errors import IdsyncError
+from .schema import SCHEMA_VERSION
+
+__all__ = ["STEPS", "UnsupportedSchema", "migrate", "read_version"]
+
+Step = Callable[[SqliteDatabase], None]
+
+
+class UnsupportedSchema(IdsyncError):
+    """The file is not a client file this code can open (newer, or not idsync's)."""
+
+
+def _step_2(db: SqliteDatabase) -> None:
+    """Own-record and own-delete markers, delete seqs, restorable deletes, re-sends."""
+    for sql in (
+        'ALTER TABLE "records" ADD COLUMN "own" INTEGER NOT NULL DEFAULT 0',
+        'CREATE INDEX "recordrow_store_seq" ON "records" ("store", "seq")',
+        'ALTER TABLE "tombstones" ADD COLUMN "own" INTEGER NOT NULL DEFAULT 0',
+        'ALTER TABLE "tombstones" ADD COLUMN "seq" INTEGER',
+        'CREATE INDEX "tombstonerow_store_seq" ON "tombstones" ("store", "seq")',
+        'CREATE TABLE "deleted_records" ("store" TEXT NOT NULL, "key" TEXT NOT NULL,'
+        ' "index_json" TEXT NOT NULL, "value_json" TEXT NOT NULL, "seq" INTEGER,'
+        ' PRIMARY KEY ("store", "key")) WITHOUT ROWID',
+        'ALTER TABLE "outbox" ADD COLUMN "resend" INTEGER NOT NULL DEFAULT 0',
+        'ALTER TABLE "snapshot_stage" ADD COLUMN "own" INTEGER NOT NULL DEFAULT 0',
+    ):
+        db.execute_sql(sql)
+
+
+#: Step n brings a file from version n - 1 to n. Never edit a released step: add one.
+STEPS: dict[int, Step] = {2: _step_2}
+
+
+def read_version(db: SqliteDatabase, path: Path) -> int | None:
+    """The file's schema version; None for an empty file (no tables yet)."""
+    tables = {row[0] for row in db.execute_sql("SELECT name FROM sqlite_master")}
+    if not tables:
+        return None
+    row = None
+    if "meta" in tables:
+        row = db.execute_sql("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None or not str(row[0]).isdigit():
+        raise UnsupportedSchema(f"{path} is not an idsync client file")
+    return int(row[0])
+
+
+def check_supported(version: int, path: Path) -> None:
+    """Raise :class:`UnsupportedSchema` for a version this code cannot migrate from."""
+    if version > SCHEMA_VERSION:
+        raise UnsupportedSchema(
+            f"{path} has local schema version {version}; this client knows version "
+            f"{SCHEMA_VERSION} (a newer release made it: upgrade idsync to open it)"
+        )
+    if version < 1:
+        raise UnsupportedSchema(f"{path} has an unknown local schema version {version}")
+
+
+def migrate(
+    db: SqliteDatabase,
+    transaction: Callable[[], contextlib.AbstractContextManager[None]],
+    path: Path,
+) -> list[int]:
+    """Run the missing steps, each in its own ``transaction()``; the steps run.
+
+    The version is read again inside each transaction, so two processes
+    opening an old file at once run every step exactly once.
+    """
+    done: list[int] = []
+    for target in _targets():
+        with transaction():
+            version = read_version(db, path)
+            assert version is not None
+            check_supported(version, path)
+            if version >= target:
+                continue
+            if version != target - 1:
+                raise UnsupportedSchema(f"{path}: no migration from version {version}")
+            STEPS[target](db)
+            db.execute_sql("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),))
+            done.append(target)
+    return done
+
+
+def _targets() -> Iterator[int]:
+    return iter(range(2, SCHEMA_VERSION + 1))

@@ -1,0 +1,188 @@
+"""Reset: a snapshot reload keeps every pending change, and this client's own
+acknowledged changes that the server lost (restored from an older copy, or a
+re-created store) are sent again, exactly once."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from idsync_client import Client, RetryPolicy
+from idsync_client.testing import ServerProcess
+
+from .conftest import Api
+
+
+def fast_policy() -> RetryPolicy:
+    return RetryPolicy(max_attempts=3, sleep=lambda s: None)
+
+
+@pytest.fixture
+def make_client(tmp_path, server):
+    clients: list[Client] = []
+
+    def make(name: str) -> Client:
+        client = Client(tmp_path / f"{name}.db", server.url, retry=fast_policy())
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def live(api: Api, store: str) -> dict[str, object]:
+    records: dict[str, object] = {}
+    after, more = 0, True
+    while more:
+        page = api.call("GET", f"/v1/stores/{store}/snapshot", params={"after": after}).json()
+        records.update({r["key"]: r["value"] for r in page["records"]})
+        after, more = page["after"], page["more"]
+    return records
+
+
+def adds(api: Api, store: str) -> Counter[str]:
+    return Counter(c["key"] for c in api.pull_all(store)[0] if c["op"] == "add")
+
+
+def backup(database: Path, copy: Path) -> None:
+    """A consistent copy of a live server database (SQLite's backup API)."""
+    with sqlite3.connect(database) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+
+
+def restore(copy: Path, database: Path) -> None:
+    """Put the older copy in place of the (stopped) server's database."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    shutil.copy(copy, database)
+
+
+def test_a_reset_with_pending_changes_keeps_them(make_client, api) -> None:
+    """The reset really happens while changes are pending (the pull runs before
+    any push), and every pending change survives it and reaches the server."""
+    name = f"pending-reset-{uuid.uuid4().hex[:6]}"
+    api.create_store(name)
+    client = make_client("a")
+    notes = client.store(name)
+    synced = notes.add({"v": "synced"}, index=["tag:s"])
+    gone = notes.add({"v": "to delete"})
+    client.sync()
+    pending_add = notes.add({"v": "pending"}, index=["tag:p"])
+    notes.delete(gone)
+    api.call("DELETE", f"/v1/stores/{name}")
+    api.create_store(name)
+    Api(api.url).push(name, "someone", [{"n": 1, "op": "add", "key": "theirs", "value": 1}])
+
+    report = client._engine.pull(name)  # a pull first: the reset meets pending changes
+
+    assert report.resets == 1
+    assert client.db.pending_count(name) == 3, "2 pending + 1 own record sent again"
+    assert notes.get(pending_add).pending and [r.key for r in notes.find("tag:p")] == [pending_add]
+    assert notes.get(gone) is None, "the pending delete keeps its record out"
+    assert notes.get(synced) is not None and notes.get(synced).pending
+    assert notes.get("theirs").value == 1
+    client.sync()
+    assert set(live(api, name)) == {pending_add, synced, "theirs"}
+    assert [r.code for r in client.rejected()] == ["key_not_found"], "nothing to delete there"
+
+
+def test_a_recreated_store_gets_this_clients_records_again(make_client, api) -> None:
+    name = f"recreated-{uuid.uuid4().hex[:6]}"
+    api.create_store(name)
+    a, b = make_client("a"), make_client("b")
+    mine = [a.store(name).add({"n": i}, index=["tag:a"]) for i in range(3)]
+    theirs = b.store(name).add({"from": "b"})
+    a.sync()
+    b.sync()
+    a.sync()
+    api.call("DELETE", f"/v1/stores/{name}")
+    api.create_store(name)
+    report = a._engine.sync(name)  # the engine's report of this store's round
+    assert report.resets == 1 and report.resent == 3
+    assert a.rejected() == [] and a.db.pending_count() == 0
+    assert set(live(api, name)) == set(mine), "b's record is b's to send again"
+    assert set(adds(api, name).values()) == {1}
+    c = make_client("c")
+    c.store(name)
+    c.sync()
+    assert {r.key for r in c.store(name)} == set(mine)
+    assert {r.key for r in a.store(name)} == set(mine)
+    assert theirs not in a.store(name)
+
+
+def test_a_restore_behind_the_cursor_is_seen_from_the_pulled_changes(tmp_path) -> None:
+    """The client's cursor is still valid on the restored server, but the
+    server logged others' changes at the seqs where this client's own add and
+    delete were acknowledged: a new history. The client resets and sends
+    both again."""
+    database, saved = tmp_path / "server.db", tmp_path / "saved.db"
+    with ServerProcess(database) as srv:
+        port, url = srv.port, srv.url
+        api = Api(url)
+        api.create_store("notes")
+        a = Client(tmp_path / "a.db", url, retry=fast_policy())
+        notes = a.store("notes")
+        kept, doomed = notes.add({"v": "kept"}), notes.add({"v": "doomed"})
+        a.sync()
+        backup(database, saved)
+        later = notes.add({"v": "after the backup"})
+        notes.delete(doomed)
+        a._engine.push("notes")  # acknowledged, but not pulled: the cursor stays behind
+    try:
+        assert a.db.pending_count() == 0
+        restore(saved, database)
+        with ServerProcess(database, port=port):
+            other = Api(url)
+            other.push(
+                "notes", "b", [{"n": i, "op": "add", "key": f"b{i}", "value": i} for i in (1, 2)]
+            )
+            report = a._engine.sync("notes")
+            assert report.resets == 1 and report.resent == 2
+            assert a.rejected() == [] and a.db.pending_count() == 0
+            assert set(live(api, "notes")) == {kept, later, "b1", "b2"}
+            assert set(adds(api, "notes").values()) == {1}
+            assert {r.key for r in notes} == {kept, later, "b1", "b2"}
+            with Client(tmp_path / "c.db", url, retry=fast_policy()) as c:
+                c.store("notes")
+                c.sync()
+                assert {r.key for r in c.store("notes")} == {kept, later, "b1", "b2"}
+    finally:
+        a.close()
+
+
+def test_a_server_restored_from_an_older_copy_gets_this_clients_changes_back(tmp_path) -> None:
+    """The client pulled past the restored server's head: the server answers
+    reset_required; the client sends again what it wrote after the backup."""
+    database, saved = tmp_path / "server.db", tmp_path / "saved.db"
+    with ServerProcess(database) as srv:
+        port, url = srv.port, srv.url
+        api = Api(url)
+        api.create_store("notes")
+        a = Client(tmp_path / "a.db", url, retry=fast_policy())
+        notes = a.store("notes")
+        kept, doomed = notes.add({"v": "kept"}), notes.add({"v": "doomed"})
+        a.sync()
+        backup(database, saved)
+        later = notes.add({"v": "after the backup"})
+        notes.delete(doomed)
+        a.sync()
+    try:
+        restore(saved, database)
+        with ServerProcess(database, port=port):
+            report = a._engine.sync("notes")
+            assert report.resets == 1 and report.resent == 2
+            assert a.rejected() == [] and a.db.pending_count() == 0
+            assert set(live(api, "notes")) == {kept, later}
+            assert set(adds(api, "notes").values()) == {1}
+            with Client(tmp_path / "c.db", url, retry=fast_policy()) as c:
+                c.store("notes")
+                c.sync()
+                assert {r.key for r in c.store("notes")} == {kept, later}
+    finally:
+        a.close()
