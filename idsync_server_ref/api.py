@@ -239,9 +239,9 @@ class ServerApp:
         validate_index_items([item], self.limits)
         after = int_param(params, "after", 0, 0, 2**63 - 1)
         limit = int_param(params, "limit", self.limits.default_page, 1, self.limits.max_page)
-        records, next_after, more = self.storage.find(store, item, prefix, after, limit)
+        page = self.storage.find(store, item, prefix, after, limit)
         body = (
-            f'{{"records":[{",".join(records)}],"after":{next_after},'
-            f'"more":{"true" if more else "false"}}}'
+            f'{{"records":[{",".join(page.records_json)}],"after":{page.after},'
+            f'"more":{"true" if page.more else "false"}}}'
         )
         return Response(200, body)

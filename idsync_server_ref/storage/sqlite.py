@@ -26,6 +26,8 @@ from idsync_client.sqlitedb import open_database
 
 from . import sqlite_migrations
 from .base import (
+    ChangeListener,
+    FindPage,
     Page,
     ResetRequired,
     SnapshotPage,
@@ -36,6 +38,7 @@ from .base import (
     StoreInfo,
     StoreNotFound,
 )
+from .listeners import Listeners
 from .migrations import migrate
 from .push_rules import KnownRecord, PushBatch
 
@@ -86,6 +89,7 @@ class SqliteStorage(Storage):
             weakref.WeakKeyDictionary()
         )
         self._connections_lock = threading.Lock()
+        self._listeners = Listeners()
         with self._guard():
             self.db = open_database(self.path, "FULL", busy_timeout_ms)
             # Each connection serves its own thread only; close() may close
@@ -233,7 +237,18 @@ class SqliteStorage(Storage):
             batch.known = self._known_records(store_id, [c.key for c in changes])
             outcomes = [batch.apply(change) for change in changes]
             self._write_batch(store_id, client_id, batch)
-            return outcomes
+        # Committed: only now may a listener read the change.
+        if batch.log:
+            self._listeners.fire(name, batch.head)
+        return outcomes
+
+    def listen(self, callback: ChangeListener) -> None:
+        """Call ``callback`` after each push through this instance commits a change.
+
+        SQLite serves one process: changes made by another process on the
+        same file are not reported.
+        """
+        self._listeners.add(callback)
 
     def _next_record_id(self) -> int:
         # Ids are handed out here, under the write lock, so one executemany can
@@ -371,9 +386,7 @@ class SqliteStorage(Storage):
             ).fetchone()
         return None if row is None else _record_json(*row)
 
-    def find(
-        self, name: str, item: str, prefix: bool, after: int, limit: int
-    ) -> tuple[list[str], int, bool]:
+    def find(self, name: str, item: str, prefix: bool, after: int, limit: int) -> FindPage:
         if prefix:
             upper = prefix_upper_bound(item)
             where, params = "item >= ?", [item]
@@ -394,7 +407,7 @@ class SqliteStorage(Storage):
         page = rows[:limit]
         items = [_record_json(*row[1:]) for row in page]
         next_after = page[-1][0] if page else after
-        return items, next_after, len(rows) > limit
+        return FindPage(items, next_after, len(rows) > limit)
 
     def close(self) -> None:
         """Close every thread's connection (the storage is not to be used afterwards)."""
