@@ -38,6 +38,7 @@ from .base import (
     StoreInfo,
     StoreNotFound,
 )
+from .json_text import record_json, tag_text
 from .listeners import Listeners
 from .migrations import migrate
 from .push_rules import KnownRecord, PushBatch
@@ -59,18 +60,9 @@ _STORE_INFO = (
 _CHUNK = 500
 
 
-def _tag_text(tag: int | None) -> str:
-    """A tag as cursors carry it (lowercase hex); "" for no entry (seq 0)."""
-    return "" if tag is None else format(tag, "x")
-
-
 def _store_info(row: Sequence[Any]) -> StoreInfo:
     name, epoch, head, horizon, live, length, created_at, tag = row
-    return StoreInfo(name, epoch, head, horizon, live, length, created_at, _tag_text(tag))
-
-
-def _record_json(key: str, index_json: str, value_json: str, seq: int) -> str:
-    return f'{{"key":{jsoncodec.dumps(key)},"index":{index_json},"value":{value_json},"seq":{seq}}}'
+    return StoreInfo(name, epoch, head, horizon, live, length, created_at, tag_text(tag))
 
 
 class SqliteStorage(Storage):
@@ -171,7 +163,7 @@ class SqliteStorage(Storage):
         if row is None:
             raise StoreNotFound(name)
         store_id, epoch, head, horizon, tag = row
-        return store_id, epoch, head, horizon, _tag_text(tag)
+        return store_id, epoch, head, horizon, tag_text(tag)
 
     def _info(self, name: str) -> StoreInfo:
         row = self._sql(f"{_STORE_INFO} WHERE s.name = ?", (name,)).fetchone()
@@ -346,7 +338,7 @@ class SqliteStorage(Storage):
             items.append(row[2])
             last = row
         # The page's cursor names the entry of its last change.
-        cursor = after if last is None else Cursor(epoch, last[0], _tag_text(last[1]))
+        cursor = after if last is None else Cursor(epoch, last[0], tag_text(last[1]))
         return Page(items, cursor, more=cursor.seq < head)
 
     def snapshot(
@@ -367,7 +359,7 @@ class SqliteStorage(Storage):
         size = 0
         last = after
         for key, index_json, value_json, added_seq in rows[:limit]:
-            item = _record_json(key, index_json, value_json, added_seq)
+            item = record_json(key, index_json, value_json, added_seq)
             size += len(item)
             if items and size > max_bytes:
                 break
@@ -384,7 +376,7 @@ class SqliteStorage(Storage):
                 " WHERE r.store_id = ? AND r.key = ? AND r.deleted_seq IS NULL",
                 (store_id, key),
             ).fetchone()
-        return None if row is None else _record_json(*row)
+        return None if row is None else record_json(*row)
 
     def find(self, name: str, item: str, prefix: bool, after: int, limit: int) -> FindPage:
         if prefix:
@@ -405,7 +397,7 @@ class SqliteStorage(Storage):
                 (store_id, *params, after, limit + 1),
             ).fetchall()
         page = rows[:limit]
-        items = [_record_json(*row[1:]) for row in page]
+        items = [record_json(*row[1:]) for row in page]
         next_after = page[-1][0] if page else after
         return FindPage(items, next_after, len(rows) > limit)
 
