@@ -41,9 +41,7 @@ class SqliteBackend(BackendUnderTest):
 
     def set_schema_version(self, version: int) -> None:
         with sqlite3.connect(self.path) as conn:
-            conn.execute(
-                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),)
-            )
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
 
     @contextlib.contextmanager
     def hold_commits(self, storage: Storage, delay: Callable[[], float]) -> Iterator[None]:
