@@ -172,10 +172,11 @@ def test_listeners_hear_changes_again_after_their_connection_is_lost(pg: PgBacke
     writer.create_store("notes")
     heard: list[tuple[str, int]] = []
     listening.listen(lambda name, head: heard.append((name, head)))
-    pg.sql(
+    killed = pg.sql(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE query LIKE 'LISTEN%%' AND datname = current_database()"
     )
+    assert killed == [(True,)]  # the LISTEN connection, and only it
     writer.push("notes", "c1", [add(1, "a")])
     deadline = time.monotonic() + 15
     # Either the notification itself or the catch-up after reconnecting.

@@ -217,13 +217,15 @@ class Storage(abc.ABC):
         """Call ``callback(store_name, head_seq)`` after every committed change to a store.
 
         Called from any thread (a writer's, or the backend's own), after the
-        transaction committed, never inside it; once per push that applied
-        something, and not at all for a push that applied nothing. A backend
-        that serves several processes on one database also calls it for
-        changes committed by the others. Calls for one store may be merged
-        or arrive late, never before the commit: a listener re-reads the
-        store rather than trust ``head_seq`` as the latest. A callback that
-        raises is logged and does not stop the others.
+        transaction committed, never inside it, for every push that applied
+        something and commits after ``listen`` returned; a push that applied
+        nothing causes no call. A backend that serves several processes on
+        one database also calls it for changes committed by the others.
+        Calls may arrive late, and a backend that may have missed changes
+        (a lost connection) calls it for every store rather than stay
+        silent: a listener re-reads the store rather than trust
+        ``head_seq`` as the latest. A callback that raises is logged and
+        does not stop the others.
         """
 
     @abc.abstractmethod

@@ -495,7 +495,7 @@ class _ListenerThread(threading.Thread):
                     connected_before = True
                     self.ready.set()
                     while not self._stopping.is_set():
-                        for notify in conn.notifies(timeout=0.5):
+                        for notify in conn.notifies(timeout=0.2):
                             self._deliver(notify.payload)
             except Exception as exc:  # any failure: reconnect after a pause
                 if self._stopping.is_set():

@@ -553,8 +553,6 @@ class StorageContract:
         other = backend.open()
         heard: list[tuple[str, int]] = []
         other.listen(lambda name, head: heard.append((name, head)))
-        # The listening instance's connection is set up before the push below.
-        _wait_for(lambda: other.get_store("notes").head_seq == 0)
         storage.push("notes", "c1", [add(1, "a")])
         _wait_for(lambda: ("notes", 1) in heard)
         storage.create_store("other")
