@@ -44,7 +44,8 @@ from .base import (
     StoreNotFound,
 )
 
-#: Rounds of the out-of-order commit test (``IDSYNC_TRAP_ROUNDS`` for more).
+#: Rounds of the out-of-order commit test, each one push per writer
+#: (``IDSYNC_TRAP_ROUNDS`` for more).
 TRAP_ROUNDS = int(os.environ.get("IDSYNC_TRAP_ROUNDS", "1000"))
 
 
@@ -482,8 +483,8 @@ class StorageContract:
         numbers while others commit; a reader pulling in a tight loop never skips one."""
         writers = [backend.open(), backend.open()]
         reader = backend.open()
-        rounds = TRAP_ROUNDS // 2  # each round: one push per writer
-        rng = random.Random(1234)
+        rounds = TRAP_ROUNDS
+        rng = random.Random()
         delays = [
             [rng.choice((0.0, rng.uniform(0, 0.002))) for _ in range(rounds)] for _ in writers
         ]
