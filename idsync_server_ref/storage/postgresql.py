@@ -301,47 +301,69 @@ class PostgresqlStorage(Storage):
             ).fetchall()
             for (_, rec), (record_id,) in zip(new, ids, strict=True):
                 rec.id = int(record_id)
-        with self.db.connection().cursor() as cur:
-            cur.executemany(
-                "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                [(store_id, *row) for row in batch.log],
-            )
-            cur.executemany(
-                "INSERT INTO records (id, store_id, key, added_seq, deleted_seq)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                [(r.id, store_id, key, r.added_seq, r.deleted_seq) for key, r in new],
-            )
-            cur.executemany(
-                "INSERT INTO index_items (store_id, item, record_id) VALUES (%s, %s, %s)",
-                [
-                    (store_id, item, r.id)
-                    for _, r in new
-                    if r.deleted_seq is None
-                    for item in r.index
-                ],
-            )
-            gone = [rec for rec in batch.known.values() if rec.deleted_now and not rec.new]
-            cur.executemany(
-                "UPDATE records SET deleted_seq = %s WHERE id = %s",
-                [(r.deleted_seq, r.id) for r in gone],
-            )
-            cur.executemany(
-                # By the index table's own key (store, item, record): no scan.
-                "DELETE FROM index_items WHERE store_id = %s AND item = %s AND record_id = %s",
-                [(store_id, item, r.id) for r in gone for item in jsoncodec.loads(r.index_json)],
-            )
-            cur.executemany(
-                "INSERT INTO client_changes (store_id, client_id, n, body_hash, status, seq,"
-                " code, message) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                [(store_id, client_id, *row) for row in batch.client_rows],
-            )
+        gone = [rec for rec in batch.known.values() if rec.deleted_now and not rec.new]
+        # One statement per table, the rows passed as arrays: a batch costs a
+        # few round trips whatever its size.
+        self._rows(
+            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag)"
+            " SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
+            " %s::text[], %s::bigint[])",
+            (store_id,),
+            batch.log,
+        )
+        self._rows(
+            "INSERT INTO records (id, store_id, key, added_seq, deleted_seq)"
+            " SELECT u.id, %s, u.key, u.added, u.deleted"
+            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::bigint[])"
+            " AS u(id, key, added, deleted)",
+            (store_id,),
+            [(r.id, key, r.added_seq, r.deleted_seq) for key, r in new],
+        )
+        self._rows(
+            "INSERT INTO index_items (store_id, item, record_id)"
+            " SELECT %s, * FROM unnest(%s::text[], %s::bigint[])",
+            (store_id,),
+            [(item, r.id) for _, r in new if r.deleted_seq is None for item in r.index],
+        )
+        self._rows(
+            "UPDATE records SET deleted_seq = u.deleted"
+            " FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, deleted) WHERE records.id = u.id",
+            (),
+            [(r.id, r.deleted_seq) for r in gone],
+        )
+        self._rows(
+            # By the index table's own key (store, item, record): no scan.
+            "DELETE FROM index_items i USING unnest(%s::text[], %s::bigint[]) AS u(item, id)"
+            " WHERE i.store_id = %s AND i.item = u.item AND i.record_id = u.id",
+            (),
+            [(item, r.id) for r in gone for item in jsoncodec.loads(r.index_json)],
+            after=(store_id,),
+        )
+        self._rows(
+            "INSERT INTO client_changes (store_id, client_id, n, body_hash, status, seq,"
+            " code, message) SELECT %s, %s, * FROM unnest(%s::bigint[], %s::text[],"
+            " %s::text[], %s::bigint[], %s::text[], %s::text[])",
+            (store_id, client_id),
+            batch.client_rows,
+        )
         if batch.log:
             self._sql(
                 "UPDATE stores SET head_seq = %s, log_length = log_length + %s,"
                 " live_records = live_records + %s WHERE id = %s",
                 (batch.head, len(batch.log), batch.live_delta, store_id),
             )
+
+    def _rows(
+        self,
+        sql: str,
+        before: tuple[Any, ...],
+        rows: Sequence[Sequence[Any]],
+        after: tuple[Any, ...] = (),
+    ) -> None:
+        """Run ``sql`` once with ``rows`` passed column by column as arrays; nothing if none."""
+        if rows:
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            self._sql(sql, (*before, *columns, *after))
 
     # -- reads --------------------------------------------------------------
 
