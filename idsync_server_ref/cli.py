@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         storage = open_storage(config.database, busy_timeout_ms=config.busy_timeout_ms)
     except (StorageError, ValueError) as exc:
-        print(f"idsync-server: cannot open {config.database}: {exc}", file=sys.stderr)
+        print(f"idsync-server: cannot open {_describe(config.database)}: {exc}", file=sys.stderr)
         return 2
     app = ServerApp(storage, config)
     server = waitress.create_server(

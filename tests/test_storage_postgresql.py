@@ -5,6 +5,9 @@ lock timeouts, and the reference server over PostgreSQL end to end."""
 from __future__ import annotations
 
 import contextlib
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -242,3 +245,23 @@ def test_a_long_poll_on_one_process_wakes_for_a_push_through_another(pg_url: str
         # Woken by the push (a long-poll that timed out would take 4 s and
         # find the change only if it re-read the store afterwards).
         assert woke and woke[0][0] < 3 and woke[0][1] == 1
+
+
+def test_an_unreachable_database_is_a_storage_failure_and_the_password_stays_hidden(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once closed
+    url = f"postgresql://idsync:s3cret@127.0.0.1:{port}/idsync?connect_timeout=5"
+    with pytest.raises(StorageFailure):
+        PostgresqlStorage(url)
+    result = subprocess.run(
+        [sys.executable, "-m", "idsync_server_ref", "--db", url, "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"cannot open postgresql://idsync@127.0.0.1:{port}/idsync" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
