@@ -43,7 +43,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -487,7 +487,9 @@ class _ListenerThread(threading.Thread):
     #: Seconds between reconnection attempts, doubling up to the last.
     RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
-    def __init__(self, url: str, listeners: Listeners, heads: Any) -> None:
+    def __init__(
+        self, url: str, listeners: Listeners, heads: Callable[[], list[tuple[str, int]]]
+    ) -> None:
         super().__init__(name="idsync-pg-listen", daemon=True)
         self.url = url
         self.listeners = listeners
