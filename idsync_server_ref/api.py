@@ -105,6 +105,9 @@ class ServerApp:
         self.config = config
         self.limits = config.limits
         self.notifier = notifier or ChangeNotifier()
+        # The backend knows when a change lands, also one made through another
+        # server process (PostgreSQL): it wakes the waiting clients.
+        storage.listen(self.notifier.notify)
         self.executor = ThreadPoolExecutor(
             max_workers=config.threads, thread_name_prefix="idsync-storage"
         )
@@ -299,9 +302,6 @@ class ServerApp:
             )
         changes = self._parse_changes(raw_changes)
         outcomes = await self._run(self.storage.push, store, client_id, changes)
-        head = max((o.seq or 0 for o in outcomes if o.status == "applied"), default=0)
-        if head:
-            self.notifier.notify(store, head)
         return Response.json({"outcomes": [o.to_wire() for o in outcomes]})
 
     def _parse_changes(self, raw_changes: list[Any]) -> list[Change]:
@@ -365,12 +365,10 @@ class ServerApp:
         validate_index_items([item], self.limits)
         after = int_param(params, "after", 0, 0, 2**63 - 1)
         limit = int_param(params, "limit", self.limits.default_page, 1, self.limits.max_page)
-        records, next_after, more = await self._run(
-            self.storage.find, store, item, prefix, after, limit
-        )
+        page = await self._run(self.storage.find, store, item, prefix, after, limit)
         body = (
-            f'{{"records":[{",".join(records)}],"after":{next_after},'
-            f'"more":{"true" if more else "false"}}}'
+            f'{{"records":[{",".join(page.records_json)}],"after":{page.after},'
+            f'"more":{"true" if page.more else "false"}}}'
         )
         return Response(200, body)
 

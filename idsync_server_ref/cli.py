@@ -20,7 +20,7 @@ from idsync_client.protocol import Limits
 from .api import ServerApp
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, default_database_path
 from .http_server import build_server
-from .storage import SqliteStorage, StorageError
+from .storage import StorageError, open_storage
 
 log = logging.getLogger("idsync.server")
 
@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--database",
-        type=Path,
-        default=Path(_env("database", default_database_path())),
-        help="SQLite file (IDSYNC_DATABASE; default %(default)s)",
+        "--db",
+        default=str(_env("database", default_database_path())),
+        help="SQLite file, sqlite:///path or postgresql://user@host:port/dbname"
+        " (IDSYNC_DATABASE; default %(default)s)",
     )
     parser.add_argument(
         "--threads",
@@ -156,6 +157,16 @@ def _raise_open_file_limit(wanted: int) -> None:
             log.warning("cannot raise the open file limit to %d", target)
 
 
+def _describe(database: str | Path) -> str:
+    """The database for the log: a file's full path, or a URL without its password."""
+    if "://" not in str(database):
+        return str(Path(database).resolve())
+    scheme, rest = str(database).split("://", 1)
+    credentials, at, host = rest.rpartition("@")
+    return f"{scheme}://{credentials.split(':', 1)[0]}{at}{host}"
+
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit status."""
     parser = build_parser()
@@ -172,16 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        storage = SqliteStorage(config.database, busy_timeout_ms=config.busy_timeout_ms)
-    except StorageError as exc:
-        print(f"idsync-server: cannot open {config.database}: {exc}", file=sys.stderr)
+        storage = open_storage(config.database, busy_timeout_ms=config.busy_timeout_ms)
+    except (StorageError, ValueError) as exc:
+        print(f"idsync-server: cannot open {_describe(config.database)}: {exc}", file=sys.stderr)
         return 2
     _raise_open_file_limit(config.max_connections + 256)
     app = ServerApp(storage, config)
 
     def listening(port: int) -> None:
         print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
-        print(f"idsync-server database {config.database.resolve()}", flush=True)
+        print(f"idsync-server database {_describe(config.database)}", flush=True)
 
     try:
         build_server(app, config, listening).run()

@@ -40,7 +40,7 @@ class ServerConfig:
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    database: Path = field(default_factory=default_database_path)
+    database: str | Path = field(default_factory=default_database_path)
     limits: Limits = field(default_factory=Limits)
     threads: int = 8
     busy_timeout_ms: int = 5000

@@ -25,7 +25,8 @@ class ServerProcess:
     """
 
     def __init__(self, database: str | Path, *extra_args: str, port: int = 0) -> None:
-        self.database = Path(database)
+        # A database URL is passed on as it is (Path would fold its "//").
+        self.database: str | Path = database if "://" in str(database) else Path(database)
         self.extra_args = list(extra_args)
         self.port = port
         self.proc: subprocess.Popen[str] | None = None

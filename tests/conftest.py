@@ -94,3 +94,28 @@ def store(api: Api) -> str:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "db.sqlite3"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster for the session (skips when PostgreSQL is not installed)."""
+    from .pg import PgCluster, find_binaries
+
+    pytest.importorskip("psycopg", reason="the postgresql extra (psycopg) is not installed")
+    bin_dir = find_binaries()
+    if bin_dir is None:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under"
+            " /usr/lib/postgresql/*/bin: install the postgresql package"
+        )
+    cluster = PgCluster(bin_dir).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """A fresh PostgreSQL database with the current schema, for one test."""
+    return str(pg_cluster.database())

@@ -78,7 +78,7 @@ def test_a_v1_file_is_migrated_with_its_data_intact(v1_file: Path) -> None:
         assert (info.head_seq, info.live_records, info.log_length) == (7, 3, 7)
         assert jsoncodec.loads(storage.get_record("notes", "zero"))["value"] == 0
         assert storage.get_record("notes", "synced-2") is None
-        found = storage.find("notes", "a,b", False, 0, 10)[0]
+        found = storage.find("notes", "a,b", False, 0, 10).records_json
         assert [jsoncodec.loads(r)["key"] for r in found] == ["synced-1"]
         page = storage.pull("notes", None, 100, 10**6)
         assert [jsoncodec.loads(i)["seq"] for i in page.items_json] == list(range(1, 8))

@@ -1,6 +1,8 @@
 """Storage backends of the reference server, behind one contract (:class:`Storage`)."""
 
 from .base import (
+    ChangeListener,
+    FindPage,
     Page,
     ResetRequired,
     SchemaTooNew,
@@ -13,9 +15,12 @@ from .base import (
     StoreInfo,
     StoreNotFound,
 )
+from .open import open_storage
 from .sqlite import SqliteStorage
 
 __all__ = [
+    "ChangeListener",
+    "FindPage",
     "Page",
     "ResetRequired",
     "SchemaTooNew",
@@ -28,4 +33,5 @@ __all__ = [
     "StoreExists",
     "StoreInfo",
     "StoreNotFound",
+    "open_storage",
 ]

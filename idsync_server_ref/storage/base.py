@@ -13,7 +13,7 @@ or :class:`StorageFailure`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from idsync_client.protocol import Change, Cursor, Outcome
@@ -116,6 +116,22 @@ class SnapshotPage:
     more: bool
 
 
+@dataclass(frozen=True)
+class FindPage:
+    """A page of live records found by index item, as JSON text.
+
+    Pass ``after`` back to get the next page; ``more`` says whether there is one.
+    """
+
+    records_json: list[str]
+    after: int
+    more: bool
+
+
+#: Called with (store name, head seq) after a change to a store commits.
+ChangeListener = Callable[[str, int], None]
+
+
 class Storage(abc.ABC):
     """Contract of a server storage backend.
 
@@ -189,12 +205,27 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def find(
         self, name: str, item: str, prefix: bool, after: int, limit: int
-    ) -> tuple[list[str], int, bool]:
+    ) -> FindPage:
         """Live records with index item ``item`` (or starting with it).
 
         A prefix query is ``item <= x < protocol.prefix_upper_bound(item)``.
-        Returns (records as JSON text, token for the next page, more?);
-        pass the token back as ``after``.
+        Pass the page's ``after`` back to get the next page.
+        """
+
+    @abc.abstractmethod
+    def listen(self, callback: ChangeListener) -> None:
+        """Call ``callback(store_name, head_seq)`` after every committed change to a store.
+
+        Called from any thread (a writer's, or the backend's own), after the
+        transaction committed, never inside it, for every push that applied
+        something and commits after ``listen`` returned; a push that applied
+        nothing causes no call. A backend that serves several processes on
+        one database also calls it for changes committed by the others.
+        Calls may arrive late, and a backend that may have missed changes
+        (a lost connection) calls it for every store rather than stay
+        silent: a listener re-reads the store rather than trust
+        ``head_seq`` as the latest. A callback that raises is logged and
+        does not stop the others.
         """
 
     @abc.abstractmethod

@@ -10,7 +10,9 @@ the code is refused and left untouched.
 The runner knows nothing of SQL: a backend hands it a :class:`SchemaTarget`
 (how to open a transaction, read and write the version, create the latest
 schema) and its list of :class:`Migration` steps. Version 1 is the schema of
-release 0.1.0; step N turns version N-1 into version N.
+release 0.1.0; step N turns version N-1 into version N. A backend added
+later starts its history at a later ``base`` (PostgreSQL at version 2): it
+has no steps below it, and its steps continue from there.
 """
 
 from __future__ import annotations
@@ -58,24 +60,27 @@ class SchemaTarget(Protocol[H]):
         """Record ``version`` as the database's schema version."""
 
 
-def latest_version(steps: Sequence[Migration[H]]) -> int:
+def latest_version(steps: Sequence[Migration[H]], base: int = BASE_VERSION) -> int:
     """The version the code knows: that of the last step, or the base one."""
-    expected = list(range(BASE_VERSION + 1, BASE_VERSION + 1 + len(steps)))
+    expected = list(range(base + 1, base + 1 + len(steps)))
     if [step.version for step in steps] != expected:
         raise ValueError(f"migration steps must be numbered {expected}")
-    return steps[-1].version if steps else BASE_VERSION
+    return steps[-1].version if steps else base
 
 
-def migrate(target: SchemaTarget[H], steps: Sequence[Migration[H]], name: str) -> list[int]:
+def migrate(
+    target: SchemaTarget[H], steps: Sequence[Migration[H]], name: str, base: int = BASE_VERSION
+) -> list[int]:
     """Bring the database to the latest version; return the versions applied.
 
     ``name`` says which database in error messages. Raises
     :class:`SchemaTooNew` (changing nothing) when the database is newer than
-    ``steps`` know. Each step is re-checked against the stored version
+    ``steps`` know; ``base`` is the first version of this backend's history.
+    Each step is re-checked against the stored version
     inside its own transaction, so two processes opening the same old file
     at once apply each step once.
     """
-    latest = latest_version(steps)
+    latest = latest_version(steps, base)
     applied: list[int] = []
     for _ in range(len(steps) + 1):  # one pass per step at most, plus the last check
         with target.transaction() as handle:
@@ -91,9 +96,9 @@ def migrate(target: SchemaTarget[H], steps: Sequence[Migration[H]], name: str) -
                 )
             if version == latest:
                 return applied
-            if version < BASE_VERSION:
+            if version < base:
                 raise StorageFailure(f"{name} has an unknown schema version {version}")
-            step = steps[version - BASE_VERSION]
+            step = steps[version - base]
             step.apply(handle)
             target.write_version(handle, step.version)
             applied.append(step.version)

@@ -15,7 +15,6 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ from idsync_client.sqlitedb import open_database
 
 from . import sqlite_migrations
 from .base import (
+    ChangeListener,
+    FindPage,
     Page,
     ResetRequired,
     SnapshotPage,
@@ -37,8 +38,10 @@ from .base import (
     StoreInfo,
     StoreNotFound,
 )
-from .equality import change_hash, same_body, same_json
+from .json_text import record_json, tag_text
+from .listeners import Listeners
 from .migrations import migrate
+from .push_rules import KnownRecord, PushBatch
 
 _CHANGE_JSON = (
     'CASE op WHEN \'add\' THEN \'{"seq":\' || seq || \',"op":"add","key":\' || json_quote(key)'
@@ -57,130 +60,9 @@ _STORE_INFO = (
 _CHUNK = 500
 
 
-def _new_tag() -> int:
-    """A log entry's tag: random, so a restored older history draws others."""
-    return secrets.randbits(63)
-
-
-def _tag_text(tag: int | None) -> str:
-    """A tag as cursors carry it (lowercase hex); "" for no entry (seq 0)."""
-    return "" if tag is None else format(tag, "x")
-
-
 def _store_info(row: Sequence[Any]) -> StoreInfo:
     name, epoch, head, horizon, live, length, created_at, tag = row
-    return StoreInfo(name, epoch, head, horizon, live, length, created_at, _tag_text(tag))
-
-
-def _record_json(key: str, index_json: str, value_json: str, seq: int) -> str:
-    return f'{{"key":{jsoncodec.dumps(key)},"index":{index_json},"value":{value_json},"seq":{seq}}}'
-
-
-@dataclass
-class _KnownRecord:
-    """A record's row as the batch sees it (possibly added or deleted by the batch)."""
-
-    id: int
-    index_json: str
-    value_json: str
-    added_seq: int
-    deleted_seq: int | None
-    new: bool = False
-    deleted_now: bool = False
-    index: tuple[str, ...] = ()
-
-
-class _PushBatch:
-    """Decides each change's outcome in order, in memory; the rows are written after."""
-
-    def __init__(self, store_id: int, head: int, next_record_id: int) -> None:
-        self.store_id = store_id
-        self.head = head
-        self.next_record_id = next_record_id
-        self.prior: dict[int, tuple[Any, ...]] = {}
-        self.known: dict[str, _KnownRecord] = {}
-        self.log: list[tuple[Any, ...]] = []
-        self.client_rows: list[tuple[Any, ...]] = []
-        self.live_delta = 0
-
-    def apply(self, change: Change) -> Outcome:
-        body_hash = change_hash(change)
-        prior = self.prior.get(change.n)
-        if prior is not None:
-            return _replayed(change, body_hash, prior)
-        record = self.known.get(change.key)
-        outcome = self._add(change, record) if change.op == "add" else self._delete(change, record)
-        row = (change.n, body_hash, outcome.status, outcome.seq, outcome.code, outcome.message)
-        self.client_rows.append(row)
-        self.prior[change.n] = row[1:]
-        return outcome
-
-    def _add(self, change: Change, record: _KnownRecord | None) -> Outcome:
-        index_json = jsoncodec.dumps(list(change.index))
-        if record is not None:
-            if record.deleted_seq is not None:
-                return Outcome(
-                    change.n,
-                    "rejected",
-                    code="key_deleted",
-                    message=f"key {change.key!r} was deleted; keys are never reused",
-                )
-            # Type-exact JSON equality: a stored 0 is not false, 1 is not 1.0.
-            if same_json(record.index_json, index_json) and same_json(
-                record.value_json, change.value_json
-            ):
-                return Outcome(change.n, "duplicate", seq=record.added_seq)
-            return Outcome(
-                change.n,
-                "rejected",
-                code="key_exists",
-                message=f"key {change.key!r} exists with other content",
-            )
-        self.head += 1
-        self.known[change.key] = _KnownRecord(
-            self.next_record_id,
-            index_json,
-            change.value_json,
-            self.head,
-            None,
-            new=True,
-            index=change.index,
-        )
-        self.next_record_id += 1
-        self.log.append((self.head, "add", change.key, index_json, change.value_json, _new_tag()))
-        self.live_delta += 1
-        return Outcome(change.n, "applied", seq=self.head)
-
-    def _delete(self, change: Change, record: _KnownRecord | None) -> Outcome:
-        if record is None:
-            return Outcome(
-                change.n,
-                "rejected",
-                code="key_not_found",
-                message=f"no record with key {change.key!r} was ever added",
-            )
-        if record.deleted_seq is not None:
-            return Outcome(change.n, "duplicate", seq=record.deleted_seq)
-        self.head += 1
-        record.deleted_seq = self.head
-        record.deleted_now = True
-        self.log.append((self.head, "delete", change.key, None, None, _new_tag()))
-        self.live_delta -= 1
-        return Outcome(change.n, "applied", seq=self.head)
-
-
-def _replayed(change: Change, body_hash: str, prior: tuple[Any, ...]) -> Outcome:
-    """The first outcome of a change number seen before (or a conflict if the body differs)."""
-    stored_hash, status, seq, code, message = prior
-    n = change.n
-    if not same_body(stored_hash, change, body_hash):
-        return Outcome(
-            n,
-            "rejected",
-            code="change_number_conflict",
-            message=f"change number {n} was sent before with another body",
-        )
-    return Outcome(n, status, seq=seq, code=code, message=message)
+    return StoreInfo(name, epoch, head, horizon, live, length, created_at, tag_text(tag))
 
 
 class SqliteStorage(Storage):
@@ -199,6 +81,7 @@ class SqliteStorage(Storage):
             weakref.WeakKeyDictionary()
         )
         self._connections_lock = threading.Lock()
+        self._listeners = Listeners()
         with self._guard():
             self.db = open_database(self.path, "FULL", busy_timeout_ms)
             # Each connection serves its own thread only; close() may close
@@ -280,7 +163,7 @@ class SqliteStorage(Storage):
         if row is None:
             raise StoreNotFound(name)
         store_id, epoch, head, horizon, tag = row
-        return store_id, epoch, head, horizon, _tag_text(tag)
+        return store_id, epoch, head, horizon, tag_text(tag)
 
     def _info(self, name: str) -> StoreInfo:
         row = self._sql(f"{_STORE_INFO} WHERE s.name = ?", (name,)).fetchone()
@@ -341,12 +224,23 @@ class SqliteStorage(Storage):
     def push(self, name: str, client_id: str, changes: Sequence[Change]) -> list[Outcome]:
         with self._write():
             store_id, _epoch, head, _horizon = self._store_row(name)
-            batch = _PushBatch(store_id, head, self._next_record_id())
+            batch = PushBatch(store_id, head, self._next_record_id())
             batch.prior = self._prior_outcomes(store_id, client_id, [c.n for c in changes])
             batch.known = self._known_records(store_id, [c.key for c in changes])
             outcomes = [batch.apply(change) for change in changes]
             self._write_batch(store_id, client_id, batch)
-            return outcomes
+        # Committed: only now may a listener read the change.
+        if batch.log:
+            self._listeners.fire(name, batch.head)
+        return outcomes
+
+    def listen(self, callback: ChangeListener) -> None:
+        """Call ``callback`` after each push through this instance commits a change.
+
+        SQLite serves one process: changes made by another process on the
+        same file are not reported.
+        """
+        self._listeners.add(callback)
 
     def _next_record_id(self) -> int:
         # Ids are handed out here, under the write lock, so one executemany can
@@ -373,16 +267,16 @@ class SqliteStorage(Storage):
         )
         return {row[0]: row[1:] for row in rows}
 
-    def _known_records(self, store_id: int, keys: list[str]) -> dict[str, _KnownRecord]:
+    def _known_records(self, store_id: int, keys: list[str]) -> dict[str, KnownRecord]:
         rows = self._chunked(
             "SELECT r.key, r.id, c.index_json, c.value_json, r.added_seq, r.deleted_seq"
             f" FROM records r {_CONTENT} WHERE r.store_id = ? AND r.key IN ({{marks}})",
             (store_id,),
             sorted(set(keys)),
         )
-        return {row[0]: _KnownRecord(*row[1:]) for row in rows}
+        return {row[0]: KnownRecord(*row[1:]) for row in rows}
 
-    def _write_batch(self, store_id: int, client_id: str, batch: _PushBatch) -> None:
+    def _write_batch(self, store_id: int, client_id: str, batch: PushBatch) -> None:
         conn = self.db.connection()
         conn.executemany(
             "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag)"
@@ -444,7 +338,7 @@ class SqliteStorage(Storage):
             items.append(row[2])
             last = row
         # The page's cursor names the entry of its last change.
-        cursor = after if last is None else Cursor(epoch, last[0], _tag_text(last[1]))
+        cursor = after if last is None else Cursor(epoch, last[0], tag_text(last[1]))
         return Page(items, cursor, more=cursor.seq < head)
 
     def snapshot(
@@ -465,7 +359,7 @@ class SqliteStorage(Storage):
         size = 0
         last = after
         for key, index_json, value_json, added_seq in rows[:limit]:
-            item = _record_json(key, index_json, value_json, added_seq)
+            item = record_json(key, index_json, value_json, added_seq)
             size += len(item)
             if items and size > max_bytes:
                 break
@@ -482,11 +376,9 @@ class SqliteStorage(Storage):
                 " WHERE r.store_id = ? AND r.key = ? AND r.deleted_seq IS NULL",
                 (store_id, key),
             ).fetchone()
-        return None if row is None else _record_json(*row)
+        return None if row is None else record_json(*row)
 
-    def find(
-        self, name: str, item: str, prefix: bool, after: int, limit: int
-    ) -> tuple[list[str], int, bool]:
+    def find(self, name: str, item: str, prefix: bool, after: int, limit: int) -> FindPage:
         if prefix:
             upper = prefix_upper_bound(item)
             where, params = "item >= ?", [item]
@@ -505,9 +397,9 @@ class SqliteStorage(Storage):
                 (store_id, *params, after, limit + 1),
             ).fetchall()
         page = rows[:limit]
-        items = [_record_json(*row[1:]) for row in page]
+        items = [record_json(*row[1:]) for row in page]
         next_after = page[-1][0] if page else after
-        return items, next_after, len(rows) > limit
+        return FindPage(items, next_after, len(rows) > limit)
 
     def close(self) -> None:
         """Close every thread's connection (the storage is not to be used afterwards)."""

@@ -1,0 +1,25 @@
+"""JSON text of log entries and records, spliced from stored JSON without re-encoding."""
+
+from __future__ import annotations
+
+from idsync_client import jsoncodec
+
+
+def tag_text(tag: int | None) -> str:
+    """A log entry's tag as cursors carry it (lowercase hex); "" for no entry (seq 0)."""
+    return "" if tag is None else format(tag, "x")
+
+
+def record_json(key: str, index_json: str, value_json: str, seq: int) -> str:
+    """A live record as served: key, index items, value and the seq that added it."""
+    return f'{{"key":{jsoncodec.dumps(key)},"index":{index_json},"value":{value_json},"seq":{seq}}}'
+
+
+def change_json(seq: int, op: str, key: str, index_json: str | None, value_json: str | None) -> str:
+    """A log entry as served by pull."""
+    if op == "add":
+        return (
+            f'{{"seq":{seq},"op":"add","key":{jsoncodec.dumps(key)},'
+            f'"index":{index_json},"value":{value_json}}}'
+        )
+    return f'{{"seq":{seq},"op":"delete","key":{jsoncodec.dumps(key)}}}'

@@ -1,0 +1,535 @@
+"""PostgreSQL storage backend: several stateless server processes on one database.
+
+Install the ``postgresql`` extra (psycopg 3). Open it with
+``open_storage("postgresql://user:password@host:port/dbname")``; opening
+migrates the database to the current schema (:mod:`.postgresql_schema`).
+
+**No change is ever skipped.** On PostgreSQL, values taken from a sequence
+become visible at commit, and commits happen in any order: a writer that took
+seq 7 can commit after one that took seq 8, and a reader that saw 8 would
+pass 7 for good. So log appends are serialised per store: every push first
+takes the store's row lock (``SELECT ... FROM stores WHERE name = %s FOR
+UPDATE``) and numbers its changes from ``stores.head_seq``. The next writer
+of that store waits for the commit, so sequence numbers commit in order and
+a reader that sees seq N already sees every seq below it. The cost: pushes
+to one store run one at a time (each holds the lock for its transaction,
+a few round trips); pushes to different stores still run in parallel.
+Fencing reads by transaction visibility (``pg_snapshot_xmin``) would let
+writers of one store overlap, at the price of every reader's query and of
+changes showing up late; one store's push rate has not needed it.
+
+**Change notification.** A push that applied something sends ``NOTIFY
+idsync_changes, '<store> <head_seq>'`` inside its transaction, so it is
+delivered at commit, to every process. Each instance that has listeners
+keeps one ``LISTEN`` connection in a daemon thread, which calls them; it
+reconnects when the connection is lost and then calls them once for every
+store, since notifications sent meanwhile are gone.
+
+**Connections** come from peewee's pool (``PooledPostgresqlDatabase``): a
+request checks one out and returns it when done, so idle threads (long-polls
+waiting on a notification) hold none, the number per process is bounded, and
+a connection that died (server restart, network) is discarded at check-out
+or check-in: the call that met the failure gets :class:`StorageFailure`, the
+next one a fresh connection.
+
+Driver errors are wrapped once: lock timeouts, serialization failures and
+deadlocks as :class:`StorageBusy`, the rest as :class:`StorageFailure`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+from peewee import PeeweeException
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+
+from idsync_client import jsoncodec
+from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
+
+from . import postgresql_schema
+from .base import (
+    ChangeListener,
+    FindPage,
+    Page,
+    ResetRequired,
+    SnapshotPage,
+    Storage,
+    StorageBusy,
+    StorageFailure,
+    StoreExists,
+    StoreInfo,
+    StoreNotFound,
+)
+from .json_text import change_json, record_json, tag_text
+from .listeners import Listeners
+from .migrations import migrate
+from .push_rules import KnownRecord, PushBatch
+
+log = logging.getLogger("idsync.server.storage")
+
+#: The notification channel; the payload is ``"<store> <head_seq>"``.
+CHANNEL = "idsync_changes"
+
+# SQLSTATEs after which retrying soon can succeed: lock_not_available,
+# serialization_failure, deadlock_detected.
+_BUSY_STATES = {"55P03", "40001", "40P01"}
+
+# A record's content lives once, in the log entry that added it.
+_CONTENT = "JOIN changes c ON c.store_id = r.store_id AND c.seq = r.added_seq"
+_STORE_INFO = (
+    "SELECT s.name, s.epoch, s.head_seq, s.horizon_seq, s.live_records, s.log_length,"
+    " s.created_at, h.tag FROM stores s"
+    " LEFT JOIN changes h ON h.store_id = s.id AND h.seq = s.head_seq"
+)
+
+
+def _store_info(row: Sequence[Any]) -> StoreInfo:
+    name, epoch, head, horizon, live, length, created_at, tag = row
+    return StoreInfo(name, epoch, head, horizon, live, length, created_at, tag_text(tag))
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of the driver error under ``exc`` (peewee wraps psycopg's)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None)
+        if state:
+            return str(state)
+        todo += [current.__cause__, current.__context__]
+        todo += [arg for arg in current.args if isinstance(arg, BaseException)]
+    return None
+
+
+class PostgresqlStorage(Storage):
+    """The PostgreSQL backend on the database ``url`` names (libpq URI).
+
+    ``busy_timeout_ms`` bounds how long a push waits for its store's lock
+    before :class:`StorageBusy`; ``max_connections`` bounds this instance's
+    pool (a request waits up to the same timeout for a free connection).
+    """
+
+    def __init__(self, url: str, busy_timeout_ms: int = 5000, max_connections: int = 32) -> None:
+        self.url = url
+        self.busy_timeout_ms = busy_timeout_ms
+        self._listeners = Listeners()
+        self._listener: _ListenerThread | None = None
+        self._listen_lock = threading.Lock()
+        self.db = PooledPostgresqlDatabase(
+            url,
+            max_connections=max_connections,
+            timeout=max(busy_timeout_ms / 1000, 0.001),
+            stale_timeout=600,
+            prefer_psycopg3=True,
+        )
+        with self._guard(), self.db.connection_context():
+            migrate(
+                postgresql_schema.PostgresqlSchemaTarget(self.db),
+                postgresql_schema.STEPS,
+                "the PostgreSQL database",
+                base=postgresql_schema.BASE_VERSION,
+            )
+
+    # -- plumbing -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Wrap driver errors once, at the storage boundary."""
+        try:
+            yield
+        except MaxConnectionsExceeded as exc:
+            raise StorageBusy(f"no free database connection: {exc}") from exc
+        except (PeeweeException, psycopg.Error) as exc:
+            if _sqlstate(exc) in _BUSY_STATES:
+                raise StorageBusy(str(exc)) from exc
+            raise StorageFailure(str(exc), original=exc) from exc
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        # READ COMMITTED: the store's row lock orders writers, and a writer
+        # that waited for it reads the row as its predecessor committed it.
+        with self._guard(), self.db.connection_context(), self.db.atomic():
+            self._sql("SELECT set_config('lock_timeout', %s, true)", (f"{self.busy_timeout_ms}ms",))
+            yield
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[None]:
+        # One snapshot for every statement of the read (the store row and the
+        # log agree); a read-only transaction never fails to serialise.
+        with (
+            self._guard(),
+            self.db.connection_context(),
+            self.db.atomic(isolation_level="REPEATABLE READ"),
+        ):
+            yield
+
+    def _sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.db.execute_sql(sql, params)
+
+    def _locked_store(self, name: str) -> tuple[int, int]:
+        """Lock the store's row until the commit; its id and head. Taken first in every push."""
+        row = self._sql(
+            "SELECT id, head_seq FROM stores WHERE name = %s FOR UPDATE", (name,)
+        ).fetchone()
+        if row is None:
+            raise StoreNotFound(name)
+        return int(row[0]), int(row[1])
+
+    def _store_at(self, name: str, seq: int | None) -> tuple[int, str, int, int, str]:
+        """The store's id, epoch, head and horizon, and the tag of its entry at ``seq``."""
+        row = self._sql(
+            "SELECT s.id, s.epoch, s.head_seq, s.horizon_seq, c.tag FROM stores s"
+            " LEFT JOIN changes c ON c.store_id = s.id"
+            " AND c.seq = coalesce(%s::bigint, s.head_seq) WHERE s.name = %s",
+            (seq, name),
+        ).fetchone()
+        if row is None:
+            raise StoreNotFound(name)
+        store_id, epoch, head, horizon, tag = row
+        return store_id, epoch, head, horizon, tag_text(tag)
+
+    def _store_id(self, name: str) -> int:
+        row = self._sql("SELECT id FROM stores WHERE name = %s", (name,)).fetchone()
+        if row is None:
+            raise StoreNotFound(name)
+        return int(row[0])
+
+    def _info(self, name: str) -> StoreInfo:
+        row = self._sql(f"{_STORE_INFO} WHERE s.name = %s", (name,)).fetchone()
+        if row is None:
+            raise StoreNotFound(name)
+        return _store_info(row)
+
+    @staticmethod
+    def _check_cursor(cursor: Cursor, epoch: str, head: int, horizon: int, tag: str) -> None:
+        """Accept only a cursor issued on this history; ``tag`` is the entry's at its seq."""
+        if cursor.epoch != epoch:
+            raise ResetRequired("the cursor is from another epoch")
+        if cursor.seq < horizon:
+            raise ResetRequired("the cursor is behind the compaction horizon")
+        if cursor.seq > head:
+            raise ResetRequired(f"cursor seq {cursor.seq} is past the head {head}")
+        if cursor.seq > 0 and not cursor.tag:
+            raise ResetRequired("the cursor names no log entry (issued by an older server)")
+        if cursor.tag != tag:
+            raise ResetRequired(
+                f"the cursor names another log entry than the one at seq {cursor.seq}"
+            )
+
+    # -- stores -------------------------------------------------------------
+
+    def create_store(self, name: str) -> StoreInfo:
+        with self._write():
+            row = self._sql(
+                "INSERT INTO stores (name, epoch, created_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING RETURNING id",
+                (name, secrets.token_hex(8), time.time()),
+            ).fetchone()
+            if row is None:
+                raise StoreExists(name)
+            return self._info(name)
+
+    def list_stores(self) -> list[StoreInfo]:
+        with self._read():
+            rows = self._sql(f'{_STORE_INFO} ORDER BY s.name COLLATE "C"').fetchall()
+        return [_store_info(row) for row in rows]
+
+    def get_store(self, name: str) -> StoreInfo:
+        with self._read():
+            return self._info(name)
+
+    def drop_store(self, name: str) -> None:
+        with self._write():
+            store_id = self._locked_store(name)[0]
+            for table in ("changes", "records", "index_items", "client_changes"):
+                self._sql(f"DELETE FROM {table} WHERE store_id = %s", (store_id,))
+            self._sql("DELETE FROM stores WHERE id = %s", (store_id,))
+
+    # -- writes -------------------------------------------------------------
+
+    def push(self, name: str, client_id: str, changes: Sequence[Change]) -> list[Outcome]:
+        with self._write():
+            store_id, head = self._locked_store(name)
+            batch = PushBatch(store_id, head, 0)
+            batch.prior = self._prior_outcomes(store_id, client_id, [c.n for c in changes])
+            batch.known = self._known_records(store_id, [c.key for c in changes])
+            outcomes = [batch.apply(change) for change in changes]
+            self._write_batch(store_id, client_id, batch)
+            if batch.log:
+                # Delivered at commit, to every listening process; never if rolled back.
+                self._sql("SELECT pg_notify(%s, %s)", (CHANNEL, f"{name} {batch.head}"))
+        return outcomes
+
+    def _prior_outcomes(
+        self, store_id: int, client_id: str, numbers: list[int]
+    ) -> dict[int, tuple[Any, ...]]:
+        rows = self._sql(
+            "SELECT n, body_hash, status, seq, code, message FROM client_changes"
+            " WHERE store_id = %s AND client_id = %s AND n = ANY(%s)",
+            (store_id, client_id, numbers),
+        ).fetchall()
+        return {row[0]: tuple(row[1:]) for row in rows}
+
+    def _known_records(self, store_id: int, keys: list[str]) -> dict[str, KnownRecord]:
+        rows = self._sql(
+            "SELECT r.key, r.id, c.index_json, c.value_json, r.added_seq, r.deleted_seq"
+            f" FROM records r {_CONTENT} WHERE r.store_id = %s AND r.key = ANY(%s)",
+            (store_id, sorted(set(keys))),
+        ).fetchall()
+        return {row[0]: KnownRecord(*row[1:]) for row in rows}
+
+    def _write_batch(self, store_id: int, client_id: str, batch: PushBatch) -> None:
+        new = [(key, rec) for key, rec in batch.known.items() if rec.new]
+        if new:
+            # Record ids come from the table's sequence (other stores insert
+            # at the same time); the batch numbered its new records provisionally.
+            ids = self._sql(
+                "SELECT nextval(pg_get_serial_sequence('records', 'id'))"
+                " FROM generate_series(1, %s)",
+                (len(new),),
+            ).fetchall()
+            for (_, rec), (record_id,) in zip(new, ids, strict=True):
+                rec.id = int(record_id)
+        gone = [rec for rec in batch.known.values() if rec.deleted_now and not rec.new]
+        # One statement per table, the rows passed as arrays: a batch costs a
+        # few round trips whatever its size.
+        self._rows(
+            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag)"
+            " SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
+            " %s::text[], %s::bigint[])",
+            (store_id,),
+            batch.log,
+        )
+        self._rows(
+            "INSERT INTO records (id, store_id, key, added_seq, deleted_seq)"
+            " SELECT u.id, %s, u.key, u.added, u.deleted"
+            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::bigint[])"
+            " AS u(id, key, added, deleted)",
+            (store_id,),
+            [(r.id, key, r.added_seq, r.deleted_seq) for key, r in new],
+        )
+        self._rows(
+            "INSERT INTO index_items (store_id, item, record_id)"
+            " SELECT %s, * FROM unnest(%s::text[], %s::bigint[])",
+            (store_id,),
+            [(item, r.id) for _, r in new if r.deleted_seq is None for item in r.index],
+        )
+        self._rows(
+            "UPDATE records SET deleted_seq = u.deleted"
+            " FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, deleted) WHERE records.id = u.id",
+            (),
+            [(r.id, r.deleted_seq) for r in gone],
+        )
+        self._rows(
+            # By the index table's own key (store, item, record): no scan.
+            "DELETE FROM index_items i USING unnest(%s::text[], %s::bigint[]) AS u(item, id)"
+            " WHERE i.store_id = %s AND i.item = u.item AND i.record_id = u.id",
+            (),
+            [(item, r.id) for r in gone for item in jsoncodec.loads(r.index_json)],
+            after=(store_id,),
+        )
+        self._rows(
+            "INSERT INTO client_changes (store_id, client_id, n, body_hash, status, seq,"
+            " code, message) SELECT %s, %s, * FROM unnest(%s::bigint[], %s::text[],"
+            " %s::text[], %s::bigint[], %s::text[], %s::text[])",
+            (store_id, client_id),
+            batch.client_rows,
+        )
+        if batch.log:
+            self._sql(
+                "UPDATE stores SET head_seq = %s, log_length = log_length + %s,"
+                " live_records = live_records + %s WHERE id = %s",
+                (batch.head, len(batch.log), batch.live_delta, store_id),
+            )
+
+    def _rows(
+        self,
+        sql: str,
+        before: tuple[Any, ...],
+        rows: Sequence[Sequence[Any]],
+        after: tuple[Any, ...] = (),
+    ) -> None:
+        """Run ``sql`` once with ``rows`` passed column by column as arrays; nothing if none."""
+        if rows:
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            self._sql(sql, (*before, *columns, *after))
+
+    # -- reads --------------------------------------------------------------
+
+    def pull(self, name: str, after: Cursor | None, limit: int, max_bytes: int) -> Page:
+        with self._read():
+            store_id, epoch, head, horizon, tag = self._store_at(name, after.seq if after else 0)
+            after = after or Cursor(epoch, 0)
+            self._check_cursor(after, epoch, head, horizon, tag)
+            rows = self._sql(
+                "SELECT seq, tag, op, key, index_json, value_json FROM changes"
+                " WHERE store_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (store_id, after.seq, limit),
+            ).fetchall()
+        items: list[str] = []
+        size = 0
+        last = None
+        for seq, entry_tag, op, key, index_json, value_json in rows:
+            item = change_json(seq, op, key, index_json, value_json)
+            size += len(item)
+            if items and size > max_bytes:
+                break
+            items.append(item)
+            last = (seq, entry_tag)
+        cursor = after if last is None else Cursor(epoch, last[0], tag_text(last[1]))
+        return Page(items, cursor, more=cursor.seq < head)
+
+    def snapshot(
+        self, name: str, at: Cursor | None, after: int, limit: int, max_bytes: int
+    ) -> SnapshotPage:
+        with self._read():
+            store_id, epoch, head, horizon, tag = self._store_at(name, at.seq if at else None)
+            at = at or Cursor(epoch, head, tag)
+            self._check_cursor(at, epoch, head, horizon, tag)
+            rows = self._sql(
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                " WHERE r.store_id = %s AND r.added_seq > %s AND r.added_seq <= %s"
+                " AND (r.deleted_seq IS NULL OR r.deleted_seq > %s)"
+                " ORDER BY r.added_seq LIMIT %s",
+                (store_id, after, at.seq, at.seq, limit + 1),
+            ).fetchall()
+        items: list[str] = []
+        size = 0
+        last = after
+        for key, index_json, value_json, added_seq in rows[:limit]:
+            item = record_json(key, index_json, value_json, added_seq)
+            size += len(item)
+            if items and size > max_bytes:
+                break
+            items.append(item)
+            last = added_seq
+        return SnapshotPage(items, at, last, len(items) < len(rows))
+
+    def get_record(self, name: str, key: str) -> str | None:
+        with self._read():
+            store_id = self._store_id(name)
+            row = self._sql(
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                " WHERE r.store_id = %s AND r.key = %s AND r.deleted_seq IS NULL",
+                (store_id, key),
+            ).fetchone()
+        return None if row is None else record_json(*row)
+
+    def find(self, name: str, item: str, prefix: bool, after: int, limit: int) -> FindPage:
+        if prefix:
+            upper = prefix_upper_bound(item)
+            where, params = "item >= %s", [item]
+            if upper is not None:
+                where += " AND item < %s"
+                params.append(upper)
+        else:
+            where, params = "item = %s", [item]
+        with self._read():
+            store_id = self._store_id(name)
+            rows = self._sql(
+                f"SELECT r.id, r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                " WHERE r.id IN (SELECT record_id FROM index_items"
+                f"   WHERE store_id = %s AND {where} AND record_id > %s)"
+                " ORDER BY r.id LIMIT %s",
+                (store_id, *params, after, limit + 1),
+            ).fetchall()
+        page = rows[:limit]
+        items = [record_json(*row[1:]) for row in page]
+        next_after = page[-1][0] if page else after
+        return FindPage(items, next_after, len(rows) > limit)
+
+    # -- notification and shutdown ------------------------------------------
+
+    def listen(self, callback: ChangeListener) -> None:
+        """Call ``callback`` after each change committed by any process on this database.
+
+        The first call starts this instance's LISTEN thread and returns once
+        it listens (or after ``busy_timeout_ms`` if the database cannot be
+        reached: the thread keeps trying).
+        """
+        self._listeners.add(callback)
+        with self._listen_lock:
+            if self._listener is None:
+                self._listener = _ListenerThread(self.url, self._listeners, self._heads)
+                self._listener.start()
+                self._listener.ready.wait(max(self.busy_timeout_ms / 1000, 0.1))
+
+    def _heads(self) -> list[tuple[str, int]]:
+        """Every store's name and head, for listeners after notifications may have been lost."""
+        with self._read():
+            rows = self._sql("SELECT name, head_seq FROM stores").fetchall()
+        return [(str(name), int(head)) for name, head in rows]
+
+    def close(self) -> None:
+        """Stop the LISTEN thread and close every pooled connection."""
+        with self._listen_lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        with contextlib.suppress(Exception):
+            self.db.close_all()
+
+
+class _ListenerThread(threading.Thread):
+    """One LISTEN connection; calls the listeners for each notification, reconnecting on failure."""
+
+    #: Seconds between reconnection attempts, doubling up to the last.
+    RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+    def __init__(
+        self, url: str, listeners: Listeners, heads: Callable[[], list[tuple[str, int]]]
+    ) -> None:
+        super().__init__(name="idsync-pg-listen", daemon=True)
+        self.url = url
+        self.listeners = listeners
+        self.heads = heads
+        self.ready = threading.Event()
+        self._stopping = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def stop(self) -> None:
+        """Stop listening and wait (briefly) for the thread to end."""
+        self._stopping.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        failures = 0
+        connected_before = False
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    failures = 0
+                    if connected_before:
+                        # Notifications sent while disconnected are lost:
+                        # tell the listeners about every store.
+                        for name, head in self.heads():
+                            self.listeners.fire(name, head)
+                    connected_before = True
+                    self.ready.set()
+                    while not self._stopping.is_set():
+                        for notify in conn.notifies(timeout=0.2):
+                            self._deliver(notify.payload)
+            except Exception as exc:  # any failure: reconnect after a pause
+                if self._stopping.is_set():
+                    return
+                delay = self.RETRY_DELAYS[min(failures, len(self.RETRY_DELAYS) - 1)]
+                failures += 1
+                log.warning("LISTEN connection failed (%s); reconnecting in %.1fs", exc, delay)
+                self._stopping.wait(delay)
+
+    def _deliver(self, payload: str) -> None:
+        name, _, head = payload.rpartition(" ")
+        if name and head.isdigit():
+            self.listeners.fire(name, int(head))
