@@ -29,6 +29,7 @@ from idsync_client.protocol import (
     validate_key,
     validate_store_name,
 )
+from idsync_client.wire import FindAnswer, PullAnswer, PushAnswer, SnapshotAnswer, WaitAnswer
 
 from .asgi import (
     ClientGone,
@@ -302,7 +303,7 @@ class ServerApp:
         head = max((o.seq or 0 for o in outcomes if o.status == "applied"), default=0)
         if head:
             self.notifier.notify(store, head)
-        return Response.json({"outcomes": [o.to_wire() for o in outcomes]})
+        return Response(200, PushAnswer.to_json(outcomes))
 
     def _parse_changes(self, raw_changes: list[Any]) -> list[Change]:
         changes = [parse_change(raw, self.limits) for raw in raw_changes]
@@ -326,11 +327,7 @@ class ServerApp:
         waited = not page.items_json and wait > 0
         if waited and await self._wait(request, {store: page.cursor.seq}, wait):
             page = await self._run(self.storage.pull, store, page.cursor, limit, max_bytes)
-        body = (
-            f'{{"changes":[{",".join(page.items_json)}],'
-            f'"cursor":"{page.cursor.encode()}","more":{"true" if page.more else "false"}}}'
-        )
-        return Response(200, body)
+        return Response(200, PullAnswer.to_json(page.items_json, page.cursor, page.more))
 
     async def snapshot(self, request: Request, store: str) -> Response:
         """Live records at one cursor, in pages, consistent while writes go on."""
@@ -341,11 +338,9 @@ class ServerApp:
         page = await self._run(
             self.storage.snapshot, store, at, after, limit, self.limits.max_page_bytes
         )
-        body = (
-            f'{{"records":[{",".join(page.records_json)}],"at":"{page.at.encode()}",'
-            f'"after":{page.next_after},"more":{"true" if page.more else "false"}}}'
+        return Response(
+            200, SnapshotAnswer.to_json(page.records_json, page.at, page.next_after, page.more)
         )
-        return Response(200, body)
 
     async def get_record(self, request: Request, store: str, key: str) -> Response:
         """The live record with this key, or 404 record_not_found."""
@@ -368,11 +363,7 @@ class ServerApp:
         records, next_after, more = await self._run(
             self.storage.find, store, item, prefix, after, limit
         )
-        body = (
-            f'{{"records":[{",".join(records)}],"after":{next_after},'
-            f'"more":{"true" if more else "false"}}}'
-        )
-        return Response(200, body)
+        return Response(200, FindAnswer.to_json(records, next_after, more))
 
     async def wait_many(self, request: Request) -> Response:
         """One long-poll for many stores: which have changes past their cursors.
@@ -417,7 +408,7 @@ class ServerApp:
         errors.update(store_errors)
         if not changed and not errors and wait > 0:
             changed = await self._wait(request, heads, float(wait))
-        return Response.json({"changed": sorted(changed), "errors": errors})
+        return Response(200, WaitAnswer.to_json(changed, errors))
 
     def _check_stores(
         self, cursors: dict[str, Cursor | None]
