@@ -87,6 +87,10 @@ class SyncEngine:
     def _ensure_store(self, store: str, exc: StoreNotFound) -> None:
         if not self.create_stores:
             raise exc
+        self.create_store(store)
+
+    def create_store(self, store: str) -> None:
+        """Create ``store`` on the server (a store that exists is fine), with retries."""
         self._call(lambda: self.transport.create_store(store))
 
     # -- push ---------------------------------------------------------------
