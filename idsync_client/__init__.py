@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .store import Store
     from .subscriptions import Subscription
     from .sync import SyncReport
+    from .wire import MalformedAnswer
 
 #: Where each public name lives, for the lazy import below.
 _HOMES: dict[str, str] = {
@@ -47,6 +48,7 @@ _HOMES: dict[str, str] = {
     "KeyInUse": "records",
     "Limits": "protocol",
     "LocalStorageError": "errors",
+    "MalformedAnswer": "wire",
     "PermanentError": "errors",
     "ProtocolViolation": "protocol",
     "Record": "records",
@@ -72,6 +74,7 @@ __all__ = [
     "KeyInUse",
     "Limits",
     "LocalStorageError",
+    "MalformedAnswer",
     "PermanentError",
     "ProtocolViolation",
     "Record",
