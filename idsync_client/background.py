@@ -209,7 +209,9 @@ class BackgroundSync:
 
     def _push_all(self) -> SyncReport:
         report = SyncReport()
-        for store in sorted(self._stores):
+        with self._guard:  # a store may join meanwhile
+            stores = sorted(self._stores)
+        for store in stores:
             self.engine.push(store, report)
         return report
 

@@ -143,7 +143,8 @@ def _retry_after(response: requests.Response) -> float | None:
 
 
 class HttpTransport:
-    """A :class:`Transport` over HTTP to one server. ``session`` is a :class:`requests.Session`, exposed so
+    """A :class:`Transport` over HTTP to one server; each endpoint method keeps
+    the contract of the :class:`Transport` method of the same name. ``session`` is a :class:`requests.Session`, exposed so
     that adapters can be mounted on it (the testing kit does).
 
     ``connect_timeout`` and ``read_timeout`` bound each request; a long-poll

@@ -120,6 +120,7 @@ class FakeTransport:
         self.resets: set[str] = set()
         self.snapshots: list[str] = []
         self.idle = threading.Event()
+        self.server_limits = Limits()
         self._http = HttpTransport("http://idsync.test")
         self._lock = threading.Lock()
 
@@ -168,7 +169,7 @@ class FakeTransport:
         return self._http.error_for(store, error)
 
     def limits(self) -> Limits:
-        return Limits()
+        return self.server_limits
 
     def close(self) -> None:
         self.idle.set()
@@ -233,3 +234,16 @@ def test_a_store_failing_for_good_is_set_aside_and_the_others_keep_waiting(fake_
     assert wait_for(lambda: "invalid_cursor" in (client.status.last_error or ""), 5)
     assert wait_for(lambda: len(fake.waits) >= 2, 5)
     assert set(fake.waits[-1]) == {"notes"}, "the failing store waits aside"
+
+
+def test_more_stores_than_one_wait_may_name_are_waited_on_in_turns(fake_client) -> None:
+    client, fake = fake_client
+    fake.server_limits = Limits(max_wait_stores=2)
+    names = [f"s{i}" for i in range(5)]
+    for name in names:
+        client.store(name)
+    client.start()
+    assert wait_for(lambda: len(fake.waits) >= 3, 10)
+    first_turns = fake.waits[:3]
+    assert all(len(cursors) <= 2 for cursors in first_turns)
+    assert sorted(s for cursors in first_turns for s in cursors) == names
