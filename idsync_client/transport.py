@@ -144,8 +144,10 @@ def _retry_after(response: requests.Response) -> float | None:
 
 class HttpTransport:
     """A :class:`Transport` over HTTP to one server; each endpoint method keeps
-    the contract of the :class:`Transport` method of the same name. ``session`` is a :class:`requests.Session`, exposed so
-    that adapters can be mounted on it (the testing kit does).
+    the contract of the :class:`Transport` method of the same name.
+
+    ``session`` is a :class:`requests.Session`, exposed so that adapters can
+    be mounted on it (the testing kit does).
 
     ``connect_timeout`` and ``read_timeout`` bound each request; a long-poll
     waits ``wait + poll_margin`` for its answer. ``contacts`` counts the
