@@ -163,3 +163,25 @@ def test_a_client_given_a_malformed_snapshot_keeps_its_records(client) -> None:
         client.sync()
     assert notes.get("k") is not None and notes.get("z") is None
     assert client.db.cursor("notes") == before
+
+
+def test_the_server_answers_parse_as_their_types(server, api, store) -> None:
+    from idsync_client.transport import HttpTransport
+
+    from .conftest import add
+
+    api.push(store, "writer", [add(1, "a", index=["tag:x"]), add(2, "b", index=["tag:xy"])])
+    transport = HttpTransport(server.url)
+    try:
+        page = transport.pull(store, None)
+        assert [c["key"] for c in page.changes] == ["a", "b"] and not page.more
+        snap = transport.snapshot(store, None, 0)
+        assert [r["key"] for r in snap.records] == ["a", "b"] and snap.at == page.cursor
+        found = transport.find(store, "tag:x", prefix=True)
+        assert sorted(r["key"] for r in found.records) == ["a", "b"]
+        assert [r["key"] for r in transport.find(store, "tag:x").records] == ["a"]
+        waited = transport.wait({store: None, "no-such-store": None}, 0)
+        assert waited.changed == [store]
+        assert waited.errors["no-such-store"].code == "store_not_found"
+    finally:
+        transport.close()
