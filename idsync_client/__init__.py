@@ -5,27 +5,65 @@
 ...     notes = client.store("notes")
 ...     key = notes.add({"title": "Hello"}, index=["tag:work"])
 ...     client.sync()
+
+The names below are imported on first use: importing the package, or its
+protocol layer (``idsync_client.protocol``, ``jsoncodec``, ``wire``) as the
+server does, loads no HTTP library and starts nothing.
 """
 
-from .client import Client
-from .errors import (
-    AuthError,
-    ClientClosed,
-    IdsyncError,
-    LocalStorageError,
-    PermanentError,
-    ResetRequired,
-    StoreNotFound,
-    SyncLocked,
-    TemporaryError,
-)
-from .protocol import Limits, ProtocolViolation
-from .records import ChangeEvent, KeyInUse, Record, RejectedChange
-from .retry import RetryBudget, RetryPolicy
-from .status import SyncStatus
-from .store import Store
-from .subscriptions import Subscription
-from .sync import SyncReport
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .errors import (
+        AuthError,
+        ClientClosed,
+        IdsyncError,
+        LocalStorageError,
+        PermanentError,
+        ResetRequired,
+        StoreNotFound,
+        SyncLocked,
+        TemporaryError,
+    )
+    from .protocol import Limits, ProtocolViolation
+    from .records import ChangeEvent, KeyInUse, Record, RejectedChange
+    from .retry import RetryBudget, RetryPolicy
+    from .status import SyncStatus
+    from .store import Store
+    from .subscriptions import Subscription
+    from .sync import SyncReport
+    from .wire import MalformedAnswer
+
+#: Where each public name lives, for the lazy import below.
+_HOMES: dict[str, str] = {
+    "AuthError": "errors",
+    "ChangeEvent": "records",
+    "Client": "client",
+    "ClientClosed": "errors",
+    "IdsyncError": "errors",
+    "KeyInUse": "records",
+    "Limits": "protocol",
+    "LocalStorageError": "errors",
+    "MalformedAnswer": "wire",
+    "PermanentError": "errors",
+    "ProtocolViolation": "protocol",
+    "Record": "records",
+    "RejectedChange": "records",
+    "ResetRequired": "errors",
+    "RetryBudget": "retry",
+    "RetryPolicy": "retry",
+    "Store": "store",
+    "StoreNotFound": "errors",
+    "Subscription": "subscriptions",
+    "SyncLocked": "errors",
+    "SyncReport": "sync",
+    "SyncStatus": "status",
+    "TemporaryError": "errors",
+}
 
 __all__ = [
     "AuthError",
@@ -36,6 +74,7 @@ __all__ = [
     "KeyInUse",
     "Limits",
     "LocalStorageError",
+    "MalformedAnswer",
     "PermanentError",
     "ProtocolViolation",
     "Record",
@@ -52,3 +91,17 @@ __all__ = [
     "TemporaryError",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

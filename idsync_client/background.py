@@ -1,8 +1,22 @@
-"""Background sync: a push thread kicked by local writes, a long-poll thread per store.
+"""Background sync: a push thread kicked by local writes, one live channel for all stores.
 
-Only the process holding the local file's sync lock runs them; the others
-wait in ``standby`` and take over when the lock frees (for example when the
-syncing process dies).
+The live channel is one thread (``idsync-live``) that keeps a single
+``POST /v1/wait`` open for every store of the client, with the cursors of
+the local sync state. When the server answers that stores changed, it pulls
+them (no wait) and waits again. A store without a cursor, and a store
+opened after start, is pulled first. A store's error in the wait's answer
+is handled as the same error from a pull would be (``reset_required``:
+reload a snapshot; ``store_not_found``: create the store if allowed).
+
+The wait request itself runs on a short-lived thread (``idsync-wait``) so
+that the live thread can stop listening to it: when a store joins, the live
+thread leaves the wait in flight to end by itself (its answer is dropped),
+pulls the new store and opens a new wait that covers it. Until the old
+request ends (at most the long-poll time) two are open; at rest, one.
+
+Only the process holding the local file's sync lock runs the threads; the
+others wait in ``standby`` and take over when the lock frees (for example
+when the syncing process dies).
 
 The threads survive every failure: it is logged, shown in the status as
 ``last_error``, and the round is tried again after a backoff. After
@@ -17,11 +31,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 
-from .errors import AuthError, IdsyncError, LocalStorageError, TemporaryError
+from .errors import (
+    AuthError,
+    IdsyncError,
+    LocalStorageError,
+    PermanentError,
+    ResetRequired,
+    StoreNotFound,
+    TemporaryError,
+)
 from .processlock import ProcessLock
 from .status import StatusTracker
 from .sync import SyncEngine, SyncReport
+from .wire import WaitAnswer
 
 log = logging.getLogger("idsync.client")
 
@@ -29,7 +53,10 @@ log = logging.getLogger("idsync.client")
 class BackgroundSync:
     """Runs a :class:`SyncEngine` in daemon threads until :meth:`stop`.
 
-    ``long_poll``: seconds each pull waits on the server for news.
+    ``long_poll``: seconds each wait for news holds on the server.
+    ``aside_interval``: seconds a store whose pull or wait failed for good
+    (a permanent error of its own) stays out of the wait before it is tried
+    again, so one failing store does not hold the others' news back.
     """
 
     def __init__(
@@ -42,6 +69,7 @@ class BackgroundSync:
         idle_interval: float = 30.0,
         standby_interval: float = 1.0,
         max_offline_delay: float = 5.0,
+        aside_interval: float = 30.0,
     ) -> None:
         self.engine = engine
         self.status = status
@@ -51,30 +79,44 @@ class BackgroundSync:
         self.idle_interval = idle_interval
         self.standby_interval = standby_interval
         self.max_offline_delay = max_offline_delay
+        self.aside_interval = aside_interval
         self._stop = threading.Event()
         self._kick = threading.Event()
-        self._wake_pulls = threading.Event()
+        # Wakes the live thread: a wait answered, a store joined, a kick, stop.
+        self._wake_live = threading.Event()
         self._resume = threading.Event()
         self._resume.set()
         self._threads: list[threading.Thread] = []
         self._stores: set[str] = set()
+        # Stores to pull before the next wait (new, changed, or after a failure).
+        self._due: set[str] = set()
+        # Stores kept out of the wait until a time (monotonic), after an error.
+        self._aside: dict[str, float] = {}
+        self._joined = False
+        self._turn = 0
+        self._wait_thread: threading.Thread | None = None  # the last wait sent
         self._guard = threading.Lock()
 
     # -- control ------------------------------------------------------------
 
     def start(self, stores: list[str]) -> None:
-        """Start the push thread and one pull thread per store."""
+        """Start the push thread and the live channel for ``stores``."""
+        with self._guard:
+            self._stores.update(stores)
+            self._due.update(stores)
         self._spawn("idsync-push", self._push_loop)
-        for store in stores:
-            self.add_store(store)
+        self._spawn("idsync-live", self._live_loop)
 
     def add_store(self, store: str) -> None:
-        """Begin pulling ``store`` too (no-op if already pulled)."""
+        """Sync ``store`` too (no-op if already synced): it is pulled at once and
+        joins the live channel, whose wait in flight is left for a new one."""
         with self._guard:
             if store in self._stores or self._stop.is_set():
                 return
             self._stores.add(store)
-        self._spawn(f"idsync-pull-{store}", lambda: self._pull_loop(store))
+            self._due.add(store)
+            self._joined = True
+        self._wake_live.set()
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -84,7 +126,7 @@ class BackgroundSync:
     def kick(self) -> None:
         """Push soon: a local write happened, or the network may be back."""
         self._kick.set()
-        self._wake_pulls.set()
+        self._wake_live.set()
 
     def resume(self) -> None:
         """Leave the auth-error pause (new credentials were given)."""
@@ -102,7 +144,7 @@ class BackgroundSync:
             self._stop.set()
         self._resume.set()
         self._kick.set()
-        self._wake_pulls.set()
+        self._wake_live.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             if thread is not threading.current_thread():
@@ -167,29 +209,153 @@ class BackgroundSync:
 
     def _push_all(self) -> SyncReport:
         report = SyncReport()
-        for store in sorted(self._stores):
+        with self._guard:  # a store may join meanwhile
+            stores = sorted(self._stores)
+        for store in stores:
             self.engine.push(store, report)
         return report
 
-    def _pull(self, store: str, wait: float) -> SyncReport:
-        report = self.engine.pull(store, wait=wait, cancelled=self._stop.is_set)
-        if not self._stop.is_set() and self.engine.db.pending_count(store):
-            self.kick()
+    def _live_loop(self) -> None:
+        delay = 0.0
+        while self._ready():
+            if self._round(self._live_round):
+                delay = 0.0
+            else:
+                delay = min(self.max_offline_delay, max(0.5, delay * 2))
+                self._wake_live.wait(delay)
+                self._wake_live.clear()
+        self._close_connection()
+
+    def _live_round(self) -> SyncReport:
+        """Pull the stores that are due, else hold one wait for all and note its news.
+
+        Raises the first error of a store put aside (after handling the
+        others), so that the status shows it.
+        """
+        report = SyncReport()
+        now = time.monotonic()
+        with self._guard:
+            self._joined = False
+            back = [s for s, until in self._aside.items() if until <= now]
+            for store in back:
+                del self._aside[store]
+            self._due.update(back)
+            due = sorted(self._due)
+        failure: IdsyncError | None = None
+        for store in due:
+            if self._stop.is_set():
+                return report
+            try:
+                self._pull(store, report)
+            except (AuthError, TemporaryError, LocalStorageError):
+                raise  # the link or the file, not this store: the whole round fails
+            except PermanentError as exc:
+                failure = failure or exc
+                self._set_aside(store)
+            with self._guard:
+                self._due.discard(store)
+        if failure is not None:
+            raise failure
+        if due:
+            return report  # caught up: the next round waits
+        answer = self._hold_wait()
+        if answer is not None:
+            self._take(answer, report)
         return report
 
-    def _pull_loop(self, store: str) -> None:
-        delay = 0.0
-        wait = 0.0  # the first pull, and the first after a failure, answer at once
-        while self._ready():
-            if self._round(lambda: self._pull(store, wait)):  # noqa: B023
-                delay = 0.0
-                wait = self.long_poll
-            else:
-                wait = 0.0
-                delay = min(self.max_offline_delay, max(0.5, delay * 2))
-                self._wake_pulls.wait(delay)
-                self._wake_pulls.clear()
-        self._close_connection()
+    def _pull(self, store: str, report: SyncReport) -> None:
+        self.engine.pull(store, report=report, cancelled=self._stop.is_set)
+        if not self._stop.is_set() and self.engine.db.pending_count(store):
+            self.kick()
+
+    def _set_aside(self, store: str) -> None:
+        with self._guard:
+            self._aside[store] = time.monotonic() + self.aside_interval
+            self._due.discard(store)
+
+    def _hold_wait(self) -> WaitAnswer | None:
+        """One ``POST /v1/wait`` for every store not put aside; None when left early.
+
+        The request runs on its own thread; this one listens for its answer,
+        and stops listening when a store joins or sync stops (the request is
+        then left to end by itself and its answer dropped).
+        """
+        with self._guard:
+            stores = sorted(self._stores - set(self._aside))
+        db, transport = self.engine.db, self.engine.transport
+        if not stores:
+            self._wake_live.wait(self.idle_interval)
+            self._wake_live.clear()
+            return None
+        limits = transport.limits()
+        seconds = min(self.long_poll, limits.max_wait_seconds)
+        if len(stores) > limits.max_wait_stores:
+            # More stores than one wait may name: wait on them in turns, for
+            # shorter waits, so that each is asked about every long_poll or so.
+            turns = -(-len(stores) // limits.max_wait_stores)
+            start = self._turn % turns * limits.max_wait_stores
+            self._turn += 1
+            stores = stores[start : start + limits.max_wait_stores]
+            seconds = max(1.0, seconds / turns)
+        cursors = {store: db.cursor(store) for store in stores}
+        answered: Future[WaitAnswer] = Future()
+
+        def send() -> None:
+            try:
+                answered.set_result(transport.wait(cursors, seconds))
+            except BaseException as exc:  # handed to the live thread
+                answered.set_exception(exc)
+            finally:
+                self._wake_live.set()
+
+        self._wait_thread = threading.Thread(target=send, name="idsync-wait", daemon=True)
+        self._wait_thread.start()
+        # Bounded: the request's own read timeout ends it well before this.
+        deadline = time.monotonic() + seconds + 60.0
+        while time.monotonic() < deadline:
+            self._wake_live.wait(max(0.0, deadline - time.monotonic()))
+            self._wake_live.clear()
+            if answered.done():
+                return answered.result()
+            with self._guard:
+                if self._joined or self._stop.is_set():
+                    return None
+        raise TemporaryError("the wait for changes did not end")
+
+    def _take(self, answer: WaitAnswer, report: SyncReport) -> None:
+        """Note the changed stores as due; handle each store's error as a pull would."""
+        if self._stop.is_set():
+            return
+        with self._guard:
+            self._due.update(s for s in answer.changed if s in self._stores)
+        failure: IdsyncError | None = None
+        for store, error in sorted(answer.errors.items()):
+            if store not in self._stores:
+                continue
+            exc = self.engine.transport.error_for(store, error)
+            try:
+                self._recover(store, exc, report)
+            except (AuthError, LocalStorageError):
+                raise
+            except IdsyncError as unrecovered:
+                failure = failure or unrecovered
+        if failure is not None:
+            raise failure
+
+    def _recover(self, store: str, exc: IdsyncError, report: SyncReport) -> None:
+        """Act on one store's error from a wait; raise what cannot be acted on."""
+        if isinstance(exc, ResetRequired):
+            report.resent += self.engine.reset(store)
+            report.resets += 1
+        elif isinstance(exc, StoreNotFound) and self.engine.create_stores:
+            self.engine.create_store(store)
+        elif isinstance(exc, TemporaryError):
+            pass  # pulled next round, through the retry policy
+        else:
+            self._set_aside(store)
+            raise exc
+        with self._guard:
+            self._due.add(store)
 
     def _close_connection(self) -> None:
         with contextlib.suppress(IdsyncError):

@@ -39,8 +39,8 @@ class Client:
     it the client is purely local. ``token`` is sent as a bearer token.
     ``synchronous`` is the local durability (``FULL`` by default, see
     docs/client.md). ``retry`` replaces the retry policy (tests inject one
-    with a fake sleep). ``long_poll`` is how long background pulls wait on
-    the server.
+    with a fake sleep). ``long_poll`` is how long background sync's wait
+    for news (one request for all stores) holds on the server.
 
     Use it as a context manager, or call :meth:`close`.
 

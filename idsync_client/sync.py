@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import attributes, jsoncodec
 from .errors import PermanentError, ResetRequired, StoreNotFound
@@ -20,7 +20,10 @@ from .protocol import Limits, Outcome
 from .records import ChangeEvent, OutboxEntry, RejectedChange
 from .retry import RetryPolicy
 from .subscriptions import SubscriptionHub
-from .transport import HttpTransport
+from .wire import PullAnswer, SnapshotAnswer
+
+if TYPE_CHECKING:
+    from .transport import Transport
 
 log = logging.getLogger("idsync.client")
 
@@ -55,7 +58,7 @@ class SyncEngine:
     def __init__(
         self,
         db: LocalDB,
-        transport: HttpTransport,
+        transport: Transport,
         policy: RetryPolicy,
         hub: SubscriptionHub,
         batch_size: int = 500,
@@ -84,6 +87,10 @@ class SyncEngine:
     def _ensure_store(self, store: str, exc: StoreNotFound) -> None:
         if not self.create_stores:
             raise exc
+        self.create_store(store)
+
+    def create_store(self, store: str) -> None:
+        """Create ``store`` on the server (a store that exists is fine), with retries."""
         self._call(lambda: self.transport.create_store(store))
 
     # -- push ---------------------------------------------------------------
@@ -214,9 +221,9 @@ class SyncEngine:
 
     # -- pull ---------------------------------------------------------------
 
-    def _fetch(self, store: str, cursor: str | None, wait: float) -> dict[str, Any]:
+    def _fetch(self, store: str, cursor: str | None, wait: float) -> PullAnswer:
         """One page after ``cursor``, through the retry policy."""
-        page: dict[str, Any] = self._call(
+        page: PullAnswer = self._call(
             lambda: self.transport.pull(store, cursor, wait, self.page_size)
         )
         return page
@@ -236,7 +243,7 @@ class SyncEngine:
         closing), a page that arrives is not applied.
         """
         report = report or SyncReport()
-        ahead: tuple[str, Future[dict[str, Any]]] | None = None
+        ahead: tuple[str, Future[PullAnswer]] | None = None
         while True:
             cursor = self.db.cursor(store)
             try:
@@ -261,13 +268,10 @@ class SyncEngine:
             wait = 0.0
             if cancelled is not None and cancelled():
                 return report
-            if page["more"]:
-                ahead = (
-                    page["cursor"],
-                    self._prefetcher.submit(self._fetch, store, page["cursor"], 0.0),
-                )
+            if page.more:
+                ahead = (page.cursor, self._prefetcher.submit(self._fetch, store, page.cursor, 0.0))
             try:
-                event = self.db.apply_pulled(store, page["changes"], page["cursor"], cursor)
+                event = self.db.apply_pulled(store, page.changes, page.cursor, cursor)
             except ResetRequired:  # the page contradicts what this file saw: a new history
                 if ahead is not None:
                     ahead[1].cancel()
@@ -277,10 +281,10 @@ class SyncEngine:
                 continue
             if event is None:
                 continue  # another thread applied this page first
-            report.pulled += len(page["changes"])
+            report.pulled += len(page.changes)
             self.hub.publish(event)
             self._clean_up_attributes(store, event)
-            if not page["more"]:
+            if not page.more:
                 return report
 
     def _clean_up_attributes(self, store: str, event: ChangeEvent) -> None:
@@ -305,10 +309,12 @@ class SyncEngine:
         at: str | None = None
         after = 0
         while True:
-            page = self._call(lambda: self.transport.snapshot(store, at, after))  # noqa: B023
-            self.db.stage_page(store, page["records"])
-            at, after = page["at"], page["after"]
-            if not page["more"]:
+            page: SnapshotAnswer = self._call(
+                lambda: self.transport.snapshot(store, at, after)  # noqa: B023
+            )
+            self.db.stage_page(store, page.records)
+            at, after = page.at, page.after
+            if not page.more:
                 break
         assert at is not None
         event, resent = self.db.stage_install(store, at)

@@ -21,6 +21,10 @@
 Faults apply to the requests of that one client, at the HTTP layer (a
 ``requests`` transport adapter), so the real server and the real client code
 run unchanged. ``Network.log`` records what happened to each request.
+
+``ServerProcess`` lives in the server package
+(``from idsync_server_ref.process import ServerProcess``); it is re-exported
+here on first use, so importing this kit does not import the server.
 """
 
 from __future__ import annotations
@@ -34,16 +38,26 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from idsync_server_ref.process import ServerProcess
-
 from . import jsoncodec
 from .protocol import ERRORS
 from .transport import KeepAliveAdapter
 
 if TYPE_CHECKING:
+    from idsync_server_ref.process import ServerProcess
+
     from .client import Client
 
 __all__ = ["Fault", "Network", "ServerProcess"]
+
+
+def __getattr__(name: str) -> Any:
+    """``ServerProcess``, imported from the server package when first asked for."""
+    if name == "ServerProcess":
+        from idsync_server_ref.process import ServerProcess
+
+        globals()[name] = ServerProcess
+        return ServerProcess
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

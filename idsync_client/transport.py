@@ -1,9 +1,12 @@
-"""HTTP transport to an idsync server: one method per endpoint, errors classified.
+"""The transport seam: what the sync engine asks of a server, and the HTTP implementation.
 
-Every failure leaves here as an :mod:`idsync_client.errors` exception, already
-classified (temporary or permanent); nothing here retries. The server's back-off
-hint is obeyed: until it passes, requests fail fast with a TemporaryError
-carrying the remaining wait.
+:class:`Transport` is the contract the sync engine, background sync and the
+client are typed against; :class:`HttpTransport` implements it over HTTP
+with requests. Every failure leaves a transport as an
+:mod:`idsync_client.errors` exception, already classified (temporary or
+permanent); nothing here retries. The server's back-off hint is obeyed:
+until it passes, requests fail fast with a TemporaryError carrying the
+remaining wait.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -25,7 +28,8 @@ from .errors import (
     TemporaryError,
     classify_status,
 )
-from .protocol import BACKOFF_HEADER, Limits, Outcome
+from .protocol import BACKOFF_HEADER, ERRORS, Limits, Outcome
+from .wire import FindAnswer, PullAnswer, PushAnswer, SnapshotAnswer, WaitAnswer, WireError
 
 #: Seconds to open a connection.
 CONNECT_TIMEOUT = 5.0
@@ -34,6 +38,79 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
 #: Added to a long-poll's wait to make its read timeout.
 POLL_MARGIN = 5.0
+
+
+class Transport(Protocol):
+    """What the sync engine needs from a server, one method per endpoint.
+
+    Every method either returns the answer, its shape checked, or raises an
+    :class:`~idsync_client.errors.IdsyncError` already classified:
+    :class:`~idsync_client.errors.TemporaryError` when a retry may help (the
+    server unreachable, a timeout, 408/429/5xx, a back-off hint still in
+    force, an answer that is not JSON), :class:`~idsync_client.errors.AuthError`
+    on refused credentials, :class:`~idsync_client.errors.ResetRequired` when
+    a cursor is not valid on the server's history,
+    :class:`~idsync_client.errors.StoreNotFound` for a missing store,
+    :class:`~idsync_client.wire.MalformedAnswer` when the answer is JSON of the
+    wrong shape, and another :class:`~idsync_client.errors.PermanentError`
+    for every other refusal. No method retries; none changes local state.
+    """
+
+    #: The bearer token sent with each request (None: none); settable.
+    token: str | None
+    #: How many answers the server gave (any answer but a temporary failure).
+    contacts: int
+
+    def create_store(self, store: str) -> None:
+        """Create ``store``; a store that exists already is not an error."""
+        ...
+
+    def push(self, store: str, client_id: str, changes_json: list[str]) -> list[Outcome]:
+        """Upload changes (each already JSON text) in one request; one outcome per
+        change, in order. The server applies all or nothing; a repeat of the same
+        changes is answered ``duplicate``, so a push whose answer was lost is safe
+        to send again. StoreNotFound if the store does not exist."""
+        ...
+
+    def pull(
+        self, store: str, cursor: str | None, wait: float = 0.0, limit: int | None = None
+    ) -> PullAnswer:
+        """One page of changes after ``cursor`` (from the start when None), at most
+        ``limit`` of them; with ``wait``, the server may hold the request that many
+        seconds when nothing is new (then the page is empty). ResetRequired when
+        the cursor is not one of the server's history now."""
+        ...
+
+    def snapshot(self, store: str, at: str | None, after: int) -> SnapshotAnswer:
+        """One page of the live records at cursor ``at`` (now when None) past
+        ``after``; pages of one snapshot are consistent. ResetRequired when ``at``
+        is no longer valid."""
+        ...
+
+    def find(
+        self, store: str, item: str, prefix: bool = False, after: int = 0, limit: int | None = None
+    ) -> FindAnswer:
+        """One page of live records with index item ``item`` (or starting with it)."""
+        ...
+
+    def wait(self, cursors: dict[str, str | None], wait: float) -> WaitAnswer:
+        """One long-poll over many stores: answered when any has changes past its
+        cursor or an error of its own (in the answer, not raised), or after ``wait``
+        seconds with nothing changed. Raises only for the request as a whole."""
+        ...
+
+    def error_for(self, store: str, error: WireError) -> IdsyncError:
+        """The exception a request for ``store`` would raise with ``error`` (a
+        store's error from :meth:`wait`), classified the same way."""
+        ...
+
+    def limits(self) -> Limits:
+        """The server's limits; the defaults while the server cannot say. Never raises."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; a request under way may fail. Never raises."""
+        ...
 
 
 def _keepalive_options() -> list[tuple[int, int, int]]:
@@ -66,8 +143,11 @@ def _retry_after(response: requests.Response) -> float | None:
 
 
 class HttpTransport:
-    """Talks to one server. ``session`` is a :class:`requests.Session`, exposed so
-    that adapters can be mounted on it (the testing kit does).
+    """A :class:`Transport` over HTTP to one server; each endpoint method keeps
+    the contract of the :class:`Transport` method of the same name.
+
+    ``session`` is a :class:`requests.Session`, exposed so that adapters can
+    be mounted on it (the testing kit does).
 
     ``connect_timeout`` and ``read_timeout`` bound each request; a long-poll
     waits ``wait + poll_margin`` for its answer. ``contacts`` counts the
@@ -193,16 +273,14 @@ class HttpTransport:
                 raise
 
     def push(self, store: str, client_id: str, changes_json: list[str]) -> list[Outcome]:
-        """Upload changes (each already JSON text); one outcome per change."""
+        """Upload changes (each already JSON text); one outcome per change, in order."""
         raw = f'{{"client_id":{jsoncodec.dumps(client_id)},"changes":[{",".join(changes_json)}]}}'
-        answer: dict[str, Any] = self.request(
-            "POST", self._store_path(store, "/push"), raw_body=raw
-        )
-        return [Outcome.from_wire(o) for o in answer["outcomes"]]
+        answer = self.request("POST", self._store_path(store, "/push"), raw_body=raw)
+        return PushAnswer.parse(answer, sent=len(changes_json)).outcomes
 
     def pull(
         self, store: str, cursor: str | None, wait: float = 0.0, limit: int | None = None
-    ) -> dict[str, Any]:
+    ) -> PullAnswer:
         """One page of changes after ``cursor``; may wait up to ``wait`` seconds."""
         params: dict[str, Any] = {}
         if cursor:
@@ -211,19 +289,56 @@ class HttpTransport:
             params["wait"] = wait
         if limit:
             params["limit"] = limit
-        return self.request(
+        answer = self.request(
             "GET",
             self._store_path(store, "/changes"),
             params=params,
             read_timeout=wait + self.poll_margin if wait else None,
         )
+        return PullAnswer.parse(answer)
 
-    def snapshot(self, store: str, at: str | None, after: int) -> dict[str, Any]:
+    def snapshot(self, store: str, at: str | None, after: int) -> SnapshotAnswer:
         """One page of the live records at ``at`` (now, when None)."""
         params: dict[str, Any] = {"after": after}
         if at:
             params["at"] = at
-        return self.request("GET", self._store_path(store, "/snapshot"), params=params)
+        answer = self.request("GET", self._store_path(store, "/snapshot"), params=params)
+        return SnapshotAnswer.parse(answer)
+
+    def find(
+        self, store: str, item: str, prefix: bool = False, after: int = 0, limit: int | None = None
+    ) -> FindAnswer:
+        """One page of the live records with index item ``item`` (or a prefix of one)."""
+        params: dict[str, Any] = {"index": item, "after": after}
+        if prefix:
+            params["prefix"] = "true"
+        if limit:
+            params["limit"] = limit
+        answer = self.request("GET", self._store_path(store, "/records"), params=params)
+        return FindAnswer.parse(answer)
+
+    def wait(self, cursors: dict[str, str | None], wait: float) -> WaitAnswer:
+        """Which of ``cursors``' stores have changes; may wait up to ``wait`` seconds."""
+        answer = self.request(
+            "POST",
+            "/v1/wait",
+            body={"cursors": cursors, "wait": wait},
+            read_timeout=wait + self.poll_margin if wait else None,
+        )
+        return WaitAnswer.parse(answer)
+
+    def error_for(self, store: str, error: WireError) -> IdsyncError:
+        """The exception a request for ``store`` would have raised with this error."""
+        spec = ERRORS.get(error.code)
+        status = spec.status if spec is not None else 500
+        text = f"store {store}: HTTP {status}: {error.message} ({error.code})"
+        kind = classify_status(status)
+        if kind is TemporaryError:
+            return TemporaryError(text, status=status, code=error.code)
+        if error.code == "store_not_found":
+            kind = StoreNotFound
+        assert issubclass(kind, PermanentError)
+        return kind(text, status=status, code=error.code, details=error.details)
 
     def limits(self) -> Limits:
         """The server's limits (``GET /v1/health``), fetched once and kept.

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from idsync_client.protocol import (
     BACKOFF_HEADER,
+    INT64_MAX,
     PROTOCOL_VERSION,
     Change,
     Cursor,
@@ -29,6 +30,7 @@ from idsync_client.protocol import (
     validate_key,
     validate_store_name,
 )
+from idsync_client.wire import FindAnswer, PullAnswer, PushAnswer, SnapshotAnswer, WaitAnswer
 
 from .asgi import (
     ClientGone,
@@ -302,7 +304,7 @@ class ServerApp:
             )
         changes = self._parse_changes(raw_changes)
         outcomes = await self._run(self.storage.push, store, client_id, changes)
-        return Response.json({"outcomes": [o.to_wire() for o in outcomes]})
+        return Response(200, PushAnswer.to_json(outcomes))
 
     def _parse_changes(self, raw_changes: list[Any]) -> list[Change]:
         changes = [parse_change(raw, self.limits) for raw in raw_changes]
@@ -326,26 +328,20 @@ class ServerApp:
         waited = not page.items_json and wait > 0
         if waited and await self._wait(request, {store: page.cursor.seq}, wait):
             page = await self._run(self.storage.pull, store, page.cursor, limit, max_bytes)
-        body = (
-            f'{{"changes":[{",".join(page.items_json)}],'
-            f'"cursor":"{page.cursor.encode()}","more":{"true" if page.more else "false"}}}'
-        )
-        return Response(200, body)
+        return Response(200, PullAnswer.to_json(page.items_json, page.cursor, page.more))
 
     async def snapshot(self, request: Request, store: str) -> Response:
         """Live records at one cursor, in pages, consistent while writes go on."""
         params = request.query(("at", "after", "limit"))
         at = Cursor.decode(params["at"]) if params.get("at") else None
-        after = int_param(params, "after", 0, 0, 2**63 - 1)
+        after = int_param(params, "after", 0, 0, INT64_MAX)
         limit = int_param(params, "limit", self.limits.default_page, 1, self.limits.max_page)
         page = await self._run(
             self.storage.snapshot, store, at, after, limit, self.limits.max_page_bytes
         )
-        body = (
-            f'{{"records":[{",".join(page.records_json)}],"at":"{page.at.encode()}",'
-            f'"after":{page.next_after},"more":{"true" if page.more else "false"}}}'
+        return Response(
+            200, SnapshotAnswer.to_json(page.records_json, page.at, page.next_after, page.more)
         )
-        return Response(200, body)
 
     async def get_record(self, request: Request, store: str, key: str) -> Response:
         """The live record with this key, or 404 record_not_found."""
@@ -363,14 +359,10 @@ class ServerApp:
         item = params["index"]
         prefix = bool_param(params, "prefix")
         validate_index_items([item], self.limits)
-        after = int_param(params, "after", 0, 0, 2**63 - 1)
+        after = int_param(params, "after", 0, 0, INT64_MAX)
         limit = int_param(params, "limit", self.limits.default_page, 1, self.limits.max_page)
         page = await self._run(self.storage.find, store, item, prefix, after, limit)
-        body = (
-            f'{{"records":[{",".join(page.records_json)}],"after":{page.after},'
-            f'"more":{"true" if page.more else "false"}}}'
-        )
-        return Response(200, body)
+        return Response(200, FindAnswer.to_json(page.records_json, page.after, page.more))
 
     async def wait_many(self, request: Request) -> Response:
         """One long-poll for many stores: which have changes past their cursors.
@@ -415,7 +407,7 @@ class ServerApp:
         errors.update(store_errors)
         if not changed and not errors and wait > 0:
             changed = await self._wait(request, heads, float(wait))
-        return Response.json({"changed": sorted(changed), "errors": errors})
+        return Response(200, WaitAnswer.to_json(changed, errors))
 
     def _check_stores(
         self, cursors: dict[str, Cursor | None]

@@ -144,7 +144,9 @@ def test_an_abandoned_long_poll_changes_nothing_after_stop(tmp_path, server, api
         notes = client.store(store)
         client.start()
         assert wait_for(lambda: client.status.state == "online")
-        [pull] = [t for t in threading.enumerate() if t.name == f"idsync-pull-{store}"]
+        background = client._background
+        assert wait_for(lambda: background._wait_thread is not None)  # the live wait is sent
+        pull = background._wait_thread
         client.stop()  # "Work offline"; the long-poll is still in flight
         assert client.status.state == "idle"
         api.push(store, "other", [{"n": 1, "op": "add", "key": "late", "index": [], "value": 1}])

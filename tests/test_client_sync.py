@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 
 import pytest
@@ -283,13 +284,16 @@ def test_a_closed_client_applies_nothing_more(make_client, store) -> None:
     a.store(store)
     a.sync()
     b.start()
-    b.sync()  # caught up: its pull thread now waits in a long-poll
+    b.sync()  # caught up: its live channel now waits in a long-poll
+    background = b._background
+    deadline = time.monotonic() + 15
+    while background._wait_thread is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # a bounded wait for the live channel's first wait
+    assert background._wait_thread is not None
     b.stop()
     key = a.store(store).add({"after": "stop"})
     a.sync()  # wakes the long-poll that b left behind
-    for thread in threading.enumerate():
-        if thread.name == f"idsync-pull-{store}":
-            thread.join(timeout=15)
+    background._wait_thread.join(timeout=15)
     assert b.store(store).get(key) is None, "a page arriving after stop was applied"
     b.sync()
     assert b.store(store).get(key) is not None
