@@ -20,7 +20,7 @@ from .errors import (
     TemporaryError,
 )
 from .protocol import Limits, ProtocolViolation
-from .records import ChangeEvent, KeyInUse, Record, RejectedChange
+from .records import ChangeEvent, ConflictEvent, KeyInUse, Record, RejectedChange
 from .retry import RetryBudget, RetryPolicy
 from .status import SyncStatus
 from .store import Store
@@ -32,6 +32,7 @@ __all__ = [
     "ChangeEvent",
     "Client",
     "ClientClosed",
+    "ConflictEvent",
     "IdsyncError",
     "KeyInUse",
     "Limits",
