@@ -24,7 +24,7 @@ from idsync_client import Client, ConflictEvent, Record, RejectedChange, SyncSta
 NOTE_ITEM = "kind:note"
 MAX_TAG_LENGTH = 40
 #: Titles longer than this are cut in the notes list (the editor shows them whole).
-LIST_TITLE_LENGTH = 60
+LIST_TITLE_LENGTH = 40
 #: The attributes a note has; conflict notices about others are not shown.
 NOTE_FIELDS = ("title", "body")
 
@@ -294,6 +294,8 @@ class NotesModel:
         )
 
     def _pending(self, note_id: str, record: Record) -> bool:
+        if self.client.transport is None:
+            return False  # local only: nothing ever waits for a server
         if record.pending:
             return True
         for name in NOTE_FIELDS:

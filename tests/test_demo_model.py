@@ -209,7 +209,7 @@ def test_long_titles_are_cut_in_the_list_and_whole_in_the_editor(model: NotesMod
     note = model.create_note(title)
     [line] = model.notes()
     assert line.title == title and model.note(note).title == title
-    assert len(line.label()) <= 2 + 60 and line.label().endswith("…")
+    assert len(line.label()) <= 2 + 40 and line.label().endswith("…")
     assert "\n" not in NoteSummary(note, "two\nlines", (), 0).label()
 
 
