@@ -147,3 +147,17 @@ def test_unsubscribe_and_bad_callbacks(tmp_path, server, store) -> None:
             b.sync()
         a.sync()
         assert seen == [] and a.store(store).get_attr("n1", "title") == "theirs"
+
+
+def test_the_conflict_example_in_the_docs_runs(tmp_path, server, monkeypatch, capsys) -> None:
+    import re
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "client.md").read_text()
+    section = doc.split("### Conflict notices", 1)[1].split("\n## ", 1)[0]
+    [example] = re.findall(r"```python\n(.*?)```", section, re.S)
+    monkeypatch.chdir(tmp_path)
+    exec(example.replace("http://127.0.0.1:8765", server.url), {})
+    assert capsys.readouterr().out == "your title 'Lyon' became 'Porto'\n"
+    with Client(tmp_path / "phone.db", server.url) as phone:
+        phone.sync()
+        assert phone.store("notes").get_attr("trip", "title") == "Lyon"  # restored everywhere
