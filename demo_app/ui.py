@@ -22,6 +22,7 @@ from .model import NotesModel, describe_rejection
 
 ALL_TAGS = "All tags"
 POLL_MS = 100
+_REFRESH_FAILED = "Could not show the notes"
 
 log = logging.getLogger("idsync.demo")
 
@@ -168,7 +169,7 @@ class NotesWindow:
             action()
         except Exception as exc:
             log.exception("the notes window could not refresh")
-            self._message = f"Could not show the notes: {exc!r}"
+            self._message = f"{_REFRESH_FAILED}: {exc!r}"
             self.error_label.configure(text=self._message)
 
     def _refresh_all(self) -> None:
@@ -204,6 +205,9 @@ class NotesWindow:
             self.note_list.selection_set(index)
             self.note_list.see(index)
         self.tag_filter.configure(values=[ALL_TAGS, *self.model.all_tags()])
+        if self._message.startswith(_REFRESH_FAILED):  # shown again: the failure is over
+            self._message = ""
+            self.refresh_status()
 
     def refresh_status(self) -> None:
         """Re-read the status bar."""

@@ -89,6 +89,12 @@ def _own_keys(db: LocalDB, store: str, keys: list[str]) -> set[str]:
     return {row[0] for row in rows}
 
 
+def _deleted_at(db: LocalDB, store: str, key: str) -> int:
+    """Where the server logged the delete of ``key`` (0 when not known)."""
+    row = db._sql("SELECT seq FROM tombstones WHERE store = ? AND key = ?", (store, key)).fetchone()
+    return int(row[0]) if row is not None and row[0] is not None else 0
+
+
 class AttributeCleanUp:
     """After a pulled page: delete attribute values that lost, and report conflicts.
 
@@ -148,9 +154,8 @@ class AttributeCleanUp:
         gone = {
             item: record
             for record in event.deleted
-            if _writer(record) == me
             for item in record.index
-            if item.startswith(PREFIX)
+            if item.startswith(PREFIX) and _writer(record) == me
         }
         deleted: list[Record] = []
         conflicts: list[ConflictEvent] = []
@@ -185,7 +190,9 @@ class AttributeCleanUp:
             self._delete(store, losing, deleted)  # ours wins: nothing of ours lost here
             return
         lost = [r for r in losing if r.key in own or _writer(r) == me]
-        if gone is not None:
+        if gone is not None and _deleted_at(self.db, store, gone.key) > (keep.seq or 0):
+            # Deleted after the winner was logged: a clean-up by a device that
+            # saw both (a delete before it was an unset, made knowingly).
             lost.append(gone)
         self._delete(store, losing, deleted)
         known = _replaced(keep)

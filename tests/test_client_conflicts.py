@@ -69,6 +69,22 @@ def test_no_notice_for_a_local_overwrite_or_an_edit_made_after_seeing_it(
         assert a_seen == [] and b_seen == []
 
 
+def test_no_notice_when_another_device_unsets_then_sets_again(tmp_path, server, store):
+    with make_client(tmp_path / "a.db", server.url) as a, make_client(
+        tmp_path / "b.db", server.url
+    ) as b:
+        a_seen = watch(a, store)
+        a.store(store).set_attr("n1", "title", "mine")
+        a.sync()
+        b.store(store)
+        b.sync()
+        assert b.store(store).delete_attr("n1", "title")  # B saw "mine" and unset it
+        b.store(store).set_attr("n1", "title", "new")
+        b.sync()
+        a.sync()
+        assert a.store(store).get_attr("n1", "title") == "new" and a_seen == []
+
+
 def test_a_loss_found_after_a_restart_is_told(tmp_path, server, store):
     path = tmp_path / "a.db"
     with make_client(path, server.url) as a:

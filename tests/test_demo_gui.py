@@ -262,6 +262,7 @@ def test_editing_safety_shortcuts_and_foreign_records(display, tmp_path) -> None
         window.model.notes = real_notes  # type: ignore[method-assign]
         window.model.create_note("after the failure")
         assert pump([root], lambda: "after the failure" in listed(window))
+        assert "disk on fire" not in window.error_label.cget("text")  # over, so no longer shown
 
         # The server's log, in a window of its own.
         window.log_button.invoke()
