@@ -99,7 +99,12 @@ class NoteSummary:
 
 @dataclass(frozen=True)
 class ConflictNotice:
-    """A value typed here that lost to another device's edit, as the app tells it."""
+    """A value typed here that lost to another device's edit, as the app tells it.
+
+    It says "your edit", not "your offline edit": the edit that loses may be
+    the newer one, made online, when an older offline edit reaches the server
+    after it.
+    """
 
     id: int
     note_id: str
@@ -111,8 +116,9 @@ class ConflictNotice:
     def message(self) -> str:
         """One sentence for the notice bar."""
         return (
-            f"Your offline edit of the {self.field} ({elide(as_text(self.lost), 40)!r}) was"
-            f" replaced by {elide(as_text(self.kept), 40)!r} from another device."
+            f"Your edit of the {self.field} ({elide(as_text(self.lost), 40)!r}) was replaced"
+            f" by {elide(as_text(self.kept), 40)!r}, written on another device that had not"
+            " seen yours."
         )
 
 

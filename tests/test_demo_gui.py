@@ -296,7 +296,7 @@ def test_a_lost_offline_edit_is_shown_and_restored(display, tmp_path) -> None:
         a.model.client.sync()  # A learns that its title lost
         assert pump(roots, lambda: a.conflict_bar.winfo_ismapped())
         text = a.conflict_label.cget("text")
-        assert "Your offline edit of the title ('Trip to Lyon') was replaced by" in text
+        assert "Your edit of the title ('Trip to Lyon') was replaced by" in text
         assert "'Trip to Porto'" in text
         assert pump(roots, lambda: a.title_entry.get() == "Trip to Porto")
         assert not b.conflict_bar.winfo_ismapped()

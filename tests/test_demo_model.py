@@ -254,8 +254,8 @@ def test_a_lost_offline_edit_is_noticed_and_can_be_restored(tmp_path, server, st
         assert (notice.note_id, notice.field) == (note, "title")
         assert notice.lost == "Plan from a (offline)" and notice.kept == "Plan from b"
         assert notice.message() == (
-            "Your offline edit of the title ('Plan from a (offline)') was replaced by"
-            " 'Plan from b' from another device."
+            "Your edit of the title ('Plan from a (offline)') was replaced by 'Plan from b',"
+            " written on another device that had not seen yours."
         )
         assert a.note(note).title == "Plan from b"
         a.restore(notice.id)
