@@ -313,3 +313,43 @@ def test_a_lost_offline_edit_is_shown_and_restored(display, tmp_path) -> None:
         for window in windows:
             window.close()
         server.stop()
+
+
+def test_the_app_opens_its_window_and_stops_cleanly_on_sigterm(display, tmp_path) -> None:
+    """``python -m demo_app`` on the display: a titled window, then SIGTERM closes it."""
+    import signal
+    import sys
+
+    if shutil.which("xdotool") is None:
+        pytest.skip("xdotool is not installed")
+    db = tmp_path / "laptop.sqlite3"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demo_app", "--server", "none", "--db", str(db)],
+        env=dict(os.environ, DISPLAY=display),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        found = ""
+        while not found and time.monotonic() < deadline and proc.poll() is None:
+            found = subprocess.run(  # xdotool's pattern is matched in bytes: ASCII only
+                ["xdotool", "search", "--name", r"laptop\.sqlite3"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            time.sleep(0.05)  # a poll interval, not a wait for success
+        assert found, "no window titled with the local file's name"
+        title = subprocess.run(
+            ["xdotool", "getwindowname", found.split()[0]], capture_output=True, text=True
+        ).stdout.strip()
+        assert title == "idsync notes — laptop.sqlite3"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, proc.stdout.read() if proc.stdout else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    with Client(db) as client:  # closed cleanly: the file opens at once
+        assert client.status.state == "local"
