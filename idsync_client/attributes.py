@@ -99,10 +99,11 @@ class AttributeCleanUp:
     """After a pulled page: delete attribute values that lost, and report conflicts.
 
     Registered as a page hook of the sync engine (``hook(store, event)``).
-    The first page of each store in a process checks every attribute of the
-    store, so a clean-up that a crash or a restart interrupted (the page was
-    committed, its clean-up was not) is done then; later pages check only
-    the attributes they touched.
+    The first page of each store in a process, and the first after a
+    snapshot reload, checks every attribute of the store, so a clean-up that
+    a crash interrupted (the page was committed, its clean-up was not) or
+    values a snapshot brought are handled then; other pages check only the
+    attributes they touched.
 
     A :class:`ConflictEvent` goes to :meth:`listen`'s callbacks for each
     deleted loser that this client wrote (``own``: acknowledged by the
@@ -137,6 +138,10 @@ class AttributeCleanUp:
         with self._lock:
             first = store not in self._checked
             self._checked.add(store)
+        if first:
+            # A snapshot reload brings values no page event lists: check the
+            # whole store again at the next page after one.
+            self.hub.add(store, self._after_change)
         touched = {
             item
             for record in (*event.added, *event.deleted)
@@ -169,6 +174,11 @@ class AttributeCleanUp:
             for conflict in conflicts:
                 for callback in listeners:
                     self.hub.callbacks.call(partial(callback, conflict))
+
+    def _after_change(self, event: ChangeEvent) -> None:
+        if event.reset:
+            with self._lock:
+                self._checked.discard(event.store)
 
     def _settle_item(
         self,

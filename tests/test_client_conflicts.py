@@ -130,6 +130,26 @@ def test_a_clean_up_cut_short_is_finished_and_told_once_at_the_next_start(
         assert len(seen) == 1
 
 
+def test_a_loss_that_a_snapshot_reload_brings_is_told(tmp_path, server, store) -> None:
+    with make_client(tmp_path / "a.db", server.url) as a:
+        seen = watch(a, store)
+        a.store(store).set_attr("n1", "title", "mine")
+        a.sync()  # this process has checked the store once already
+        with make_client(tmp_path / "b.db", server.url) as b:
+            assert b._engine is not None
+            b._engine.page_hooks.clear()  # B leaves the loser on the server
+            b.store(store).set_attr("n1", "title", "theirs")
+            b.sync()
+        assert a._engine is not None
+        a._engine.reset(store)  # the server's values arrive by snapshot, not by page
+        assert seen == []
+        a.sync()
+        assert [(e.losing_value, e.winning_value) for e in seen] == [("mine", "theirs")]
+        assert a.store(store).get_attr("n1", "title") == "theirs"
+        a.sync()
+        assert len(seen) == 1
+
+
 def test_an_edit_split_from_its_delete_by_a_page_is_no_conflict(tmp_path, server, store):
     """A knowing edit whose add and delete arrive in two pages is told as nothing."""
     with make_client(tmp_path / "a.db", server.url) as a, make_client(
