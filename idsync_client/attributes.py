@@ -106,10 +106,13 @@ class AttributeCleanUp:
     attributes they touched.
 
     A :class:`ConflictEvent` goes to :meth:`listen`'s callbacks for each
-    deleted loser that this client wrote (``own``: acknowledged by the
-    server) when the winner is not this client's: exactly once, since the
-    loser is deleted in the same transaction that finds it. Callbacks run
-    after the library's locks are released (the client's callback queue).
+    value this client wrote (its ``own`` mark, or ``by`` naming this client)
+    that loses to a value of another client logged later whose writer had
+    not seen it (not in the winner's ``replaces``): when this client deletes
+    the loser, or when a page brings another client's delete of it, made
+    after the winner. Exactly once: the loser is found and deleted in one
+    transaction, and a pulled page is applied once. Callbacks run after the
+    library's locks are released (the client's callback queue).
     """
 
     def __init__(self, db: LocalDB, hub: SubscriptionHub) -> None:

@@ -126,7 +126,11 @@ def test_a_clean_up_cut_short_is_finished_and_told_once_at_the_next_start(
         a.sync()
         assert [(e.losing_value, e.winning_value) for e in seen] == [("mine", "theirs")]
         assert len(list(a.store(store).find("@attr:n1/title"))) == 1
-        a.sync()
+        with make_client(tmp_path / "b.db", server.url) as b:
+            b.store(store)
+            b.sync()  # B's own clean-up deletes the loser too (a duplicate delete)
+            assert b.rejected() == []
+        a.sync()  # that delete arrives: the loss was told already
         assert len(seen) == 1
 
 
