@@ -4,6 +4,11 @@ With ``--with-server`` a reference server is started too (on the server
 URL's port, with its default SQLite file) unless one already answers there.
 Without a display the window cannot open: the command says so, and with
 ``--with-server`` keeps the server running.
+
+SIGINT (Ctrl-C) and SIGTERM stop the app cleanly whenever they arrive: the
+handler only records the request, and the app checks it where it waits (the
+window saves typed text and closes its client; a server started here is
+stopped, not orphaned).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -52,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token, when the server needs one (IDSYNC_TOKEN)",
     )
     parser.add_argument("--store", default="notes", help="store name (default %(default)s)")
-    parser.add_argument("--title", default="idsync notes", help="window title")
+    parser.add_argument(
+        "--title",
+        default=None,
+        help="window title (default: 'idsync notes' and the local file's name, so that"
+        " two windows are told apart)",
+    )
     parser.add_argument(
         "--with-server",
         action="store_true",
@@ -80,6 +91,7 @@ def start_server(url: str) -> ServerProcess | None:
     database = default_database_path()
     proc = ServerProcess(database, "--log-level", "INFO", port=parts.port or 80).start()
     print(f"idsync-notes: started the reference server at {proc.url} (database {database})")
+    print("idsync-notes: its log is in the window's 'Server log' (top right)")
     return proc
 
 
@@ -90,8 +102,19 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def run_window(args: argparse.Namespace, server: str | None) -> int:
-    """Open the notes window and run until it is closed."""
+#: Set by SIGINT/SIGTERM; checked where the app waits.
+stopping = threading.Event()
+
+
+def window_title(args: argparse.Namespace) -> str:
+    """The window's title: ``--title``, else the app's name and the local file's."""
+    return args.title or f"idsync notes — {Path(args.db).name}"
+
+
+def run_window(
+    args: argparse.Namespace, server: str | None, proc: ServerProcess | None = None
+) -> int:
+    """Open the notes window and run until it is closed (or the app is told to stop)."""
     try:
         import tkinter as tk
 
@@ -109,39 +132,49 @@ def run_window(args: argparse.Namespace, server: str | None) -> int:
     model = NotesModel(client, args.store)
     if server:
         client.start()
-    NotesWindow(root, model, title=args.title)
+    server_log = None if proc is None else (lambda: list(proc.log_lines))
+    window = NotesWindow(root, model, title=window_title(args), server_log=server_log)
+    root.protocol("WM_DELETE_WINDOW", window.close)
+
+    def watch_stop() -> None:
+        if stopping.is_set():
+            window.close()
+        else:
+            root.after(100, watch_stop)
+
+    watch_stop()
     try:
         root.mainloop()
-    except KeyboardInterrupt:
-        pass
     finally:
         model.close()
     return 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _stop(signum: int, frame: object) -> None:
+    stopping.set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the app; returns the exit status."""
     args = build_parser().parse_args(argv)
-    # SIGTERM stops the app like Ctrl-C: the window closes its client and a
-    # server started here is stopped, not orphaned.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # From here on a signal never interrupts a step half-way (a server being
+    # started, a window being built): it is a request, honoured where we wait.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     server = None if args.server.lower() == "none" else args.server
-    proc = start_server(server) if args.with_server and server else None
+    proc = None
     try:
+        proc = start_server(server) if args.with_server and server else None
+        if stopping.is_set():
+            return 0
         if has_display():
-            return run_window(args, server)
+            return run_window(args, server, proc)
         print("idsync-notes: no display (DISPLAY is not set), so the notes window cannot open.")
         if proc is None:
             return 1
         print(f"idsync-notes: the server keeps running at {proc.url}; press Ctrl-C to stop it.")
-        try:
-            assert proc.proc is not None
-            proc.proc.wait()
-        except KeyboardInterrupt:
+        assert proc.proc is not None
+        while not stopping.wait(0.2) and proc.proc.poll() is None:
             pass
         return 0
     finally:

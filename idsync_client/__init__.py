@@ -30,7 +30,7 @@ if TYPE_CHECKING:
         TemporaryError,
     )
     from .protocol import Limits, ProtocolViolation
-    from .records import ChangeEvent, KeyInUse, Record, RejectedChange
+    from .records import ChangeEvent, ConflictEvent, KeyInUse, Record, RejectedChange
     from .retry import RetryBudget, RetryPolicy
     from .status import SyncStatus
     from .store import Store
@@ -44,6 +44,7 @@ _HOMES: dict[str, str] = {
     "ChangeEvent": "records",
     "Client": "client",
     "ClientClosed": "errors",
+    "ConflictEvent": "records",
     "IdsyncError": "errors",
     "KeyInUse": "records",
     "Limits": "protocol",
@@ -70,6 +71,7 @@ __all__ = [
     "ChangeEvent",
     "Client",
     "ClientClosed",
+    "ConflictEvent",
     "IdsyncError",
     "KeyInUse",
     "Limits",

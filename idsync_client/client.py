@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from .attributes import AttributeCleanUp
 from .background import BackgroundSync
 from .errors import (
     AuthError,
@@ -95,6 +96,9 @@ class Client:
                 create_stores=create_stores,
             )
         )
+        self._attributes = AttributeCleanUp(self.db, self._hub)
+        if self._engine is not None:
+            self._engine.page_hooks.append(self._attributes)
         for name in self.db.known_stores():
             self._stores[name] = Store(self, name)
         self._long_poll = long_poll

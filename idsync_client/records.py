@@ -8,7 +8,15 @@ from typing import Any, Literal
 
 from . import jsoncodec
 
-__all__ = ["ChangeEvent", "KeyInUse", "OutboxEntry", "Record", "RejectedChange", "same_json"]
+__all__ = [
+    "ChangeEvent",
+    "ConflictEvent",
+    "KeyInUse",
+    "OutboxEntry",
+    "Record",
+    "RejectedChange",
+    "same_json",
+]
 
 
 def same_json(a: str, b: str) -> bool:
@@ -57,6 +65,33 @@ class ChangeEvent:
 
     def __bool__(self) -> bool:
         return bool(self.added or self.deleted or self.reset)
+
+
+@dataclass(frozen=True)
+class ConflictEvent:
+    """A value this device set lost to another device's value of the same attribute.
+
+    Attribute records keep the value the server logged last. This event says
+    that a value this device set (``losing_value``, logged at ``losing_seq``)
+    was dropped because another device's value (``winning_value``, logged at
+    ``winning_seq``) was logged after it, by a device that had not seen it.
+    ``winning_origin`` and ``losing_origin`` say where each came from
+    (``remote``: another device; ``local``: this device). Told once per lost
+    value, after the losing record was deleted; a value replaced by a later
+    write on this device, or by an edit made after seeing it, is no conflict.
+    """
+
+    store: str
+    entity: str
+    name: str
+    winning_value: Any
+    winning_seq: int | None
+    winning_key: str
+    losing_value: Any
+    losing_seq: int | None
+    losing_key: str
+    winning_origin: Literal["remote"] = "remote"
+    losing_origin: Literal["local"] = "local"
 
 
 @dataclass(frozen=True, slots=True)

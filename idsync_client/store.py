@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import attributes
+from .attributes import ConflictCallback
 from .protocol import Limits, encode_value, validate_index_items, validate_key
 from .records import ChangeEvent, Record
 from .subscriptions import Callback, Subscription
@@ -147,18 +148,34 @@ class Store:
 
     # -- attribute records --------------------------------------------------
 
+    def on_conflict(self, callback: ConflictCallback) -> Callable[[], None]:
+        """Call ``callback(ConflictEvent)`` when a value this device set loses.
+
+        A value set here loses when another device set the same attribute
+        without having seen it and the server logged that value later (see
+        :class:`~idsync_client.records.ConflictEvent`). Told once per lost
+        value, by the sync that finds it (also after a restart); never for a
+        value replaced by a later write here. Callbacks run like subscription
+        callbacks (after the library's locks are released, on the syncing
+        thread). Returns a function that unsubscribes.
+        """
+        self._client._check_open()
+        return self._client._attributes.listen(self.name, callback)
+
     def set_attr(self, entity: str, name: str, value: Any) -> str:
         """Set attribute ``name`` of ``entity``: add the new value, delete the old ones.
 
         Returns the key of the record holding the new value.
         """
         item = attributes.index_item(entity, name)
-        value_json = encode_value(
-            {"entity": entity, "name": name, "value": value}, self._client.limits, "invalid_change"
-        )
         db = self._client._local()
         with db.transaction():
             old = attributes.holders(db, self.name, item)
+            value_json = encode_value(
+                attributes.record_value(entity, name, value, db.client_id, old),
+                self._client.limits,
+                "invalid_change",
+            )
             added = db.add(self.name, attributes.new_key(), (item,), value_json)
             deleted = tuple(db.delete(self.name, record.key) for record in old)
         self._client._changed(ChangeEvent(self.name, "local", added=(added,), deleted=deleted))

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import attributes, jsoncodec
+from . import jsoncodec
 from .errors import PermanentError, ResetRequired, StoreNotFound
 from .localdb import LocalDB
 from .protocol import Limits, Outcome
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from .transport import Transport
 
 log = logging.getLogger("idsync.client")
+
+#: Runs after each pulled page is applied and published: ``hook(store, event)``
+#: (features that keep derived state, like attribute records, register one).
+PageHook = Callable[[str, ChangeEvent], None]
 
 _SPLIT_CODES = ("batch_too_large", "body_too_large")
 #: Client ids renewed in a row on change_number_conflict before such a
@@ -80,6 +84,7 @@ class SyncEngine:
         self._push_lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idsync-fetch")
         self._renewals = 0
+        self.page_hooks: list[PageHook] = []
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         return self.policy.call(fn)
@@ -283,20 +288,10 @@ class SyncEngine:
                 continue  # another thread applied this page first
             report.pulled += len(page.changes)
             self.hub.publish(event)
-            self._clean_up_attributes(store, event)
+            for hook in self.page_hooks:
+                hook(store, event)
             if not page.more:
                 return report
-
-    def _clean_up_attributes(self, store: str, event: ChangeEvent) -> None:
-        losing = attributes.losers_after_pull(self.db, store, event)
-        if not losing:
-            return
-        deleted = []
-        with self.db.transaction():
-            for key in losing:
-                if self.db.get(store, key) is not None:
-                    deleted.append(self.db.delete(store, key))
-        self.hub.publish(ChangeEvent(store, "remote", deleted=tuple(deleted)))
 
     def reset(self, store: str) -> int:
         """Reload the store from a snapshot, keeping every pending local change.

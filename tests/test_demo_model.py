@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from demo_app.model import NotesModel, clean_tag, describe_error, describe_status
+from demo_app.model import (
+    NotesModel,
+    NoteSummary,
+    clean_tag,
+    describe_error,
+    describe_status,
+)
 from idsync_client import Client, RetryPolicy, SyncStatus
 
 
@@ -114,3 +120,173 @@ def test_work_offline_toggle_stops_and_starts_sync(tmp_path, server, store) -> N
         assert record.status_code == 200
     finally:
         m.close()
+
+
+# -- records the app did not write ------------------------------------------
+
+
+def test_records_other_programs_wrote_are_skipped_or_shown_never_fatal(model: NotesModel) -> None:
+    mine = model.create_note("Mine", "text")
+    model.add_tag(mine, "work")
+    store = model.store
+    store.add({"title": "Buy milk"}, index=["tag:home"])  # the README's record: no note, no tag
+    store.add("just text", index=["kind:note"])  # a "note" whose value is not an object
+    store.add([1, 2], index=["kind:note", "tag:Two Words"])
+    store.add({"created": "yesterday"}, index=["kind:note"], key="odd-created")
+    store.add({"created": [2026]}, index=["kind:note"], key="huge-created")
+    store.add(None, index=["tag:", "tag:   ", f"note:{mine}"])  # empty tags, null value
+    store.add({"tag": 5}, index=[f"note:{mine}", "tag:5"])  # a tag record of odd shape
+    store.add(7, index=["note:no-such-note", "tag:ghost"])
+    store.set_attr("odd-created", "title", {"rich": ["text"]})  # a title that is not a string
+    store.add("not an attribute value", index=["@attr:huge-created/body"])
+
+    listed = {n.id: n for n in model.notes()}
+    assert mine in listed and listed[mine].title == "Mine"
+    assert listed["odd-created"].title == '{"rich": ["text"]}' and listed["odd-created"].created == 0
+    assert listed["huge-created"].created == 0
+    assert model.note("huge-created").body == "not an attribute value"
+    assert model.tags(mine) == ("5", "work")
+    assert model.all_tags() == ["5", "Two Words", "ghost", "home", "work"]
+    assert [n.id for n in model.notes(tag="home")] == []  # the README record is not a note
+    assert [n.id for n in model.notes(tag="5")] == [mine]
+    assert [n.id for n in model.notes(tag="Two Words")] == []
+    model.remove_tag(mine, "5")
+    assert model.tags(mine) == ("work",)
+    model.delete_note("odd-created")
+    assert "odd-created" not in {n.id for n in model.notes()}
+
+
+def test_the_readme_example_then_the_demo_on_the_same_store(tmp_path, monkeypatch) -> None:
+    """The README's dozen lines write records the demo did not; the demo still opens."""
+    import re
+    from pathlib import Path
+
+    from idsync_server_ref.process import ServerProcess
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", readme, re.S)
+    assert example, "the README has no Python example"
+    monkeypatch.chdir(tmp_path)
+    with ServerProcess(tmp_path / "server.db") as server:
+        exec(example.group(1).replace("http://127.0.0.1:8765", server.url), {})
+        for path in ("myapp.sqlite3", "demo.sqlite3"):  # the same file, and a new one
+            m = NotesModel(Client(tmp_path / path, server.url, retry=RetryPolicy(sleep=lambda s: None)))
+            try:
+                m.client.sync()
+                assert "home" in m.all_tags()
+                assert {n.title for n in m.notes()} <= {"A real note"}
+                assert m.notes(tag="home") == []
+                note = m.create_note("A real note")
+                assert m.notes()[0].title == "A real note"
+                m.client.sync()
+                assert m.note(note).title == "A real note"
+            finally:
+                m.close()
+
+
+# -- typed text is never thrown away -----------------------------------------
+
+
+def test_switching_notes_keeps_typed_text(model: NotesModel) -> None:
+    first = model.create_note("First", "one")
+    assert model.keep_text(first, "First, edited", "one and more") == first
+    assert model.note(first).title == "First, edited" and model.note(first).body == "one and more"
+    assert model.keep_text(first, "First, edited", "one and more") == first  # nothing new
+    # The note was deleted meanwhile (here or elsewhere): the text becomes a new note.
+    model.delete_note(first)
+    again = model.keep_text(first, "First, edited", "typed after the delete")
+    assert again is not None and again != first
+    assert model.note(again).body == "typed after the delete"
+    assert model.keep_text(None, "", "") is None  # an empty editor keeps nothing
+    assert model.keep_text(None, "", "words") is not None
+
+
+# -- list lines ----------------------------------------------------------------
+
+
+def test_long_titles_are_cut_in_the_list_and_whole_in_the_editor(model: NotesModel) -> None:
+    title = "A very long title " * 10
+    note = model.create_note(title)
+    [line] = model.notes()
+    assert line.title == title and model.note(note).title == title
+    assert len(line.label()) <= 2 + 40 and line.label().endswith("…")
+    assert "\n" not in NoteSummary(note, "two\nlines", (), 0).label()
+
+
+def test_notes_waiting_to_sync_are_marked(tmp_path, server, store) -> None:
+    m = NotesModel(Client(tmp_path / "p.db", server.url, retry=RetryPolicy(sleep=lambda s: None)), store)
+    try:
+        note = m.create_note("Waiting")
+        [line] = m.notes()
+        assert line.pending and line.label().startswith("• ")
+        m.client.sync()
+        [line] = m.notes()
+        assert not line.pending and line.label().startswith("  ")
+        m.save(note, "Edited", "")
+        assert m.notes()[0].pending
+        m.client.sync()
+        m.add_tag(note, "work")  # a tag waiting to sync marks its note too
+        assert m.notes()[0].pending
+    finally:
+        m.close()
+
+
+# -- conflicts -----------------------------------------------------------------
+
+
+def test_a_lost_offline_edit_is_noticed_and_can_be_restored(tmp_path, server, store) -> None:
+    policy = RetryPolicy(sleep=lambda s: None)
+    a = NotesModel(Client(tmp_path / "a.db", server.url, retry=policy), store)
+    b = NotesModel(Client(tmp_path / "b.db", server.url, retry=policy), store)
+    try:
+        note = a.create_note("Plan", "v1")
+        a.client.sync()
+        b.client.sync()
+        a.save(note, "Plan from a (offline)", "v1")
+        b.save(note, "Plan from b", "v1")
+        a.client.sync()
+        b.client.sync()  # B's title is logged last
+        a.drain_updates()
+        a.client.sync()
+        assert "conflicts" in a.drain_updates()
+        [notice] = a.conflicts()
+        assert b.conflicts() == []
+        assert (notice.note_id, notice.field) == (note, "title")
+        assert notice.lost == "Plan from a (offline)" and notice.kept == "Plan from b"
+        assert notice.message() == (
+            "Your edit of the title ('Plan from a (offline)') was replaced by 'Plan from b',"
+            " written on another device that had not seen yours."
+        )
+        assert a.note(note).title == "Plan from b"
+        a.restore(notice.id)
+        assert a.conflicts() == [] and a.note(note).title == "Plan from a (offline)"
+        for m in (a, b):
+            m.client.sync()
+        assert b.note(note).title == "Plan from a (offline)"
+        assert b.conflicts() == []  # a restore is an edit made after seeing B's value
+        with pytest.raises(KeyError):
+            a.restore(notice.id)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_dismissing_a_notice_keeps_the_other_value(tmp_path, server, store) -> None:
+    policy = RetryPolicy(sleep=lambda s: None)
+    a = NotesModel(Client(tmp_path / "a.db", server.url, retry=policy), store)
+    b = NotesModel(Client(tmp_path / "b.db", server.url, retry=policy), store)
+    try:
+        note = a.create_note("T", "body a")
+        a.client.sync()
+        b.client.sync()
+        a.save(note, "T", "body from a")
+        b.save(note, "T", "body from b")
+        for m in (a, b, a):
+            m.client.sync()
+        [notice] = a.conflicts()
+        assert notice.field == "body"
+        a.dismiss_conflict(notice.id)
+        assert a.conflicts() == [] and a.note(note).body == "body from b"
+    finally:
+        a.close()
+        b.close()

@@ -75,7 +75,8 @@ def test_readme_example_runs(server, tmp_path, monkeypatch, capsys) -> None:
 
 def test_client_doc_examples_run(server, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    first, kit = _python_blocks((ROOT / "docs" / "client.md").read_text())
+    blocks = _python_blocks((ROOT / "docs" / "client.md").read_text())
+    first, kit = blocks[0], blocks[-1]
     exec(first.replace("http://127.0.0.1:8765", server.url), {})
     namespace: dict = {}
     exec(kit, namespace)
