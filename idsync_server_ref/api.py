@@ -11,7 +11,6 @@ import asyncio
 import functools
 import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from idsync_client.protocol import (
     validate_store_name,
 )
 
+from . import metrics
 from .asgi import (
     ClientGone,
     HttpError,
@@ -47,7 +47,6 @@ from .asgi import (
 from .config import ServerConfig
 from .notify import ChangeNotifier
 from .storage import Storage
-from .target import log_safe
 
 access_log = logging.getLogger("idsync.server.access")
 
@@ -145,7 +144,6 @@ class ServerApp:
             return
         if scope["type"] != "http":
             return
-        started = time.perf_counter()
         self._busy += 1
         overloaded = self._busy > self.config.backoff_threshold
         response: Response | None = None
@@ -161,26 +159,6 @@ class ServerApp:
             await response.send(send, head=scope["method"] == "HEAD")
         finally:
             self._busy -= 1
-            self._log(scope, response, started)
-
-    @staticmethod
-    def _log(scope: Scope, response: Response | None, started: float) -> None:
-        # Everything taken from the request is escaped: a CR/LF or other control
-        # character in it must not forge or garble log lines.
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        target = scope.get("raw_path") or b""
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
-        agent = next((v for k, v in scope.get("headers", ()) if k == b"user-agent"), b"-")
-        access_log.info(
-            "%s %s %s %.1fms %s",
-            log_safe(scope.get("method", "")),
-            log_safe(target.decode("latin-1")),
-            response.status if response else "-",
-            (time.perf_counter() - started) * 1000,
-            log_safe(agent.decode("latin-1"), 200),
-        )
 
     async def _dispatch(self, request: Request) -> Response:
         for pattern, methods in self._routes:
@@ -299,6 +277,7 @@ class ServerApp:
             )
         changes = self._parse_changes(raw_changes)
         outcomes = await self._run(self.storage.push, store, client_id, changes)
+        metrics.changes_applied.add(sum(o.status == "applied" for o in outcomes))
         head = max((o.seq or 0 for o in outcomes if o.status == "applied"), default=0)
         if head:
             self.notifier.notify(store, head)

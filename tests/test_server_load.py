@@ -78,7 +78,9 @@ def wait_until_waiting(api: Api, count: int, timeout: float = 30) -> None:
 
 def test_300_idle_long_polls_leave_the_server_live(tmp_path) -> None:
     polls = 300
-    with ServerProcess(tmp_path / "s.sqlite3", "--threads", "4") as proc:
+    with ServerProcess(
+        tmp_path / "s.sqlite3", "--threads", "4", "--max-storage-queue", "1000"
+    ) as proc:
         api = Api(proc.url)
         api.create_store("live")
         _, cursor = api.pull_all("live")
