@@ -257,3 +257,62 @@ def test_every_flag_names_its_environment_variable() -> None:
     for action in flags:
         variable = "IDSYNC_" + action.dest.upper()
         assert variable in (action.help or ""), f"{action.option_strings[0]} does not name {variable}"
+
+
+DEPLOY = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
+
+
+def _block(language: str) -> str:
+    found = re.findall(rf"```{language}\n(.*?)```", DEPLOY.read_text(), re.S)
+    assert len(found) == 1, f"one {language} block expected in docs/deploy.md"
+    return found[0]
+
+
+def test_the_systemd_unit_of_the_deploy_page_starts_and_stops(tmp_path) -> None:
+    import os
+    import shlex
+    import signal
+
+    unit = _block("ini")
+    env = dict(os.environ)
+    for line in unit.splitlines():
+        if line.startswith("Environment="):
+            name, _, value = line.removeprefix("Environment=").partition("=")
+            env[name] = value
+    env["IDSYNC_DATABASE"] = str(tmp_path / "server.sqlite3")  # not /var/lib here
+    env["IDSYNC_PORT"] = "0"
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    command = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert command[0].endswith("/bin/idsync-server")
+    command[0] = str(Path(sys.executable).parent / "idsync-server")
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line, line
+        port = int(line.rsplit(":", 1)[1])
+        assert requests.get(f"http://127.0.0.1:{port}/v1/health", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)  # the unit's KillSignal
+        assert proc.wait(timeout=15) == 0
+        log = proc.stdout.read()
+        entries = [json.loads(x) for x in log.splitlines() if x.startswith("{")]
+        assert any(e["logger"] == "idsync.server.access" for e in entries), log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_container_command_of_the_deploy_page_parses(monkeypatch) -> None:
+    from idsync_server_ref.cli import build_parser, config_from_args
+
+    dockerfile = _block("dockerfile")
+    env_line = next(line for line in dockerfile.splitlines() if line.startswith("ENV "))
+    for pair in env_line.removeprefix("ENV ").split():
+        name, _, value = pair.partition("=")
+        monkeypatch.setenv(name, value)
+    cmd = json.loads(next(line for line in dockerfile.splitlines() if line.startswith("CMD ")).removeprefix("CMD "))
+    assert cmd[0] == "idsync-server"
+    config = config_from_args(build_parser().parse_args(cmd[1:]))
+    assert config.host == "0.0.0.0" and config.port == 8765 and config.log_format == "json"
+    assert str(config.database) == "/data/server.sqlite3"
