@@ -15,6 +15,8 @@ added here, in the one protocol class uvicorn lets us choose:
   Transfer-Encoding) is refused before the app sees it;
 - the parser's own 400s carry our JSON envelope.
 
+The listening socket is bound before anything else starts
+(:func:`listen_socket`), so a port in use is a clear error at start.
 Stopping (SIGTERM, SIGINT) answers waiting long-polls at once
 (``503 shutting_down``) before uvicorn waits for open requests to end.
 """

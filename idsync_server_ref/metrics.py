@@ -2,7 +2,7 @@
 
 Requests are counted per route template (``/v1/stores/{store}/push``, never
 the raw path, so a client cannot grow the series without bound), method and
-status; latency goes to a histogram per route. Gauges read the live values
+status (``0`` when the client left before its answer); latency goes to a histogram per route. Gauges read the live values
 (waiting long-polls, open connections, storage calls queued) when scraped.
 """
 
@@ -70,7 +70,8 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "idsync_http_requests",
-            "HTTP requests answered, by route template, method and status.",
+            "HTTP requests, by route template, method and status (0: the client left "
+            "before an answer).",
             ["route", "method", "status"],
             registry=self.registry,
         )
