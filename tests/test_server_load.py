@@ -319,3 +319,28 @@ def test_clients_carry_on_across_a_restart_on_the_same_port(tmp_path) -> None:
         for client in clients:
             client.close()
         proc.stop()
+
+
+def test_stop_with_300_long_polls_open_answers_every_one_at_once(tmp_path) -> None:
+    polls = 300
+    proc = ServerProcess(tmp_path / "s.sqlite3", "--max-storage-queue", "1000").start()
+    socks: list[socket.socket] = []
+    try:
+        api = Api(proc.url)
+        api.create_store("st")
+        _, cursor = api.pull_all("st")
+        socks = [open_request(proc.port, long_poll("st", cursor)) for _ in range(polls)]
+        wait_until_waiting(api, polls)
+        started = time.monotonic()
+        stopper = threading.Thread(target=proc.stop)
+        stopper.start()
+        for sock in socks:
+            status, _, raw = read_response(sock, 5)
+            assert status == 503 and json.loads(raw)["error"]["code"] == "shutting_down"
+        assert time.monotonic() - started < NORMAL, "long-polls were not answered at once"
+        stopper.join(timeout=15)
+        assert proc.proc is not None and proc.proc.returncode == 0
+    finally:
+        for sock in socks:
+            sock.close()
+        proc.kill()
