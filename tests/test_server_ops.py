@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -316,3 +317,74 @@ def test_the_container_command_of_the_deploy_page_parses(monkeypatch) -> None:
     config = config_from_args(build_parser().parse_args(cmd[1:]))
     assert config.host == "0.0.0.0" and config.port == 8765 and config.log_format == "json"
     assert str(config.database) == "/data/server.sqlite3"
+
+
+@pytest.mark.skipif(
+    not (shutil.which("nginx") and shutil.which("openssl")), reason="needs nginx and openssl"
+)
+def test_the_nginx_block_of_the_deploy_page_proxies_with_tls(tmp_path) -> None:
+    import signal
+
+    import urllib3
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=sync.example.com",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+        check=True, capture_output=True, timeout=60,
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        tls_port = probe.getsockname()[1]
+    with ServerProcess(tmp_path / "s.sqlite3") as server:
+        block = (
+            _block("nginx")
+            .replace("/etc/ssl/certs/sync.example.com.pem", str(tmp_path / "cert.pem"))
+            .replace("/etc/ssl/private/sync.example.com.key", str(tmp_path / "key.pem"))
+            .replace("listen 443 ssl;", f"listen 127.0.0.1:{tls_port} ssl;")
+            .replace("server 127.0.0.1:8765;", f"server 127.0.0.1:{server.port};")
+        )
+        conf = tmp_path / "nginx.conf"
+        # nginx logs the id it made, to compare with the one the server answered.
+        logging = f"log_format ids '$request_id';\naccess_log {tmp_path}/access.log ids;\n"
+        conf.write_text(f"events {{}}\nhttp {{\n{logging}{block}}}\n")
+        directives = f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;"
+        check = subprocess.run(
+            ["nginx", "-t", "-c", str(conf), "-p", str(tmp_path), "-g", directives],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert check.returncode == 0, check.stderr
+        nginx = subprocess.Popen(
+            ["nginx", "-c", str(conf), "-p", str(tmp_path), "-g", "daemon off; " + directives],
+            stderr=subprocess.PIPE,
+        )
+        try:
+            urllib3.disable_warnings()
+            session = requests.Session()
+            session.trust_env = False
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    health = session.get(
+                        f"https://127.0.0.1:{tls_port}/v1/health", verify=False, timeout=5
+                    )
+                    break
+                except requests.ConnectionError:
+                    assert time.monotonic() < deadline and nginx.poll() is None, "nginx did not start"
+                    time.sleep(0.05)
+            assert health.status_code == 200 and health.json()["status"] == "ok"
+            # nginx's $request_id reaches the server and comes back as its request id.
+            rid = health.headers["Idsync-Request-Id"]
+            deadline = time.monotonic() + 10
+            while rid not in (tmp_path / "access.log").read_text():
+                assert time.monotonic() < deadline, "the server did not keep nginx's request id"
+                time.sleep(0.05)
+            metrics = session.get(f"https://127.0.0.1:{tls_port}/metrics", verify=False, timeout=5)
+            assert metrics.status_code == 200  # allowed from 127.0.0.1 only
+        finally:
+            nginx.send_signal(signal.SIGQUIT)
+            try:
+                nginx.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                nginx.kill()
+                nginx.wait()
