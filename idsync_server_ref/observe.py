@@ -17,7 +17,7 @@ from typing import Any
 from idsync_client.protocol import BACKOFF_HEADER
 
 from .api import ServerApp
-from .asgi import HttpError, Receive, Response, Scope, Send
+from .asgi import HttpError, Receive, Request, Response, Scope, Send
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .target import log_safe, path_segments
 
@@ -67,12 +67,11 @@ class ObservedApp:
             "idsync_waiting_clients", "Long-polls waiting for changes.", lambda: app._waiting
         )
         self.metrics.gauge(
-            "idsync_storage_queue", "Storage calls waiting for a storage thread.",
+            "idsync_storage_queue",
+            "Storage calls waiting for a storage thread.",
             lambda: pending_storage_calls(app),
         )
-        self._templates = [
-            ("/" + "/".join(pattern.parts), pattern) for pattern, _ in app._routes
-        ]
+        self._templates = [("/" + "/".join(pattern.parts), pattern) for pattern, _ in app._routes]
 
     def watch_connections(self, count: Callable[[], int]) -> None:
         """Report ``count()`` as the open connections gauge."""
@@ -115,7 +114,7 @@ class ObservedApp:
 
         try:
             if route == METRICS_PATH:
-                await self._metrics(scope, send_with_id)
+                await self._metrics(scope, receive, send_with_id)
             elif route not in _NO_STORAGE and (
                 pending_storage_calls(self.app) >= self.max_storage_queue
             ):
@@ -132,7 +131,7 @@ class ObservedApp:
             self.metrics.observe(route, scope.get("method", ""), status, elapsed)
             _log_access(scope, rid, status, elapsed)
 
-    async def _metrics(self, scope: Scope, send: Send) -> None:
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.serve_metrics:
             await Response.error(HttpError("not_found", "metrics are off")).send(send)
             return
@@ -141,7 +140,7 @@ class ObservedApp:
                 error = HttpError("method_not_allowed", f"{scope['method']} is not allowed here")
                 error.headers.append(("Allow", "GET, HEAD"))
                 raise error
-            self.app._authorize(_HeadersOnly(scope))  # type: ignore[arg-type]
+            self.app._authorize(Request(scope, receive, self.app.limits))
         except HttpError as err:
             await Response.error(err).send(send)
             return
@@ -151,21 +150,9 @@ class ObservedApp:
             (b"content-length", str(len(payload)).encode()),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else payload})
-
-
-class _HeadersOnly:
-    """Just enough of a request for the token check."""
-
-    def __init__(self, scope: Scope) -> None:
-        self._scope = scope
-
-    def header(self, name: str) -> str | None:
-        wanted = name.lower().encode("latin-1")
-        for key, value in self._scope.get("headers", ()):
-            if key == wanted:
-                return str(value.decode("latin-1"))
-        return None
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else payload}
+        )
 
 
 def _log_access(scope: Scope, rid: str, status: int, seconds: float) -> None:

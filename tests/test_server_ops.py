@@ -140,7 +140,9 @@ def test_metrics_count_requests_by_route_template(tmp_path) -> None:
     push = "/v1/stores/{store}/push"
     assert _metric(text, "idsync_http_requests_total", method="POST", route=push, status="200") == 2
     record = "/v1/stores/{store}/records/{key}"
-    assert _metric(text, "idsync_http_requests_total", method="GET", route=record, status="200") == 1
+    assert (
+        _metric(text, "idsync_http_requests_total", method="GET", route=record, status="200") == 1
+    )
     assert _metric(text, "idsync_http_request_duration_seconds_count", route=push) == 2
     # The re-sent change is answered "applied" again (same seq), and counted again.
     assert _metric(text, "idsync_push_applied_outcomes_total") == 3
@@ -166,7 +168,9 @@ def test_request_ids_and_the_json_access_log(tmp_path) -> None:
         auth = {"Authorization": "Bearer s3cret-token"}
         fresh = api.call("GET", "/v1/stores", headers=auth)
         given = api.call("GET", "/v1/stores", headers={**auth, "X-Request-Id": "proxy-42"})
-        insane = api.call("GET", "/v1/stores", headers={**auth, "X-Request-Id": "bad id <" + "x" * 80})
+        insane = api.call(
+            "GET", "/v1/stores", headers={**auth, "X-Request-Id": "bad id <" + "x" * 80}
+        )
         refused = api.call("GET", "/v1/stores")
         ids = [r.headers["Idsync-Request-Id"] for r in (fresh, given, insane, refused)]
         deadline = time.monotonic() + 10
@@ -257,7 +261,9 @@ def test_every_flag_names_its_environment_variable() -> None:
     assert len(flags) > 20
     for action in flags:
         variable = "IDSYNC_" + action.dest.upper()
-        assert variable in (action.help or ""), f"{action.option_strings[0]} does not name {variable}"
+        assert variable in (action.help or ""), (
+            f"{action.option_strings[0]} does not name {variable}"
+        )
 
 
 DEPLOY = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
@@ -286,7 +292,9 @@ def test_the_systemd_unit_of_the_deploy_page_starts_and_stops(tmp_path) -> None:
     command = shlex.split(exec_start.removeprefix("ExecStart="))
     assert command[0].endswith("/bin/idsync-server")
     command[0] = str(Path(sys.executable).parent / "idsync-server")
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -312,7 +320,11 @@ def test_the_container_command_of_the_deploy_page_parses(monkeypatch) -> None:
     for pair in env_line.removeprefix("ENV ").split():
         name, _, value = pair.partition("=")
         monkeypatch.setenv(name, value)
-    cmd = json.loads(next(line for line in dockerfile.splitlines() if line.startswith("CMD ")).removeprefix("CMD "))
+    cmd = json.loads(
+        next(line for line in dockerfile.splitlines() if line.startswith("CMD ")).removeprefix(
+            "CMD "
+        )
+    )
     assert cmd[0] == "idsync-server"
     config = config_from_args(build_parser().parse_args(cmd[1:]))
     assert config.host == "0.0.0.0" and config.port == 8765 and config.log_format == "json"
@@ -328,10 +340,25 @@ def test_the_nginx_block_of_the_deploy_page_proxies_with_tls(tmp_path) -> None:
     import urllib3
 
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=sync.example.com",
-         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=sync.example.com",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -351,7 +378,9 @@ def test_the_nginx_block_of_the_deploy_page_proxies_with_tls(tmp_path) -> None:
         directives = f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;"
         check = subprocess.run(
             ["nginx", "-t", "-c", str(conf), "-p", str(tmp_path), "-g", directives],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert check.returncode == 0, check.stderr
         nginx = subprocess.Popen(
@@ -370,7 +399,9 @@ def test_the_nginx_block_of_the_deploy_page_proxies_with_tls(tmp_path) -> None:
                     )
                     break
                 except requests.ConnectionError:
-                    assert time.monotonic() < deadline and nginx.poll() is None, "nginx did not start"
+                    assert time.monotonic() < deadline and nginx.poll() is None, (
+                        "nginx did not start"
+                    )
                     time.sleep(0.05)
             assert health.status_code == 200 and health.json()["status"] == "ok"
             # nginx's $request_id reaches the server and comes back as its request id.

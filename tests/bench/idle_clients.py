@@ -79,10 +79,19 @@ class _Probe:
         self.round += 1
         body = {
             "client_id": "probe",
-            "changes": [{"n": self.round, "op": "add", "key": f"p{self.round}", "index": [],
-                         "value": {"i": i}}],
+            "changes": [
+                {
+                    "n": self.round,
+                    "op": "add",
+                    "key": f"p{self.round}",
+                    "index": [],
+                    "value": {"i": i},
+                }
+            ],
         }
-        self.session.post(f"{self.url}/v1/stores/probe/push", json=body, timeout=60).raise_for_status()
+        self.session.post(
+            f"{self.url}/v1/stores/probe/push", json=body, timeout=60
+        ).raise_for_status()
 
 
 async def _park(port: int, request: bytes, refused: list[int]) -> tuple[float, int]:
@@ -157,8 +166,10 @@ def idle_clients(folder: Path, n: int, samples: int) -> dict[str, float]:
         result["push_p99_ms"] = p(_latencies(probe.push, samples), 0.99)
 
         written = time.perf_counter()
-        body = {"client_id": "writer", "changes": [{"n": 1, "op": "add", "key": "wake",
-                                                     "index": [], "value": {}}]}
+        body = {
+            "client_id": "writer",
+            "changes": [{"n": 1, "op": "add", "key": "wake", "index": [], "value": {}}],
+        }
         probe.session.post(f"{server.url}/v1/stores/idle/push", json=body, timeout=60)
         runner.join(timeout=WAIT)
         loop.close()
