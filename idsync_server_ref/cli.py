@@ -164,8 +164,8 @@ def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-storage-queue",
         type=whole_number,
         default=_env("max_storage_queue", 256),
-        help="when more storage calls than this wait for a storage thread, requests "
-        "that need storage get 503 storage_busy at once "
+        help="when this many storage calls already wait for a storage thread, a new "
+        "request that needs storage gets 503 storage_busy at once "
         "(IDSYNC_MAX_STORAGE_QUEUE; default %(default)s)",
     )
     parser.add_argument(

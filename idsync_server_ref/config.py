@@ -36,8 +36,8 @@ class ServerConfig:
     connections past it get ``503 server_busy``. ``header_timeout`` and
     ``body_timeout``: seconds a request's headers, then its body, may take
     to arrive before the connection is dropped. ``max_storage_queue``: when
-    more storage calls than this wait for a storage thread, requests that
-    need storage get ``503 storage_busy`` at once. ``metrics``: serve
+    this many storage calls already wait for a storage thread, a new request
+    that needs storage gets ``503 storage_busy`` at once. ``metrics``: serve
     ``/metrics`` (Prometheus text format). ``log_format``: ``text`` or
     ``json`` (one object per line).
     """

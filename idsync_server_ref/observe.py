@@ -51,8 +51,8 @@ def pending_storage_calls(app: ServerApp) -> int:
 class ObservedApp:
     """``app`` with request ids, access log, metrics and the storage queue bound.
 
-    ``max_storage_queue``: when more storage calls than this wait for a
-    thread, requests that need storage get ``503 storage_busy`` with
+    ``max_storage_queue``: when this many storage calls already wait for a
+    thread, a request that needs storage gets ``503 storage_busy`` with
     ``Retry-After`` and the back-off header at once instead of joining the
     queue. ``metrics``: serve ``/metrics`` (behind the token when one is set).
     """
