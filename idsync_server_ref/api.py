@@ -11,7 +11,6 @@ import asyncio
 import functools
 import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from idsync_client.protocol import (
 )
 from idsync_client.wire import FindAnswer, PullAnswer, PushAnswer, SnapshotAnswer, WaitAnswer
 
+from . import metrics
 from .asgi import (
     ClientGone,
     HttpError,
@@ -49,7 +49,6 @@ from .asgi import (
 from .config import ServerConfig
 from .notify import ChangeNotifier
 from .storage import Storage
-from .target import log_safe
 
 access_log = logging.getLogger("idsync.server.access")
 
@@ -150,7 +149,6 @@ class ServerApp:
             return
         if scope["type"] != "http":
             return
-        started = time.perf_counter()
         self._busy += 1
         overloaded = self._busy > self.config.backoff_threshold
         response: Response | None = None
@@ -166,26 +164,6 @@ class ServerApp:
             await response.send(send, head=scope["method"] == "HEAD")
         finally:
             self._busy -= 1
-            self._log(scope, response, started)
-
-    @staticmethod
-    def _log(scope: Scope, response: Response | None, started: float) -> None:
-        # Everything taken from the request is escaped: a CR/LF or other control
-        # character in it must not forge or garble log lines.
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        target = scope.get("raw_path") or b""
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
-        agent = next((v for k, v in scope.get("headers", ()) if k == b"user-agent"), b"-")
-        access_log.info(
-            "%s %s %s %.1fms %s",
-            log_safe(scope.get("method", "")),
-            log_safe(target.decode("latin-1")),
-            response.status if response else "-",
-            (time.perf_counter() - started) * 1000,
-            log_safe(agent.decode("latin-1"), 200),
-        )
 
     async def _dispatch(self, request: Request) -> Response:
         for pattern, methods in self._routes:
@@ -304,6 +282,7 @@ class ServerApp:
             )
         changes = self._parse_changes(raw_changes)
         outcomes = await self._run(self.storage.push, store, client_id, changes)
+        metrics.changes_applied.add(sum(o.status == "applied" for o in outcomes))
         return Response(200, PushAnswer.to_json(outcomes))
 
     def _parse_changes(self, raw_changes: list[Any]) -> list[Change]:

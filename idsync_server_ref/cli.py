@@ -8,6 +8,7 @@ Stops cleanly on SIGINT and SIGTERM.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
@@ -19,7 +20,9 @@ from idsync_client.protocol import Limits
 
 from .api import ServerApp
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, default_database_path
-from .http_server import build_server
+from .http_server import ListenError, build_server, listen_socket
+from .logs import LOG_FORMATS, setup_logging
+from .observe import ObservedApp
 from .storage import StorageError, open_storage
 
 log = logging.getLogger("idsync.server")
@@ -43,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--port",
-        type=int,
-        default=int(_env("port", DEFAULT_PORT)),
+        type=port_number,
+        default=_env("port", DEFAULT_PORT),
         help="port; 0 picks a free one (IDSYNC_PORT; default %(default)s)",
     )
     parser.add_argument(
@@ -56,37 +59,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads",
-        type=int,
-        default=int(_env("threads", 8)),
+        type=whole_number,
+        default=_env("threads", 8),
         help="storage threads: database work runs there, waiting long-polls hold none "
         "(IDSYNC_THREADS; default %(default)s)",
     )
     parser.add_argument(
         "--max-connections",
-        type=int,
-        default=int(_env("max_connections", 10_000)),
+        type=whole_number,
+        default=_env("max_connections", 10_000),
         help="open connections past this get 503 server_busy "
         "(IDSYNC_MAX_CONNECTIONS; default %(default)s)",
     )
     parser.add_argument(
         "--header-timeout",
-        type=float,
-        default=float(_env("header_timeout", 10.0)),
+        type=number,
+        default=_env("header_timeout", 10.0),
         help="seconds a request's headers may take to arrive "
         "(IDSYNC_HEADER_TIMEOUT; default %(default)s)",
     )
     parser.add_argument(
         "--body-timeout",
-        type=float,
-        default=float(_env("body_timeout", 60.0)),
+        type=number,
+        default=_env("body_timeout", 60.0),
         help="seconds a request's body may take to arrive after its headers "
         "(IDSYNC_BODY_TIMEOUT; default %(default)s)",
     )
     parser.add_argument(
         "--busy-timeout-ms",
-        type=int,
-        default=int(_env("busy_timeout_ms", 5000)),
-        help="how long a write waits for the database lock before 503",
+        type=whole_number,
+        default=_env("busy_timeout_ms", 5000),
+        help="how long a write waits for the database lock before 503 "
+        "(IDSYNC_BUSY_TIMEOUT_MS; default %(default)s)",
     )
     parser.add_argument(
         "--auth-token",
@@ -95,27 +99,109 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--backoff-threshold",
-        type=int,
-        default=int(_env("backoff_threshold", 24)),
+        type=whole_number,
+        default=_env("backoff_threshold", 24),
         help="send the back-off hint when more requests are being worked on "
-        "(waiting long-polls do not count)",
+        "(waiting long-polls do not count; IDSYNC_BACKOFF_THRESHOLD; default %(default)s)",
     )
     parser.add_argument(
         "--log-level",
         default=_env("log_level", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(IDSYNC_LOG_LEVEL; default %(default)s)",
     )
+    add_operations_arguments(parser)
     limits = parser.add_argument_group("limits (see docs/protocol.md)")
     defaults = Limits()
     for name in _LIMIT_FLAGS:
         default = getattr(defaults, name)
         limits.add_argument(
             f"--{name.replace('_', '-')}",
-            type=type(default),
-            default=type(default)(_env(name, default)),
+            type=whole_number if isinstance(default, int) else number,
+            default=_env(name, default),
             help=f"(IDSYNC_{name.upper()}; default %(default)s)",
         )
     return parser
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 to 65535 (0 picks a free one)."""
+    if not (text.isascii() and text.strip().isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
+
+
+def whole_number(text: str) -> int:
+    """A whole number, 0 or more (what must be above 0 is checked with the config)."""
+    if not (text.isascii() and text.strip().isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def number(text: str) -> float:
+    """A finite number, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of 0 or more")
+    return value
+
+
+def on_off(text: str) -> bool:
+    """``on``/``off`` (also ``1``/``0``, ``true``/``false``, ``yes``/``no``)."""
+    value = text.strip().lower()
+    if value in ("on", "1", "true", "yes"):
+        return True
+    if value in ("off", "0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not on or off")
+
+
+def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags for running the server in production: queue bound, metrics, logs, version."""
+    parser.add_argument(
+        "--max-storage-queue",
+        type=whole_number,
+        default=_env("max_storage_queue", 256),
+        help="when this many storage calls already wait for a storage thread, a new "
+        "request that needs storage gets 503 storage_busy at once "
+        "(IDSYNC_MAX_STORAGE_QUEUE; default %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=on_off,
+        default=_env("metrics", "on"),
+        metavar="on|off",
+        help="serve Prometheus metrics at /metrics, behind the token when one is set "
+        "(IDSYNC_METRICS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=_env("log_format", "text"),
+        help="text lines or one JSON object per line (IDSYNC_LOG_FORMAT; default %(default)s)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {server_version()}")
+
+
+def server_version() -> str:
+    """The installed package's version."""
+    try:
+        return importlib.metadata.version("idsync")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        from . import __version__
+
+        return __version__
+
+
+def check_choices(args: argparse.Namespace) -> None:
+    """Choices argparse does not check when they come from the environment."""
+    if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"log level {args.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    if args.log_format not in LOG_FORMATS:
+        raise ValueError(f"log format {args.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -133,11 +219,20 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections=args.max_connections,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
+        max_storage_queue=args.max_storage_queue,
+        metrics=args.metrics,
+        log_format=args.log_format,
     )
 
 
 def _check_positive(config: ServerConfig) -> None:
-    for name in ("threads", "max_connections", "header_timeout", "body_timeout"):
+    for name in (
+        "threads",
+        "max_connections",
+        "header_timeout",
+        "body_timeout",
+        "max_storage_queue",
+    ):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be a positive number")
 
@@ -171,31 +266,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if args.log_level != "DEBUG":
-        # uvicorn's start and stop notes repeat ours; its warnings stay.
-        logging.getLogger("uvicorn").setLevel(logging.WARNING)
     try:
+        check_choices(args)
         config = config_from_args(args)
         _check_positive(config)
     except ValueError as exc:
         parser.error(str(exc))
+    setup_logging(args.log_level, config.log_format)
+    if args.log_level != "DEBUG":
+        # uvicorn's start and stop notes repeat ours; its warnings stay.
+        logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    try:
+        sock = listen_socket(config.host, config.port)
+    except ListenError as exc:
+        print(f"idsync-server: {exc}", file=sys.stderr)
+        return 2
     try:
         storage = open_storage(config.database, busy_timeout_ms=config.busy_timeout_ms)
     except (StorageError, ValueError) as exc:
+        sock.close()
         print(f"idsync-server: cannot open {_describe(config.database)}: {exc}", file=sys.stderr)
         return 2
     _raise_open_file_limit(config.max_connections + 256)
     app = ServerApp(storage, config)
+    observed = ObservedApp(app, config.max_storage_queue, metrics=config.metrics)
 
     def listening(port: int) -> None:
         print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
         print(f"idsync-server database {_describe(config.database)}", flush=True)
 
     try:
-        build_server(app, config, listening).run()
+        build_server(observed, config, listening).run(sockets=[sock])
         log.info("stopped")
     finally:
         app.close()

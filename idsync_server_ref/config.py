@@ -35,7 +35,11 @@ class ServerConfig:
     not count), responses carry the back-off hint. ``max_connections``: open
     connections past it get ``503 server_busy``. ``header_timeout`` and
     ``body_timeout``: seconds a request's headers, then its body, may take
-    to arrive before the connection is dropped.
+    to arrive before the connection is dropped. ``max_storage_queue``: when
+    this many storage calls already wait for a storage thread, a new request
+    that needs storage gets ``503 storage_busy`` at once. ``metrics``: serve
+    ``/metrics`` (Prometheus text format). ``log_format``: ``text`` or
+    ``json`` (one object per line).
     """
 
     host: str = DEFAULT_HOST
@@ -50,3 +54,6 @@ class ServerConfig:
     max_connections: int = 10_000
     header_timeout: float = 10.0
     body_timeout: float = 60.0
+    max_storage_queue: int = 256
+    metrics: bool = True
+    log_format: str = "text"

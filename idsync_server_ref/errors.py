@@ -12,6 +12,7 @@ from typing import Any
 
 from idsync_client.protocol import ERRORS, ProtocolViolation
 
+from . import metrics
 from .storage import (
     ResetRequired,
     StorageBusy,
@@ -61,6 +62,7 @@ def error_for(exc: BaseException) -> HttpError:
     if isinstance(exc, StorageBusy):
         return HttpError("storage_busy", "the database is busy; retry shortly")
     if isinstance(exc, StorageError):
+        metrics.storage_errors.add()
         log.error("storage failure: %s", exc)
         return HttpError("storage_unavailable", "the database failed; retry later")
     log.exception("unexpected error", exc_info=exc)

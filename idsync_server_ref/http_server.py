@@ -15,6 +15,8 @@ added here, in the one protocol class uvicorn lets us choose:
   Transfer-Encoding) is refused before the app sees it;
 - the parser's own 400s carry our JSON envelope.
 
+The listening socket is bound before anything else starts
+(:func:`listen_socket`), so a port in use is a clear error at start.
 Stopping (SIGTERM, SIGINT) answers waiting long-polls at once
 (``503 shutting_down``) before uvicorn waits for open requests to end.
 """
@@ -34,9 +36,9 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .api import ServerApp
 from .asgi import HttpError, Response
 from .config import ServerConfig
+from .observe import ObservedApp
 from .target import log_safe
 
 #: How long a refused connection stays open so that the client reads the 503.
@@ -190,11 +192,12 @@ class IdsyncServer(uvicorn.Server):
     """uvicorn's server, telling when it listens and answering long-polls on stop."""
 
     def __init__(
-        self, config: uvicorn.Config, app: ServerApp, on_listening: Callable[[int], None]
+        self, config: uvicorn.Config, app: ObservedApp, on_listening: Callable[[int], None]
     ) -> None:
         super().__init__(config)
         self.app = app
         self.on_listening = on_listening
+        app.watch_connections(lambda: len(self.server_state.connections))
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Listen, then report the port (the one picked, for port 0)."""
@@ -220,10 +223,36 @@ class IdsyncServer(uvicorn.Server):
             self.should_exit = True
 
 
+class ListenError(Exception):
+    """The address cannot be listened on (in use, not ours, not an address)."""
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, so that a bad address fails before serving.
+
+    ListenError names the address and the reason (e.g. the port is in use).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def build_server(
-    app: ServerApp, config: ServerConfig, on_listening: Callable[[int], None]
+    app: ObservedApp, config: ServerConfig, on_listening: Callable[[int], None]
 ) -> IdsyncServer:
-    """The HTTP server for ``app`` as ``config`` says; ``run()`` serves until a signal."""
+    """The HTTP server for ``app`` as ``config`` says; ``run(sockets=[...])`` serves
+    until a signal (see :func:`listen_socket`)."""
     guards = Guards(
         max_connections=config.max_connections,
         header_timeout=config.header_timeout,

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from idsync_client import Client
+from idsync_client.retry import RetryPolicy
 from idsync_server_ref.process import ServerProcess
 
 from .conftest import Api, add
@@ -78,7 +80,9 @@ def wait_until_waiting(api: Api, count: int, timeout: float = 30) -> None:
 
 def test_300_idle_long_polls_leave_the_server_live(tmp_path) -> None:
     polls = 300
-    with ServerProcess(tmp_path / "s.sqlite3", "--threads", "4") as proc:
+    with ServerProcess(
+        tmp_path / "s.sqlite3", "--threads", "4", "--max-storage-queue", "1000"
+    ) as proc:
         api = Api(proc.url)
         api.create_store("live")
         _, cursor = api.pull_all("live")
@@ -229,3 +233,114 @@ def test_connections_past_the_limit_get_503(tmp_path) -> None:
                 break
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+#: The issue's bound for a normal request beside many slow connections.
+NORMAL = 2.0
+
+
+def test_300_trickling_connections_leave_push_pull_and_health_fast(tmp_path) -> None:
+    slow = 300
+    with ServerProcess(tmp_path / "s.sqlite3", "--header-timeout", "8") as proc:
+        api = Api(proc.url)
+        api.create_store("t")
+        socks = [open_request(proc.port, b"GET /v1/health HTTP/1.1\r\nHost") for _ in range(slow)]
+        stop = threading.Event()
+
+        def trickle() -> None:
+            for _ in range(20):
+                for sock in socks:
+                    with contextlib.suppress(OSError):
+                        sock.send(b"x")
+                if stop.wait(0.5):
+                    return
+
+        trickler = threading.Thread(target=trickle)
+        trickler.start()
+        try:
+            for n in range(1, 4):  # more than one round, while the trickle goes on
+                health, elapsed = timed(api.call, "GET", "/v1/health")
+                assert health.status_code == 200 and elapsed < NORMAL
+                out, elapsed = timed(api.push, "t", "c1", [add(n, f"k{n}")])
+                assert out[0]["status"] == "applied" and elapsed < NORMAL
+                (changes, _), elapsed = timed(api.pull_all, "t")
+                assert len(changes) == n and elapsed < NORMAL
+        finally:
+            stop.set()
+            trickler.join(timeout=15)
+            for sock in socks:
+                sock.close()
+
+
+def test_clients_carry_on_across_a_restart_on_the_same_port(tmp_path) -> None:
+    db = tmp_path / "s.sqlite3"
+    proc = ServerProcess(db).start()
+    port = proc.port
+    policy = RetryPolicy(max_attempts=2, sleep=lambda s: None)
+    clients = [Client(tmp_path / f"c{i}.db", proc.url, retry=policy) for i in range(3)]
+    written: list[list[str]] = [[] for _ in clients]
+    restarted = threading.Event()
+
+    def work(i: int, client: Client) -> None:
+        # Write and sync until well after the restart; failed syncs are expected
+        # while the server is down.
+        for round_ in range(200):
+            written[i].append(client.store("notes").add({"c": i, "round": round_}))
+            with contextlib.suppress(Exception):
+                client.sync()
+            if restarted.is_set() and round_ >= 20 and len(written[i]) >= 30:
+                return
+
+    try:
+        threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate(clients)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while min(len(w) for w in written) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert proc.stop() == 0
+        proc = ServerProcess(db, port=port).start()
+        restarted.set()
+        for thread in threads:
+            thread.join(timeout=60)
+            assert not thread.is_alive()
+        for client in clients:  # settle: every write acknowledged
+            for _ in range(10):
+                client.sync()
+                if not any(r.pending for r in client.store("notes")):
+                    break
+            assert not any(r.pending for r in client.store("notes"))
+        changes, _ = Api(proc.url).pull_all("notes")
+        keys = [c["key"] for c in changes]
+        assert sorted(keys) == sorted(k for w in written for k in w), "a write was lost"
+        assert len(keys) == len(set(keys)), "a write was applied twice"
+    finally:
+        for client in clients:
+            client.close()
+        proc.stop()
+
+
+def test_stop_with_300_long_polls_open_answers_every_one_at_once(tmp_path) -> None:
+    polls = 300
+    proc = ServerProcess(tmp_path / "s.sqlite3", "--max-storage-queue", "1000").start()
+    socks: list[socket.socket] = []
+    try:
+        api = Api(proc.url)
+        api.create_store("st")
+        _, cursor = api.pull_all("st")
+        socks = [open_request(proc.port, long_poll("st", cursor)) for _ in range(polls)]
+        wait_until_waiting(api, polls)
+        started = time.monotonic()
+        stopper = threading.Thread(target=proc.stop)
+        stopper.start()
+        for sock in socks:
+            status, _, raw = read_response(sock, 5)
+            assert status == 503 and json.loads(raw)["error"]["code"] == "shutting_down"
+        assert time.monotonic() - started < NORMAL, "long-polls were not answered at once"
+        stopper.join(timeout=15)
+        assert proc.proc is not None and proc.proc.returncode == 0
+    finally:
+        for sock in socks:
+            sock.close()
+        proc.kill()

@@ -21,6 +21,7 @@ from typing import Any
 
 from idsync_server_ref.process import ServerProcess
 
+from . import idle_clients
 from . import workloads as w
 from .report import Row, render_chart, render_markdown
 
@@ -170,6 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     Row("initial sync peak RSS", "MB", initial["peak_rss_mb"], size=size),
                     Row("no-op sync", "ms", inc["noop_ms"], size=size),
                 ]
+        rows += idle_rows(work, args.idle or (300 if args.quick else 5_000), note)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
@@ -185,6 +187,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def idle_rows(work: Path, idle: int, note: Any) -> list[Row]:
+    """Rows of the idle clients and trickling connections workloads."""
+    note(f"bench: {idle:,} idle live clients ...")
+    held = idle_clients.idle_clients(work, idle, 100)
+    note("bench: 500 trickling connections ...")
+    slow = idle_clients.trickling_headers(work, 500, 30)
+    return [
+        Row("health p99, idle server", "ms", held["health_p99_idle_ms"], size=0),
+        Row("health p99, idle clients", "ms", held["health_p99_ms"], size=idle),
+        Row("push p99, idle server", "ms", held["push_p99_idle_ms"], size=0),
+        Row("push p99, idle clients", "ms", held["push_p99_ms"], size=idle),
+        Row("one write reaches all idle clients, p50", "ms", held["fanout_p50_ms"], size=idle),
+        Row("one write reaches all idle clients, p99", "ms", held["fanout_p99_ms"], size=idle),
+        Row("server RSS, idle server", "MB", held["rss_idle_mb"], size=0),
+        Row("server RSS, idle clients", "MB", held["rss_loaded_mb"], size=idle),
+        Row("client sync p50, alone", "ms", slow["sync_p50_alone_ms"], size=0),
+        Row("client sync p50, trickling connections", "ms", slow["sync_p50_trickle_ms"], size=500),
+        Row("client sync p99, trickling connections", "ms", slow["sync_p99_trickle_ms"], size=500),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run, print and save the benchmark."""
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
@@ -197,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         help="run Kinto on a throwaway PostgreSQL cluster (initdb, pg_ctl)",
     )
     parser.add_argument("--n", type=int, help="records (default 100,000; 10,000 quick)")
+    parser.add_argument(
+        "--idle", type=int, help="idle live clients held at once (default 5,000; 300 quick)"
+    )
     parser.add_argument("--peer-n", type=int, help="records for the Kinto comparison")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--silent", action="store_true", help="print only the table")
