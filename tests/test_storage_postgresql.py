@@ -33,6 +33,7 @@ from idsync_server_ref.storage.testing import (  # noqa: E402
     StorageContract,
     add,
 )
+from idsync_server_ref.storage.testing_history import HistoryContract  # noqa: E402
 
 from .conftest import Api  # noqa: E402
 
@@ -88,7 +89,7 @@ class PgBackend(BackendUnderTest):
             del storage._write_batch
 
 
-class TestPostgresqlContract(StorageContract):
+class TestPostgresqlContract(StorageContract, HistoryContract):
     multi_process = True
 
     @pytest.fixture
@@ -116,7 +117,7 @@ def test_an_empty_database_gets_the_schema_and_a_foreign_one_is_refused(pg_clust
     url = pg_cluster.database(empty=True)
     PostgresqlStorage(url).close()
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT value FROM meta").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta").fetchone() == ("3",)
     other = pg_cluster.database(empty=True)
     with psycopg.connect(other, autocommit=True) as conn:
         conn.execute("CREATE TABLE invoices (id int)")

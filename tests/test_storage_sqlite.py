@@ -14,6 +14,7 @@ import pytest
 from idsync_client.protocol import prefix_upper_bound
 from idsync_server_ref.storage import SqliteStorage, Storage, StorageFailure, open_storage
 from idsync_server_ref.storage.testing import BackendUnderTest, StorageContract, add
+from idsync_server_ref.storage.testing_history import HistoryContract
 
 
 class SqliteBackend(BackendUnderTest):
@@ -59,8 +60,9 @@ class SqliteBackend(BackendUnderTest):
             del storage._write_batch
 
 
-class TestSqliteContract(StorageContract):
+class TestSqliteContract(StorageContract, HistoryContract):
     multi_process = False
+    vacuum_shrinks_files = True
 
     @pytest.fixture
     def backend(self, tmp_path: Path) -> Iterator[BackendUnderTest]:

@@ -43,7 +43,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -53,9 +53,11 @@ from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 
-from . import postgresql_schema
+from . import postgresql_schema, transfer
 from .base import (
+    DEFAULT_RETENTION_SECONDS,
     ChangeListener,
+    CompactionReport,
     FindPage,
     Page,
     ResetRequired,
@@ -63,6 +65,7 @@ from .base import (
     Storage,
     StorageBusy,
     StorageFailure,
+    StoreDropped,
     StoreExists,
     StoreInfo,
     StoreNotFound,
@@ -70,7 +73,7 @@ from .base import (
 from .json_text import change_json, record_json, tag_text
 from .listeners import Listeners
 from .migrations import migrate
-from .push_rules import KnownRecord, PushBatch
+from .push_rules import KnownRecord, PushBatch, new_tag
 
 log = logging.getLogger("idsync.server.storage")
 
@@ -83,16 +86,32 @@ _BUSY_STATES = {"55P03", "40001", "40P01"}
 
 # A record's content lives once, in the log entry that added it.
 _CONTENT = "JOIN changes c ON c.store_id = r.store_id AND c.seq = r.added_seq"
+# The tag at the head is kept in the store's row when compaction removed its entry.
 _STORE_INFO = (
     "SELECT s.name, s.epoch, s.head_seq, s.horizon_seq, s.live_records, s.log_length,"
-    " s.created_at, h.tag FROM stores s"
+    " s.created_at, coalesce(h.tag, CASE WHEN s.head_seq = s.horizon_seq THEN s.horizon_tag END),"
+    " s.retention_seconds FROM stores s"
     " LEFT JOIN changes h ON h.store_id = s.id AND h.seq = s.head_seq"
 )
+#: Deleted records whose log entries one compaction transaction removes, at most.
+COMPACT_CHUNK = 500
+_TABLES = ("stores", "changes", "records", "index_items", "client_changes")
 
 
-def _store_info(row: Sequence[Any]) -> StoreInfo:
-    name, epoch, head, horizon, live, length, created_at, tag = row
-    return StoreInfo(name, epoch, head, horizon, live, length, created_at, tag_text(tag))
+def _store_info(row: Sequence[Any], bytes_on_disk: int | None = None) -> StoreInfo:
+    name, epoch, head, horizon, live, length, created_at, tag, retention = row
+    return StoreInfo(
+        name,
+        epoch,
+        head,
+        horizon,
+        live,
+        length,
+        created_at,
+        tag_text(tag),
+        None if retention is None else int(retention),
+        bytes_on_disk,
+    )
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -183,33 +202,49 @@ class PostgresqlStorage(Storage):
             "SELECT id, head_seq FROM stores WHERE name = %s FOR UPDATE", (name,)
         ).fetchone()
         if row is None:
-            raise StoreNotFound(name)
+            raise self._missing(name)
         return int(row[0]), int(row[1])
+
+    def _missing(self, name: str) -> StoreNotFound:
+        """The error for a store that is not there: dropped, or never created."""
+        row = self._sql("SELECT epoch FROM dropped_stores WHERE name = %s", (name,)).fetchone()
+        return StoreNotFound(name) if row is None else StoreDropped(name, row[0])
 
     def _store_at(self, name: str, seq: int | None) -> tuple[int, str, int, int, str]:
         """The store's id, epoch, head and horizon, and the tag of its entry at ``seq``."""
+        # The entry at the horizon may have been compacted away: its tag is
+        # kept in the store's row.
         row = self._sql(
-            "SELECT s.id, s.epoch, s.head_seq, s.horizon_seq, c.tag FROM stores s"
-            " LEFT JOIN changes c ON c.store_id = s.id"
+            "SELECT s.id, s.epoch, s.head_seq, s.horizon_seq, coalesce(c.tag, CASE WHEN"
+            " coalesce(%s::bigint, s.head_seq) = s.horizon_seq THEN s.horizon_tag END)"
+            " FROM stores s LEFT JOIN changes c ON c.store_id = s.id"
             " AND c.seq = coalesce(%s::bigint, s.head_seq) WHERE s.name = %s",
-            (seq, name),
+            (seq, seq, name),
         ).fetchone()
         if row is None:
-            raise StoreNotFound(name)
+            raise self._missing(name)
         store_id, epoch, head, horizon, tag = row
         return store_id, epoch, head, horizon, tag_text(tag)
 
     def _store_id(self, name: str) -> int:
         row = self._sql("SELECT id FROM stores WHERE name = %s", (name,)).fetchone()
         if row is None:
-            raise StoreNotFound(name)
+            raise self._missing(name)
         return int(row[0])
 
     def _info(self, name: str) -> StoreInfo:
         row = self._sql(f"{_STORE_INFO} WHERE s.name = %s", (name,)).fetchone()
         if row is None:
-            raise StoreNotFound(name)
-        return _store_info(row)
+            raise self._missing(name)
+        return _store_info(row, int(self._bytes_per_entry() * row[5]))
+
+    def _bytes_per_entry(self) -> float:
+        """The server tables' size (with indexes and TOAST) over their log entries."""
+        sizes = " + ".join(f"pg_total_relation_size('{table}')" for table in _TABLES)
+        total, entries = self._sql(
+            f"SELECT {sizes}, (SELECT coalesce(sum(log_length), 0) FROM stores)"
+        ).fetchone()
+        return float(total) / float(entries) if entries else 0.0
 
     @staticmethod
     def _check_cursor(cursor: Cursor, epoch: str, head: int, horizon: int, tag: str) -> None:
@@ -229,8 +264,13 @@ class PostgresqlStorage(Storage):
 
     # -- stores -------------------------------------------------------------
 
-    def create_store(self, name: str) -> StoreInfo:
+    def create_store(self, name: str, recreate: bool = False) -> StoreInfo:
         with self._write():
+            missing = self._missing(name)
+            if isinstance(missing, StoreDropped):
+                if not recreate:
+                    raise missing
+                self._sql("DELETE FROM dropped_stores WHERE name = %s", (name,))
             row = self._sql(
                 "INSERT INTO stores (name, epoch, created_at) VALUES (%s, %s, %s)"
                 " ON CONFLICT (name) DO NOTHING RETURNING id",
@@ -243,7 +283,8 @@ class PostgresqlStorage(Storage):
     def list_stores(self) -> list[StoreInfo]:
         with self._read():
             rows = self._sql(f'{_STORE_INFO} ORDER BY s.name COLLATE "C"').fetchall()
-        return [_store_info(row) for row in rows]
+            per_entry = self._bytes_per_entry()
+        return [_store_info(row, int(per_entry * row[5])) for row in rows]
 
     def get_store(self, name: str) -> StoreInfo:
         with self._read():
@@ -254,7 +295,159 @@ class PostgresqlStorage(Storage):
             store_id = self._locked_store(name)[0]
             for table in ("changes", "records", "index_items", "client_changes"):
                 self._sql(f"DELETE FROM {table} WHERE store_id = %s", (store_id,))
-            self._sql("DELETE FROM stores WHERE id = %s", (store_id,))
+            epoch = self._sql(
+                "DELETE FROM stores WHERE id = %s RETURNING epoch", (store_id,)
+            ).fetchone()[0]
+            self._sql(
+                "INSERT INTO dropped_stores (name, epoch, dropped_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET epoch = EXCLUDED.epoch,"
+                " dropped_at = EXCLUDED.dropped_at",
+                (name, epoch, time.time()),
+            )
+
+    def set_retention(self, name: str, seconds: int | None) -> StoreInfo:
+        if seconds is not None and seconds < 0:
+            raise ValueError("retention must be zero or more seconds")
+        with self._write():
+            store_id = self._locked_store(name)[0]
+            self._sql("UPDATE stores SET retention_seconds = %s WHERE id = %s", (seconds, store_id))
+            return self._info(name)
+
+    # -- history ------------------------------------------------------------
+
+    def compact(
+        self,
+        name: str | None = None,
+        now: float | None = None,
+        default_retention: int = DEFAULT_RETENTION_SECONDS,
+    ) -> CompactionReport:
+        started = time.monotonic()
+        now = time.time() if now is None else now
+        names = [name] if name is not None else [s.name for s in self.list_stores()]
+        removed = chunks = 0
+        horizons: dict[str, int] = {}
+        for store in names:
+            while True:
+                # One short transaction per chunk, holding the store's row
+                # lock as a push does: pushes wait at most one chunk.
+                with self._write():
+                    count, horizon = self._compact_chunk(store, now, default_retention)
+                chunks += 1
+                if not count:
+                    break
+                removed += count
+                horizons[store] = horizon
+        return CompactionReport(len(names), removed, horizons, chunks, time.monotonic() - started)
+
+    def _compact_chunk(self, name: str, now: float, default_retention: int) -> tuple[int, int]:
+        """Remove the entries of the oldest deleted records past retention; (removed, horizon)."""
+        store_id = self._locked_store(name)[0]
+        horizon, retention = self._sql(
+            "SELECT horizon_seq, retention_seconds FROM stores WHERE id = %s", (store_id,)
+        ).fetchone()
+        cutoff = now - (default_retention if retention is None else retention)
+        deletes = self._sql(
+            "SELECT seq, key, tag FROM changes WHERE store_id = %s AND seq > %s"
+            " AND op = 'delete' AND logged_at <= %s ORDER BY seq LIMIT %s",
+            (store_id, horizon, cutoff, COMPACT_CHUNK),
+        ).fetchall()
+        if not deletes:
+            return 0, int(horizon)
+        removed = self._sql(
+            "DELETE FROM changes WHERE store_id = %s AND seq IN ("
+            " SELECT unnest(%s::bigint[]) UNION ALL"
+            " SELECT added_seq FROM records WHERE store_id = %s AND key = ANY(%s))",
+            (store_id, [seq for seq, _, _ in deletes], store_id, [k for _, k, _ in deletes]),
+        ).rowcount
+        # Every cursor that could miss a removed delete is now behind the
+        # horizon; the one at the horizon keeps its tag.
+        new_horizon, _, tag = deletes[-1]
+        self._sql(
+            "UPDATE stores SET horizon_seq = %s, horizon_tag = %s, log_length = log_length - %s"
+            " WHERE id = %s",
+            (new_horizon, tag, removed, store_id),
+        )
+        return int(removed), int(new_horizon)
+
+    def vacuum(self) -> None:
+        """Nothing to do: PostgreSQL's autovacuum reuses the space compaction freed.
+
+        The tables' files do not shrink (a ``VACUUM FULL`` would lock them);
+        their free space serves new rows.
+        """
+
+    def export_store(self, name: str) -> Iterator[str]:
+        with self._read():
+            store_id = self._store_id(name)
+            epoch, head = self._sql(
+                "SELECT epoch, head_seq FROM stores WHERE id = %s", (store_id,)
+            ).fetchone()
+            records = self._sql(
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                " WHERE r.store_id = %s AND r.deleted_seq IS NULL ORDER BY r.added_seq",
+                (store_id,),
+            ).fetchall()
+            deleted = self._sql(
+                "SELECT key, deleted_seq FROM records WHERE store_id = %s"
+                " AND deleted_seq IS NOT NULL ORDER BY deleted_seq",
+                (store_id,),
+            ).fetchall()
+        yield transfer.header_line(name, epoch, int(head))
+        for row in records:
+            yield record_json(*row)
+        for key, seq in deleted:
+            yield transfer.deleted_line(key, int(seq))
+
+    def import_store(self, name: str, lines: Iterable[str]) -> StoreInfo:
+        data = transfer.read_export(lines)  # every line checked before anything is written
+        now = time.time()
+        head = data.head_seq
+        with self._write():
+            self._sql("DELETE FROM dropped_stores WHERE name = %s", (name,))
+            # The log before the head is not carried over: the horizon is the
+            # head, so every client reloads a snapshot (new epoch anyway).
+            row = self._sql(
+                "INSERT INTO stores (name, epoch, head_seq, horizon_seq, horizon_tag,"
+                " live_records, log_length, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING RETURNING id",
+                (
+                    name,
+                    secrets.token_hex(8),
+                    head,
+                    head,
+                    new_tag() if head else None,
+                    len(data.records),
+                    len(data.records),
+                    now,
+                ),
+            ).fetchone()
+            if row is None:
+                raise StoreExists(name)
+            store_id = int(row[0])
+            self._rows(
+                "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag,"
+                " logged_at) SELECT %s, u.seq, 'add', u.key, u.ij, u.vj, u.tag, %s"
+                " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[])"
+                " AS u(seq, key, ij, vj, tag)",
+                (store_id, now),
+                [(seq, key, ij, vj, new_tag()) for key, ij, vj, seq in data.records],
+            )
+            every: list[tuple[str, int, int | None]] = [(k, s, None) for k, _, _, s in data.records]
+            every += [(key, seq, seq) for key, seq in data.deleted]
+            self._rows(
+                "INSERT INTO records (store_id, key, added_seq, deleted_seq)"
+                " SELECT %s, * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])",
+                (store_id,),
+                every,
+            )
+            self._sql(
+                "INSERT INTO index_items (store_id, item, record_id)"
+                " SELECT r.store_id, jsonb_array_elements_text(c.index_json::jsonb), r.id"
+                f" FROM records r {_CONTENT} WHERE r.store_id = %s AND r.deleted_seq IS NULL"
+                " ON CONFLICT DO NOTHING",
+                (store_id,),
+            )
+            return self._info(name)
 
     # -- writes -------------------------------------------------------------
 
@@ -282,9 +475,12 @@ class PostgresqlStorage(Storage):
         return {row[0]: tuple(row[1:]) for row in rows}
 
     def _known_records(self, store_id: int, keys: list[str]) -> dict[str, KnownRecord]:
+        # A deleted record's entries may be compacted away: its row alone says
+        # the key was used (LEFT JOIN), and its content is no longer compared.
         rows = self._sql(
-            "SELECT r.key, r.id, c.index_json, c.value_json, r.added_seq, r.deleted_seq"
-            f" FROM records r {_CONTENT} WHERE r.store_id = %s AND r.key = ANY(%s)",
+            "SELECT r.key, r.id, coalesce(c.index_json, '[]'), coalesce(c.value_json, 'null'),"
+            f" r.added_seq, r.deleted_seq FROM records r LEFT {_CONTENT}"
+            " WHERE r.store_id = %s AND r.key = ANY(%s)",
             (store_id, sorted(set(keys))),
         ).fetchall()
         return {row[0]: KnownRecord(*row[1:]) for row in rows}
@@ -305,10 +501,10 @@ class PostgresqlStorage(Storage):
         # One statement per table, the rows passed as arrays: a batch costs a
         # few round trips whatever its size.
         self._rows(
-            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag)"
-            " SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
-            " %s::text[], %s::bigint[])",
-            (store_id,),
+            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag, logged_at)"
+            " SELECT %s, u.*, %s FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
+            " %s::text[], %s::bigint[]) AS u",
+            (store_id, time.time()),
             batch.log,
         )
         self._rows(

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,11 @@ from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 from idsync_client.sqlitedb import open_database
 
-from . import sqlite_migrations
+from . import sqlite_migrations, transfer
 from .base import (
+    DEFAULT_RETENTION_SECONDS,
     ChangeListener,
+    CompactionReport,
     FindPage,
     Page,
     ResetRequired,
@@ -34,6 +36,7 @@ from .base import (
     Storage,
     StorageBusy,
     StorageFailure,
+    StoreDropped,
     StoreExists,
     StoreInfo,
     StoreNotFound,
@@ -41,7 +44,7 @@ from .base import (
 from .json_text import record_json, tag_text
 from .listeners import Listeners
 from .migrations import migrate
-from .push_rules import KnownRecord, PushBatch
+from .push_rules import KnownRecord, PushBatch, new_tag
 
 _CHANGE_JSON = (
     'CASE op WHEN \'add\' THEN \'{"seq":\' || seq || \',"op":"add","key":\' || json_quote(key)'
@@ -50,19 +53,34 @@ _CHANGE_JSON = (
 )
 # A record's content lives once, in the log entry that added it.
 _CONTENT = "JOIN changes c ON c.store_id = r.store_id AND c.seq = r.added_seq"
-# A store's figures and the tag of the entry at its head.
+# A store's figures and the tag of the entry at its head (kept in the store's
+# row when compaction removed that entry).
 _STORE_INFO = (
     "SELECT s.name, s.epoch, s.head_seq, s.horizon_seq, s.live_records, s.log_length,"
-    " s.created_at, h.tag FROM stores s"
+    " s.created_at, coalesce(h.tag, CASE WHEN s.head_seq = s.horizon_seq THEN s.horizon_tag END),"
+    " s.retention_seconds FROM stores s"
     " LEFT JOIN changes h ON h.store_id = s.id AND h.seq = s.head_seq"
 )
 # SQLite's bound on host parameters is 999 in old builds: look keys up in chunks.
 _CHUNK = 500
+#: Deleted records whose log entries one compaction transaction removes, at most.
+COMPACT_CHUNK = 500
 
 
-def _store_info(row: Sequence[Any]) -> StoreInfo:
-    name, epoch, head, horizon, live, length, created_at, tag = row
-    return StoreInfo(name, epoch, head, horizon, live, length, created_at, tag_text(tag))
+def _store_info(row: Sequence[Any], bytes_on_disk: int | None = None) -> StoreInfo:
+    name, epoch, head, horizon, live, length, created_at, tag, retention = row
+    return StoreInfo(
+        name,
+        epoch,
+        head,
+        horizon,
+        live,
+        length,
+        created_at,
+        tag_text(tag),
+        retention,
+        bytes_on_disk,
+    )
 
 
 class SqliteStorage(Storage):
@@ -84,6 +102,10 @@ class SqliteStorage(Storage):
         self._listeners = Listeners()
         with self._guard():
             self.db = open_database(self.path, "FULL", busy_timeout_ms)
+            # Space freed by compaction goes back to the file system on
+            # vacuum(); the mode must be set before WAL and the first table.
+            pragmas = [("auto_vacuum", "incremental"), *self.db._pragmas]  # type: ignore[attr-defined]
+            self.db._pragmas = pragmas  # type: ignore[attr-defined]
             # Each connection serves its own thread only; close() may close
             # them from another.
             self.db.connect_params["check_same_thread"] = False
@@ -91,6 +113,7 @@ class SqliteStorage(Storage):
                 # Looked up at open time: tests replace the steps to crash one.
                 steps = sqlite_migrations.STEPS
                 migrate(sqlite_migrations.SqliteSchemaTarget(self.db), steps, str(self.path))
+                sqlite_migrations.switch_to_incremental_vacuum(self.db)
 
     # -- plumbing -----------------------------------------------------------
 
@@ -139,12 +162,17 @@ class SqliteStorage(Storage):
         cursor: sqlite3.Cursor = self.db.execute_sql(sql, params)
         return cursor
 
+    def _missing(self, name: str) -> StoreNotFound:
+        """The error for a store that is not there: dropped, or never created."""
+        row = self._sql("SELECT epoch FROM dropped_stores WHERE name = ?", (name,)).fetchone()
+        return StoreNotFound(name) if row is None else StoreDropped(name, row[0])
+
     def _store_row(self, name: str) -> tuple[int, str, int, int]:
         row = self._sql(
             "SELECT id, epoch, head_seq, horizon_seq FROM stores WHERE name = ?", (name,)
         ).fetchone()
         if row is None:
-            raise StoreNotFound(name)
+            raise self._missing(name)
         store_id, epoch, head, horizon = row
         return store_id, epoch, head, horizon
 
@@ -154,22 +182,33 @@ class SqliteStorage(Storage):
         ``seq`` None means the head. One statement: the entry is found by its
         primary key, so checking a cursor costs one indexed lookup.
         """
+        # The entry at the horizon may have been compacted away: its tag is
+        # kept in the store's row.
         row = self._sql(
-            "SELECT s.id, s.epoch, s.head_seq, s.horizon_seq, c.tag FROM stores s"
+            "SELECT s.id, s.epoch, s.head_seq, s.horizon_seq, coalesce(c.tag, CASE WHEN"
+            " coalesce(?, s.head_seq) = s.horizon_seq THEN s.horizon_tag END) FROM stores s"
             " LEFT JOIN changes c ON c.store_id = s.id AND c.seq = coalesce(?, s.head_seq)"
             " WHERE s.name = ?",
-            (seq, name),
+            (seq, seq, name),
         ).fetchone()
         if row is None:
-            raise StoreNotFound(name)
+            raise self._missing(name)
         store_id, epoch, head, horizon, tag = row
         return store_id, epoch, head, horizon, tag_text(tag)
 
     def _info(self, name: str) -> StoreInfo:
         row = self._sql(f"{_STORE_INFO} WHERE s.name = ?", (name,)).fetchone()
         if row is None:
-            raise StoreNotFound(name)
-        return _store_info(row)
+            raise self._missing(name)
+        return _store_info(row, self._bytes_per_entry() * row[5])
+
+    def _bytes_per_entry(self) -> float:
+        """The database's used bytes over its log entries: a store's share is per entry."""
+        page_size = self._sql("PRAGMA page_size").fetchone()[0]
+        pages = self._sql("PRAGMA page_count").fetchone()[0]
+        free = self._sql("PRAGMA freelist_count").fetchone()[0]
+        entries = self._sql("SELECT coalesce(sum(log_length), 0) FROM stores").fetchone()[0]
+        return (pages - free) * page_size / entries if entries else 0.0
 
     @staticmethod
     def _check_cursor(cursor: Cursor, epoch: str, head: int, horizon: int, tag: str) -> None:
@@ -191,11 +230,15 @@ class SqliteStorage(Storage):
 
     # -- stores -------------------------------------------------------------
 
-    def create_store(self, name: str) -> StoreInfo:
+    def create_store(self, name: str, recreate: bool = False) -> StoreInfo:
         with self._write():
             exists = self._sql("SELECT 1 FROM stores WHERE name = ?", (name,)).fetchone()
             if exists:
                 raise StoreExists(name)
+            missing = self._missing(name)
+            if isinstance(missing, StoreDropped) and not recreate:
+                raise missing
+            self._sql("DELETE FROM dropped_stores WHERE name = ?", (name,))
             self._sql(
                 "INSERT INTO stores (name, epoch, head_seq, horizon_seq, live_records,"
                 " log_length, created_at) VALUES (?, ?, 0, 0, 0, 0, ?)",
@@ -206,7 +249,8 @@ class SqliteStorage(Storage):
     def list_stores(self) -> list[StoreInfo]:
         with self._read():
             rows = self._sql(f"{_STORE_INFO} ORDER BY s.name").fetchall()
-        return [_store_info(row) for row in rows]
+            per_entry = self._bytes_per_entry()
+        return [_store_info(row, int(per_entry * row[5])) for row in rows]
 
     def get_store(self, name: str) -> StoreInfo:
         with self._read():
@@ -214,10 +258,164 @@ class SqliteStorage(Storage):
 
     def drop_store(self, name: str) -> None:
         with self._write():
-            store_id = self._store_row(name)[0]
+            store_id, epoch, _head, _horizon = self._store_row(name)
             for table in ("changes", "records", "index_items", "client_changes"):
                 self._sql(f"DELETE FROM {table} WHERE store_id = ?", (store_id,))
             self._sql("DELETE FROM stores WHERE id = ?", (store_id,))
+            self._sql(
+                "INSERT OR REPLACE INTO dropped_stores (name, epoch, dropped_at) VALUES (?, ?, ?)",
+                (name, epoch, time.time()),
+            )
+
+    def set_retention(self, name: str, seconds: int | None) -> StoreInfo:
+        if seconds is not None and seconds < 0:
+            raise ValueError("retention must be zero or more seconds")
+        with self._write():
+            store_id = self._store_row(name)[0]
+            self._sql("UPDATE stores SET retention_seconds = ? WHERE id = ?", (seconds, store_id))
+            return self._info(name)
+
+    # -- history ------------------------------------------------------------
+
+    def compact(
+        self,
+        name: str | None = None,
+        now: float | None = None,
+        default_retention: int = DEFAULT_RETENTION_SECONDS,
+    ) -> CompactionReport:
+        started = time.monotonic()
+        now = time.time() if now is None else now
+        names = [name] if name is not None else [s.name for s in self.list_stores()]
+        removed = chunks = 0
+        horizons: dict[str, int] = {}
+        for store in names:
+            while True:
+                # One short transaction per chunk: pushes wait at most one chunk.
+                with self._write():
+                    count, horizon = self._compact_chunk(store, now, default_retention)
+                chunks += 1
+                if not count:
+                    break
+                removed += count
+                horizons[store] = horizon
+        return CompactionReport(len(names), removed, horizons, chunks, time.monotonic() - started)
+
+    def _compact_chunk(self, name: str, now: float, default_retention: int) -> tuple[int, int]:
+        """Remove the entries of the oldest deleted records past retention; (removed, horizon)."""
+        row = self._sql(
+            "SELECT id, horizon_seq, retention_seconds FROM stores WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise self._missing(name)
+        store_id, horizon, retention = row
+        cutoff = now - (default_retention if retention is None else retention)
+        # Deletes past the horizon, oldest first (entries at or below it are gone already).
+        deletes = self._sql(
+            "SELECT seq, key, tag FROM changes WHERE store_id = ? AND seq > ? AND op = 'delete'"
+            " AND logged_at <= ? ORDER BY seq LIMIT ?",
+            (store_id, horizon, cutoff, COMPACT_CHUNK),
+        ).fetchall()
+        if not deletes:
+            return 0, horizon
+        adds = self._chunked(
+            "SELECT added_seq FROM records WHERE store_id = ? AND key IN ({marks})",
+            (store_id,),
+            [key for _, key, _ in deletes],
+        )
+        seqs = [seq for (seq,) in adds] + [seq for seq, _, _ in deletes]
+        removed = 0
+        for start in range(0, len(seqs), _CHUNK):
+            chunk = seqs[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            removed += self._sql(
+                f"DELETE FROM changes WHERE store_id = ? AND seq IN ({marks})", (store_id, *chunk)
+            ).rowcount
+        # Every cursor that could miss a removed delete is now behind the
+        # horizon; the one at the horizon keeps its tag.
+        new_horizon, _, tag = deletes[-1]
+        self._sql(
+            "UPDATE stores SET horizon_seq = ?, horizon_tag = ?, log_length = log_length - ?"
+            " WHERE id = ?",
+            (new_horizon, tag, removed, store_id),
+        )
+        return removed, new_horizon
+
+    def vacuum(self) -> None:
+        """Return free pages to the file system (incremental vacuum), then truncate the WAL."""
+        with self._guard(), self._write_lock:
+            self._connect()
+            self._sql("PRAGMA incremental_vacuum").fetchall()
+            # The main file shrinks when the WAL is copied back into it.
+            self._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def export_store(self, name: str) -> Iterator[str]:
+        with self._read():
+            store_id, epoch, head, _horizon = self._store_row(name)
+            records = self._sql(
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                " WHERE r.store_id = ? AND r.deleted_seq IS NULL ORDER BY r.added_seq",
+                (store_id,),
+            ).fetchall()
+            deleted = self._sql(
+                "SELECT key, deleted_seq FROM records WHERE store_id = ?"
+                " AND deleted_seq IS NOT NULL ORDER BY deleted_seq",
+                (store_id,),
+            ).fetchall()
+        yield transfer.header_line(name, epoch, head)
+        for row in records:
+            yield record_json(*row)
+        for key, seq in deleted:
+            yield transfer.deleted_line(key, seq)
+
+    def import_store(self, name: str, lines: Iterable[str]) -> StoreInfo:
+        data = transfer.read_export(lines)  # every line checked before anything is written
+        now = time.time()
+        with self._write():
+            if self._sql("SELECT 1 FROM stores WHERE name = ?", (name,)).fetchone():
+                raise StoreExists(name)
+            self._sql("DELETE FROM dropped_stores WHERE name = ?", (name,))
+            # The log before the head is not carried over: the horizon is the
+            # head, so every client reloads a snapshot (new epoch anyway).
+            head = data.head_seq
+            store_id = self._sql(
+                "INSERT INTO stores (name, epoch, head_seq, horizon_seq, horizon_tag,"
+                " live_records, log_length, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    secrets.token_hex(8),
+                    head,
+                    head,
+                    new_tag() if head else None,
+                    len(data.records),
+                    len(data.records),
+                    now,
+                ),
+            ).lastrowid
+            first_id = self._next_record_id()
+            conn = self.db.connection()
+            conn.executemany(
+                "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag,"
+                " logged_at) VALUES (?, ?, 'add', ?, ?, ?, ?, ?)",
+                [(store_id, seq, key, ij, vj, new_tag(), now) for key, ij, vj, seq in data.records],
+            )
+            conn.executemany(
+                "INSERT INTO records (id, store_id, key, added_seq, deleted_seq)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (first_id + i, store_id, key, seq, None)
+                    for i, (key, _, _, seq) in enumerate(data.records)
+                ]
+                + [(None, store_id, key, seq, seq) for key, seq in data.deleted],
+            )
+            conn.executemany(
+                "INSERT INTO index_items (store_id, item, record_id) VALUES (?, ?, ?)",
+                [
+                    (store_id, item, first_id + i)
+                    for i, (_, index_json, _, _) in enumerate(data.records)
+                    for item in jsoncodec.loads(index_json)
+                ],
+            )
+            return self._info(name)
 
     # -- writes -------------------------------------------------------------
 
@@ -268,9 +466,12 @@ class SqliteStorage(Storage):
         return {row[0]: row[1:] for row in rows}
 
     def _known_records(self, store_id: int, keys: list[str]) -> dict[str, KnownRecord]:
+        # A deleted record's entries may be compacted away: its row alone says
+        # the key was used (LEFT JOIN), and its content is no longer compared.
         rows = self._chunked(
-            "SELECT r.key, r.id, c.index_json, c.value_json, r.added_seq, r.deleted_seq"
-            f" FROM records r {_CONTENT} WHERE r.store_id = ? AND r.key IN ({{marks}})",
+            "SELECT r.key, r.id, coalesce(c.index_json, '[]'), coalesce(c.value_json, 'null'),"
+            f" r.added_seq, r.deleted_seq FROM records r LEFT {_CONTENT}"
+            " WHERE r.store_id = ? AND r.key IN ({marks})",
             (store_id,),
             sorted(set(keys)),
         )
@@ -278,10 +479,11 @@ class SqliteStorage(Storage):
 
     def _write_batch(self, store_id: int, client_id: str, batch: PushBatch) -> None:
         conn = self.db.connection()
+        now = time.time()
         conn.executemany(
-            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(store_id, *row) for row in batch.log],
+            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag, logged_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(store_id, *row, now) for row in batch.log],
         )
         new = [(key, rec) for key, rec in batch.known.items() if rec.new]
         conn.executemany(

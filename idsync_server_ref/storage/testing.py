@@ -255,7 +255,7 @@ class StorageContract:
         with pytest.raises(StoreNotFound):
             storage.get_store("notes")
         with pytest.raises(StoreExists):
-            storage.create_store(storage.create_store("notes").name)
+            storage.create_store(storage.create_store("notes", recreate=True).name)
         with pytest.raises(ResetRequired):
             storage.pull("notes", old, 10, 1000)
         assert storage.get_record("notes", "a") is None
