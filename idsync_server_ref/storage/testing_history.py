@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
@@ -259,7 +260,7 @@ class HistoryContract:
         storage.push("notes", "c1", [add(1, "a")])
         old = storage.get_store("notes")
         storage.drop_store("notes")
-        calls = [
+        calls: list[Callable[[], object]] = [
             lambda: storage.push("notes", "c1", [add(2, "b")]),
             lambda: storage.pull("notes", old.head_cursor, 10, 10**6),
             lambda: storage.snapshot("notes", None, 0, 10, 10**6),
