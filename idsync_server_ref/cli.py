@@ -17,6 +17,7 @@ from typing import Any
 
 from idsync_client.protocol import Limits
 
+from . import admin, compaction
 from .api import ServerApp
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, default_database_path
 from .http_server import build_server
@@ -34,7 +35,9 @@ def _env(name: str, default: Any) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``idsync-server``."""
     parser = argparse.ArgumentParser(
-        prog="idsync-server", description="Run the idsync reference sync server."
+        prog="idsync-server",
+        description="Run the idsync reference sync server.",
+        epilog=admin.EPILOG,
     )
     parser.add_argument(
         "--host",
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("log_level", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
     )
+    compaction.add_flags(parser)
     limits = parser.add_argument_group("limits (see docs/protocol.md)")
     defaults = Limits()
     for name in _LIMIT_FLAGS:
@@ -168,7 +172,13 @@ def _describe(database: str | Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server until SIGINT/SIGTERM; returns the process exit status."""
+    """Run the server until SIGINT/SIGTERM; returns the process exit status.
+
+    ``idsync-server COMMAND ...`` runs a maintenance command instead (:mod:`.admin`).
+    """
+    command = admin.command_in(sys.argv[1:] if argv is None else argv)
+    if command is not None:
+        return admin.main(command)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -180,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         _check_positive(config)
+        compaction.parse_duration(args.retention)
+        compaction.parse_duration(args.compact_every)
     except ValueError as exc:
         parser.error(str(exc))
     try:
@@ -189,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _raise_open_file_limit(config.max_connections + 256)
     app = ServerApp(storage, config)
+    schedule = compaction.schedule_from_args(storage, args).start()
 
     def listening(port: int) -> None:
         print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
@@ -198,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_server(app, config, listening).run()
         log.info("stopped")
     finally:
+        schedule.stop()
         app.close()
         storage.close()
     return 0

@@ -62,7 +62,6 @@ class SqliteBackend(BackendUnderTest):
 
 class TestSqliteContract(StorageContract, HistoryContract):
     multi_process = False
-    vacuum_shrinks_files = True
 
     @pytest.fixture
     def backend(self, tmp_path: Path) -> Iterator[BackendUnderTest]:

@@ -344,7 +344,8 @@ class SqliteStorage(Storage):
         """Return free pages to the file system (incremental vacuum), then truncate the WAL."""
         with self._guard(), self._write_lock:
             self._connect()
-            self._sql("PRAGMA incremental_vacuum").fetchall()
+            # executescript steps the pragma to its end; execute() would free one page.
+            self.db.connection().executescript("PRAGMA incremental_vacuum")
             # The main file shrinks when the WAL is copied back into it.
             self._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 

@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -97,9 +97,6 @@ class _Replica:
 
 class HistoryContract:
     """Compaction, retention, dropped stores and export/import, for every backend."""
-
-    #: :meth:`Storage.vacuum` gives freed space back to the file system.
-    vacuum_shrinks_files: ClassVar[bool] = False
 
     def test_compaction_removes_deleted_records_and_moves_the_horizon(
         self, storage: Storage
