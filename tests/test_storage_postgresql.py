@@ -22,6 +22,7 @@ psycopg = pytest.importorskip("psycopg", reason="the postgresql extra (psycopg) 
 from idsync_client import Client, RetryPolicy  # noqa: E402
 from idsync_server_ref.process import ServerProcess  # noqa: E402
 from idsync_server_ref.storage import (  # noqa: E402
+    ResetRequired,
     Storage,
     StorageBusy,
     StorageFailure,
@@ -261,3 +262,40 @@ def test_an_unreachable_database_is_a_storage_failure_and_the_password_stays_hid
     assert result.returncode == 2
     assert f"cannot open postgresql://idsync@127.0.0.1:{port}/idsync" in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_a_store_moves_from_sqlite_to_postgresql_and_back(pg_url: str, tmp_path: Path) -> None:
+    from idsync_server_ref.storage import SqliteStorage
+    from idsync_server_ref.storage.testing import delete
+    from idsync_server_ref.storage.testing_history import snapshot_records
+
+    lite = SqliteStorage(tmp_path / "db.sqlite3")
+    pg = PostgresqlStorage(pg_url)
+    back = SqliteStorage(tmp_path / "back.sqlite3")
+    try:
+        lite.create_store("notes")
+        lite.push(
+            "notes",
+            "c1",
+            [
+                add(1, "a", {"n": 2**63 - 1}, ("tag:x",)),
+                add(2, "b", [0.1, False, None]),
+                add(3, "c", "\u00e9\U0001f600", ("owner:ana", "tag:x")),
+                delete(4, "b"),
+            ],
+        )
+        expected, old_at = snapshot_records(lite)
+        lines = list(lite.export_store("notes"))
+        moved = pg.import_store("notes", lines)
+        assert moved.head_seq == 4 and moved.live_records == 2
+        assert snapshot_records(pg)[0] == expected
+        with pytest.raises(ResetRequired):
+            pg.pull("notes", old_at, 10, 10**6)
+        assert pg.push("notes", "c2", [add(1, "b")])[0].code == "key_deleted"
+        assert list(pg.export_store("notes"))[1:] == lines[1:]
+        back.import_store("notes", pg.export_store("notes"))
+        assert snapshot_records(back)[0] == expected
+    finally:
+        lite.close()
+        pg.close()
+        back.close()
