@@ -102,9 +102,12 @@ class HistoryContract:
         self, storage: Storage
     ) -> None:
         storage.push("notes", "c1", [add(1, "a"), add(2, "b"), add(3, "c")])
+        at_removed_add = storage.pull("notes", None, 1, 10**6).cursor
         before_delete = storage.get_store("notes").head_cursor
         storage.push("notes", "c1", [delete(4, "a"), delete(5, "b")])
+        at_removed_delete = storage.pull("notes", before_delete, 1, 10**6).cursor
         at_horizon = storage.get_store("notes").head_cursor
+        assert (at_removed_add.seq, at_removed_delete.seq) == (1, 4)
         storage.push("notes", "c1", [add(6, "d")])
         storage.set_retention("notes", 0)
         report = storage.compact("notes", now=_later())
@@ -112,7 +115,7 @@ class HistoryContract:
         info = storage.get_store("notes")
         assert (info.horizon_seq, info.log_length, info.live_records) == (5, 2, 2)
         # A cursor that saw an add but not its delete would keep a stale record.
-        for behind in (None, before_delete):
+        for behind in (None, at_removed_add, before_delete, at_removed_delete):
             with pytest.raises(ResetRequired, match="horizon"):
                 storage.pull("notes", behind, 10, 10**6)
         # The cursor at the horizon names a removed entry: it stays valid.
