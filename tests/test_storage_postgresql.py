@@ -26,6 +26,7 @@ from idsync_server_ref.storage import (  # noqa: E402
     Storage,
     StorageBusy,
     StorageFailure,
+    StoreDropped,
     open_storage,
 )
 from idsync_server_ref.storage.postgresql import PostgresqlStorage  # noqa: E402
@@ -33,6 +34,7 @@ from idsync_server_ref.storage.testing import (  # noqa: E402
     BackendUnderTest,
     StorageContract,
     add,
+    delete,
 )
 from idsync_server_ref.storage.testing_history import HistoryContract  # noqa: E402
 
@@ -266,7 +268,6 @@ def test_an_unreachable_database_is_a_storage_failure_and_the_password_stays_hid
 
 def test_a_store_moves_from_sqlite_to_postgresql_and_back(pg_url: str, tmp_path: Path) -> None:
     from idsync_server_ref.storage import SqliteStorage
-    from idsync_server_ref.storage.testing import delete
     from idsync_server_ref.storage.testing_history import snapshot_records
 
     lite = SqliteStorage(tmp_path / "db.sqlite3")
@@ -299,3 +300,26 @@ def test_a_store_moves_from_sqlite_to_postgresql_and_back(pg_url: str, tmp_path:
         lite.close()
         pg.close()
         back.close()
+
+
+def test_a_schema_2_database_is_migrated_to_3_with_its_data(pg: PgBackend) -> None:
+    storage = pg.open()
+    storage.create_store("notes")
+    storage.push("notes", "c1", [add(1, "a"), add(2, "b")])
+    storage.close()
+    # Back to the tables of schema 2, as release 0.2 left them.
+    pg.sql("DROP TABLE dropped_stores")
+    pg.sql("ALTER TABLE changes DROP COLUMN logged_at")
+    pg.sql("ALTER TABLE stores DROP COLUMN retention_seconds, DROP COLUMN horizon_tag")
+    pg.set_schema_version(2)
+    storage = pg.open()
+    try:
+        assert pg.sql("SELECT value FROM meta") == [("3",)]
+        assert [r[0] for r in pg.sql("SELECT key FROM changes ORDER BY seq")] == ["a", "b"]
+        storage.push("notes", "c1", [delete(3, "a")])
+        assert storage.compact("notes", now=time.time() + 8 * 86400).entries_removed == 2
+        storage.drop_store("notes")
+        with pytest.raises(StoreDropped):
+            storage.push("notes", "c1", [add(4, "c")])
+    finally:
+        storage.close()
