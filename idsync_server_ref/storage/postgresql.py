@@ -39,11 +39,10 @@ deadlocks as :class:`StorageBusy`, the rest as :class:`StorageFailure`.
 from __future__ import annotations
 
 import contextlib
-import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -53,7 +52,7 @@ from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 
-from . import postgresql_schema, transfer
+from . import postgresql_history, postgresql_schema
 from .base import (
     DEFAULT_RETENTION_SECONDS,
     ChangeListener,
@@ -73,19 +72,14 @@ from .base import (
 from .json_text import change_json, record_json, tag_text
 from .listeners import Listeners
 from .migrations import migrate
-from .push_rules import KnownRecord, PushBatch, new_tag
-
-log = logging.getLogger("idsync.server.storage")
-
-#: The notification channel; the payload is ``"<store> <head_seq>"``.
-CHANNEL = "idsync_changes"
+from .postgresql_history import CONTENT
+from .postgresql_listen import CHANNEL, ListenerThread
+from .push_rules import KnownRecord, PushBatch
 
 # SQLSTATEs after which retrying soon can succeed: lock_not_available,
 # serialization_failure, deadlock_detected.
 _BUSY_STATES = {"55P03", "40001", "40P01"}
 
-# A record's content lives once, in the log entry that added it.
-_CONTENT = "JOIN changes c ON c.store_id = r.store_id AND c.seq = r.added_seq"
 # The tag at the head is kept in the store's row when compaction removed its entry.
 _STORE_INFO = (
     "SELECT s.name, s.epoch, s.head_seq, s.horizon_seq, s.live_records, s.log_length,"
@@ -93,8 +87,6 @@ _STORE_INFO = (
     " s.retention_seconds FROM stores s"
     " LEFT JOIN changes h ON h.store_id = s.id AND h.seq = s.head_seq"
 )
-#: Deleted records whose log entries one compaction transaction removes, at most.
-COMPACT_CHUNK = 500
 _TABLES = ("stores", "changes", "records", "index_items", "client_changes")
 
 
@@ -143,7 +135,7 @@ class PostgresqlStorage(Storage):
         self.url = url
         self.busy_timeout_ms = busy_timeout_ms
         self._listeners = Listeners()
-        self._listener: _ListenerThread | None = None
+        self._listener: ListenerThread | None = None
         self._listen_lock = threading.Lock()
         self.db = PooledPostgresqlDatabase(
             url,
@@ -313,7 +305,7 @@ class PostgresqlStorage(Storage):
             self._sql("UPDATE stores SET retention_seconds = %s WHERE id = %s", (seconds, store_id))
             return self._info(name)
 
-    # -- history ------------------------------------------------------------
+    # -- history (postgresql_history) ------------------------------------------------
 
     def compact(
         self,
@@ -321,133 +313,16 @@ class PostgresqlStorage(Storage):
         now: float | None = None,
         default_retention: int = DEFAULT_RETENTION_SECONDS,
     ) -> CompactionReport:
-        started = time.monotonic()
-        now = time.time() if now is None else now
-        names = [name] if name is not None else [s.name for s in self.list_stores()]
-        removed = chunks = 0
-        horizons: dict[str, int] = {}
-        for store in names:
-            while True:
-                # One short transaction per chunk, holding the store's row
-                # lock as a push does: pushes wait at most one chunk.
-                with self._write():
-                    count, horizon = self._compact_chunk(store, now, default_retention)
-                chunks += 1
-                if not count:
-                    break
-                removed += count
-                horizons[store] = horizon
-        return CompactionReport(len(names), removed, horizons, chunks, time.monotonic() - started)
-
-    def _compact_chunk(self, name: str, now: float, default_retention: int) -> tuple[int, int]:
-        """Remove the entries of the oldest deleted records past retention; (removed, horizon)."""
-        store_id = self._locked_store(name)[0]
-        horizon, retention = self._sql(
-            "SELECT horizon_seq, retention_seconds FROM stores WHERE id = %s", (store_id,)
-        ).fetchone()
-        cutoff = now - (default_retention if retention is None else retention)
-        deletes = self._sql(
-            "SELECT seq, key, tag FROM changes WHERE store_id = %s AND seq > %s"
-            " AND op = 'delete' AND logged_at <= %s ORDER BY seq LIMIT %s",
-            (store_id, horizon, cutoff, COMPACT_CHUNK),
-        ).fetchall()
-        if not deletes:
-            return 0, int(horizon)
-        removed = self._sql(
-            "DELETE FROM changes WHERE store_id = %s AND seq IN ("
-            " SELECT unnest(%s::bigint[]) UNION ALL"
-            " SELECT added_seq FROM records WHERE store_id = %s AND key = ANY(%s))",
-            (store_id, [seq for seq, _, _ in deletes], store_id, [k for _, k, _ in deletes]),
-        ).rowcount
-        # Every cursor that could miss a removed delete is now behind the
-        # horizon; the one at the horizon keeps its tag.
-        new_horizon, _, tag = deletes[-1]
-        self._sql(
-            "UPDATE stores SET horizon_seq = %s, horizon_tag = %s, log_length = log_length - %s"
-            " WHERE id = %s",
-            (new_horizon, tag, removed, store_id),
-        )
-        return int(removed), int(new_horizon)
+        return postgresql_history.compact(self, name, now, default_retention)
 
     def vacuum(self) -> None:
-        """Nothing to do: PostgreSQL's autovacuum reuses the space compaction freed.
-
-        The tables' files do not shrink (a ``VACUUM FULL`` would lock them);
-        their free space serves new rows.
-        """
+        postgresql_history.vacuum(self)
 
     def export_store(self, name: str) -> Iterator[str]:
-        with self._read():
-            store_id = self._store_id(name)
-            epoch, head = self._sql(
-                "SELECT epoch, head_seq FROM stores WHERE id = %s", (store_id,)
-            ).fetchone()
-            records = self._sql(
-                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
-                " WHERE r.store_id = %s AND r.deleted_seq IS NULL ORDER BY r.added_seq",
-                (store_id,),
-            ).fetchall()
-            deleted = self._sql(
-                "SELECT key, deleted_seq FROM records WHERE store_id = %s"
-                " AND deleted_seq IS NOT NULL ORDER BY deleted_seq",
-                (store_id,),
-            ).fetchall()
-        yield transfer.header_line(name, epoch, int(head))
-        for row in records:
-            yield record_json(*row)
-        for key, seq in deleted:
-            yield transfer.deleted_line(key, int(seq))
+        return postgresql_history.export_store(self, name)
 
     def import_store(self, name: str, lines: Iterable[str]) -> StoreInfo:
-        data = transfer.read_export(lines)  # every line checked before anything is written
-        now = time.time()
-        head = data.head_seq
-        with self._write():
-            self._sql("DELETE FROM dropped_stores WHERE name = %s", (name,))
-            # The log before the head is not carried over: the horizon is the
-            # head, so every client reloads a snapshot (new epoch anyway).
-            row = self._sql(
-                "INSERT INTO stores (name, epoch, head_seq, horizon_seq, horizon_tag,"
-                " live_records, log_length, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (name) DO NOTHING RETURNING id",
-                (
-                    name,
-                    secrets.token_hex(8),
-                    head,
-                    head,
-                    new_tag() if head else None,
-                    len(data.records),
-                    len(data.records),
-                    now,
-                ),
-            ).fetchone()
-            if row is None:
-                raise StoreExists(name)
-            store_id = int(row[0])
-            self._rows(
-                "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag,"
-                " logged_at) SELECT %s, u.seq, 'add', u.key, u.ij, u.vj, u.tag, %s"
-                " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[])"
-                " AS u(seq, key, ij, vj, tag)",
-                (store_id, now),
-                [(seq, key, ij, vj, new_tag()) for key, ij, vj, seq in data.records],
-            )
-            every: list[tuple[str, int, int | None]] = [(k, s, None) for k, _, _, s in data.records]
-            every += [(key, seq, seq) for key, seq in data.deleted]
-            self._rows(
-                "INSERT INTO records (store_id, key, added_seq, deleted_seq)"
-                " SELECT %s, * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])",
-                (store_id,),
-                every,
-            )
-            self._sql(
-                "INSERT INTO index_items (store_id, item, record_id)"
-                " SELECT r.store_id, jsonb_array_elements_text(c.index_json::jsonb), r.id"
-                f" FROM records r {_CONTENT} WHERE r.store_id = %s AND r.deleted_seq IS NULL"
-                " ON CONFLICT DO NOTHING",
-                (store_id,),
-            )
-            return self._info(name)
+        return postgresql_history.import_store(self, name, lines)
 
     # -- writes -------------------------------------------------------------
 
@@ -479,7 +354,7 @@ class PostgresqlStorage(Storage):
         # the key was used (LEFT JOIN), and its content is no longer compared.
         rows = self._sql(
             "SELECT r.key, r.id, coalesce(c.index_json, '[]'), coalesce(c.value_json, 'null'),"
-            f" r.added_seq, r.deleted_seq FROM records r LEFT {_CONTENT}"
+            f" r.added_seq, r.deleted_seq FROM records r LEFT {CONTENT}"
             " WHERE r.store_id = %s AND r.key = ANY(%s)",
             (store_id, sorted(set(keys))),
         ).fetchall()
@@ -594,7 +469,7 @@ class PostgresqlStorage(Storage):
             at = at or Cursor(epoch, head, tag)
             self._check_cursor(at, epoch, head, horizon, tag)
             rows = self._sql(
-                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.store_id = %s AND r.added_seq > %s AND r.added_seq <= %s"
                 " AND (r.deleted_seq IS NULL OR r.deleted_seq > %s)"
                 " ORDER BY r.added_seq LIMIT %s",
@@ -616,7 +491,7 @@ class PostgresqlStorage(Storage):
         with self._read():
             store_id = self._store_id(name)
             row = self._sql(
-                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.store_id = %s AND r.key = %s AND r.deleted_seq IS NULL",
                 (store_id, key),
             ).fetchone()
@@ -634,7 +509,7 @@ class PostgresqlStorage(Storage):
         with self._read():
             store_id = self._store_id(name)
             rows = self._sql(
-                f"SELECT r.id, r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                f"SELECT r.id, r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.id IN (SELECT record_id FROM index_items"
                 f"   WHERE store_id = %s AND {where} AND record_id > %s)"
                 " ORDER BY r.id LIMIT %s",
@@ -657,7 +532,7 @@ class PostgresqlStorage(Storage):
         self._listeners.add(callback)
         with self._listen_lock:
             if self._listener is None:
-                self._listener = _ListenerThread(self.url, self._listeners, self._heads)
+                self._listener = ListenerThread(self.url, self._listeners, self._heads)
                 self._listener.start()
                 self._listener.ready.wait(max(self.busy_timeout_ms / 1000, 0.1))
 
@@ -675,57 +550,3 @@ class PostgresqlStorage(Storage):
             listener.stop()
         with contextlib.suppress(Exception):
             self.db.close_all()
-
-
-class _ListenerThread(threading.Thread):
-    """One LISTEN connection; calls the listeners for each notification, reconnecting on failure."""
-
-    #: Seconds between reconnection attempts, doubling up to the last.
-    RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-    def __init__(
-        self, url: str, listeners: Listeners, heads: Callable[[], list[tuple[str, int]]]
-    ) -> None:
-        super().__init__(name="idsync-pg-listen", daemon=True)
-        self.url = url
-        self.listeners = listeners
-        self.heads = heads
-        self.ready = threading.Event()
-        self._stopping = threading.Event()
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def stop(self) -> None:
-        """Stop listening and wait (briefly) for the thread to end."""
-        self._stopping.set()
-        self.join(timeout=5)
-
-    def run(self) -> None:
-        failures = 0
-        connected_before = False
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(self.url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    failures = 0
-                    if connected_before:
-                        # Notifications sent while disconnected are lost:
-                        # tell the listeners about every store.
-                        for name, head in self.heads():
-                            self.listeners.fire(name, head)
-                    connected_before = True
-                    self.ready.set()
-                    while not self._stopping.is_set():
-                        for notify in conn.notifies(timeout=0.2):
-                            self._deliver(notify.payload)
-            except Exception as exc:  # any failure: reconnect after a pause
-                if self._stopping.is_set():
-                    return
-                delay = self.RETRY_DELAYS[min(failures, len(self.RETRY_DELAYS) - 1)]
-                failures += 1
-                log.warning("LISTEN connection failed (%s); reconnecting in %.1fs", exc, delay)
-                self._stopping.wait(delay)
-
-    def _deliver(self, payload: str) -> None:
-        name, _, head = payload.rpartition(" ")
-        if name and head.isdigit():
-            self.listeners.fire(name, int(head))

@@ -24,7 +24,7 @@ from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 from idsync_client.sqlitedb import open_database
 
-from . import sqlite_migrations, transfer
+from . import sqlite_history, sqlite_migrations
 from .base import (
     DEFAULT_RETENTION_SECONDS,
     ChangeListener,
@@ -44,15 +44,14 @@ from .base import (
 from .json_text import record_json, tag_text
 from .listeners import Listeners
 from .migrations import migrate
-from .push_rules import KnownRecord, PushBatch, new_tag
+from .push_rules import KnownRecord, PushBatch
+from .sqlite_history import CHUNK, CONTENT
 
 _CHANGE_JSON = (
     'CASE op WHEN \'add\' THEN \'{"seq":\' || seq || \',"op":"add","key":\' || json_quote(key)'
     " || ',\"index\":' || index_json || ',\"value\":' || value_json || '}'"
     ' ELSE \'{"seq":\' || seq || \',"op":"delete","key":\' || json_quote(key) || \'}\' END'
 )
-# A record's content lives once, in the log entry that added it.
-_CONTENT = "JOIN changes c ON c.store_id = r.store_id AND c.seq = r.added_seq"
 # A store's figures and the tag of the entry at its head (kept in the store's
 # row when compaction removed that entry).
 _STORE_INFO = (
@@ -61,10 +60,6 @@ _STORE_INFO = (
     " s.retention_seconds FROM stores s"
     " LEFT JOIN changes h ON h.store_id = s.id AND h.seq = s.head_seq"
 )
-# SQLite's bound on host parameters is 999 in old builds: look keys up in chunks.
-_CHUNK = 500
-#: Deleted records whose log entries one compaction transaction removes, at most.
-COMPACT_CHUNK = 500
 
 
 def _store_info(row: Sequence[Any], bytes_on_disk: int | None = None) -> StoreInfo:
@@ -275,7 +270,7 @@ class SqliteStorage(Storage):
             self._sql("UPDATE stores SET retention_seconds = ? WHERE id = ?", (seconds, store_id))
             return self._info(name)
 
-    # -- history ------------------------------------------------------------
+    # -- history (sqlite_history) ------------------------------------------------
 
     def compact(
         self,
@@ -283,140 +278,16 @@ class SqliteStorage(Storage):
         now: float | None = None,
         default_retention: int = DEFAULT_RETENTION_SECONDS,
     ) -> CompactionReport:
-        started = time.monotonic()
-        now = time.time() if now is None else now
-        names = [name] if name is not None else [s.name for s in self.list_stores()]
-        removed = chunks = 0
-        horizons: dict[str, int] = {}
-        for store in names:
-            while True:
-                # One short transaction per chunk: pushes wait at most one chunk.
-                with self._write():
-                    count, horizon = self._compact_chunk(store, now, default_retention)
-                chunks += 1
-                if not count:
-                    break
-                removed += count
-                horizons[store] = horizon
-        return CompactionReport(len(names), removed, horizons, chunks, time.monotonic() - started)
-
-    def _compact_chunk(self, name: str, now: float, default_retention: int) -> tuple[int, int]:
-        """Remove the entries of the oldest deleted records past retention; (removed, horizon)."""
-        row = self._sql(
-            "SELECT id, horizon_seq, retention_seconds FROM stores WHERE name = ?", (name,)
-        ).fetchone()
-        if row is None:
-            raise self._missing(name)
-        store_id, horizon, retention = row
-        cutoff = now - (default_retention if retention is None else retention)
-        # Deletes past the horizon, oldest first (entries at or below it are gone already).
-        deletes = self._sql(
-            "SELECT seq, key, tag FROM changes WHERE store_id = ? AND seq > ? AND op = 'delete'"
-            " AND logged_at <= ? ORDER BY seq LIMIT ?",
-            (store_id, horizon, cutoff, COMPACT_CHUNK),
-        ).fetchall()
-        if not deletes:
-            return 0, horizon
-        adds = self._chunked(
-            "SELECT added_seq FROM records WHERE store_id = ? AND key IN ({marks})",
-            (store_id,),
-            [key for _, key, _ in deletes],
-        )
-        seqs = [seq for (seq,) in adds] + [seq for seq, _, _ in deletes]
-        removed = 0
-        for start in range(0, len(seqs), _CHUNK):
-            chunk = seqs[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            removed += self._sql(
-                f"DELETE FROM changes WHERE store_id = ? AND seq IN ({marks})", (store_id, *chunk)
-            ).rowcount
-        # Every cursor that could miss a removed delete is now behind the
-        # horizon; the one at the horizon keeps its tag.
-        new_horizon, _, tag = deletes[-1]
-        self._sql(
-            "UPDATE stores SET horizon_seq = ?, horizon_tag = ?, log_length = log_length - ?"
-            " WHERE id = ?",
-            (new_horizon, tag, removed, store_id),
-        )
-        return removed, new_horizon
+        return sqlite_history.compact(self, name, now, default_retention)
 
     def vacuum(self) -> None:
-        """Return free pages to the file system (incremental vacuum), then truncate the WAL."""
-        with self._guard(), self._write_lock:
-            self._connect()
-            # executescript steps the pragma to its end; execute() would free one page.
-            self.db.connection().executescript("PRAGMA incremental_vacuum")
-            # The main file shrinks when the WAL is copied back into it.
-            self._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        sqlite_history.vacuum(self)
 
     def export_store(self, name: str) -> Iterator[str]:
-        with self._read():
-            store_id, epoch, head, _horizon = self._store_row(name)
-            records = self._sql(
-                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
-                " WHERE r.store_id = ? AND r.deleted_seq IS NULL ORDER BY r.added_seq",
-                (store_id,),
-            ).fetchall()
-            deleted = self._sql(
-                "SELECT key, deleted_seq FROM records WHERE store_id = ?"
-                " AND deleted_seq IS NOT NULL ORDER BY deleted_seq",
-                (store_id,),
-            ).fetchall()
-        yield transfer.header_line(name, epoch, head)
-        for row in records:
-            yield record_json(*row)
-        for key, seq in deleted:
-            yield transfer.deleted_line(key, seq)
+        return sqlite_history.export_store(self, name)
 
     def import_store(self, name: str, lines: Iterable[str]) -> StoreInfo:
-        data = transfer.read_export(lines)  # every line checked before anything is written
-        now = time.time()
-        with self._write():
-            if self._sql("SELECT 1 FROM stores WHERE name = ?", (name,)).fetchone():
-                raise StoreExists(name)
-            self._sql("DELETE FROM dropped_stores WHERE name = ?", (name,))
-            # The log before the head is not carried over: the horizon is the
-            # head, so every client reloads a snapshot (new epoch anyway).
-            head = data.head_seq
-            store_id = self._sql(
-                "INSERT INTO stores (name, epoch, head_seq, horizon_seq, horizon_tag,"
-                " live_records, log_length, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    secrets.token_hex(8),
-                    head,
-                    head,
-                    new_tag() if head else None,
-                    len(data.records),
-                    len(data.records),
-                    now,
-                ),
-            ).lastrowid
-            first_id = self._next_record_id()
-            conn = self.db.connection()
-            conn.executemany(
-                "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag,"
-                " logged_at) VALUES (?, ?, 'add', ?, ?, ?, ?, ?)",
-                [(store_id, seq, key, ij, vj, new_tag(), now) for key, ij, vj, seq in data.records],
-            )
-            conn.executemany(
-                "INSERT INTO records (id, store_id, key, added_seq, deleted_seq)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [
-                    (first_id + i, store_id, key, seq, None)
-                    for i, (key, _, _, seq) in enumerate(data.records)
-                ]
-                + [(None, store_id, key, seq, seq) for key, seq in data.deleted],
-            )
-            conn.executemany(
-                "INSERT INTO index_items (store_id, item, record_id) VALUES (?, ?, ?)",
-                [
-                    (store_id, item, first_id + i)
-                    for i, (_, index_json, _, _) in enumerate(data.records)
-                    for item in jsoncodec.loads(index_json)
-                ],
-            )
-            return self._info(name)
+        return sqlite_history.import_store(self, name, lines)
 
     # -- writes -------------------------------------------------------------
 
@@ -449,8 +320,8 @@ class SqliteStorage(Storage):
     def _chunked(self, sql: str, fixed: tuple[Any, ...], values: list[Any]) -> list[Any]:
         """Run ``sql`` once per chunk of ``values`` (spliced at ``{marks}``); all rows."""
         rows: list[Any] = []
-        for start in range(0, len(values), _CHUNK):
-            chunk = values[start : start + _CHUNK]
+        for start in range(0, len(values), CHUNK):
+            chunk = values[start : start + CHUNK]
             marks = ",".join("?" * len(chunk))
             rows += self._sql(sql.format(marks=marks), (*fixed, *chunk)).fetchall()
         return rows
@@ -471,7 +342,7 @@ class SqliteStorage(Storage):
         # the key was used (LEFT JOIN), and its content is no longer compared.
         rows = self._chunked(
             "SELECT r.key, r.id, coalesce(c.index_json, '[]'), coalesce(c.value_json, 'null'),"
-            f" r.added_seq, r.deleted_seq FROM records r LEFT {_CONTENT}"
+            f" r.added_seq, r.deleted_seq FROM records r LEFT {CONTENT}"
             " WHERE r.store_id = ? AND r.key IN ({marks})",
             (store_id,),
             sorted(set(keys)),
@@ -552,7 +423,7 @@ class SqliteStorage(Storage):
             at = at or Cursor(epoch, head, tag)
             self._check_cursor(at, epoch, head, horizon, tag)
             rows = self._sql(
-                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.store_id = ? AND r.added_seq > ? AND r.added_seq <= ?"
                 " AND (r.deleted_seq IS NULL OR r.deleted_seq > ?)"
                 " ORDER BY r.added_seq LIMIT ?",
@@ -575,7 +446,7 @@ class SqliteStorage(Storage):
         with self._read():
             store_id = self._store_row(name)[0]
             row = self._sql(
-                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.store_id = ? AND r.key = ? AND r.deleted_seq IS NULL",
                 (store_id, key),
             ).fetchone()
@@ -593,7 +464,7 @@ class SqliteStorage(Storage):
         with self._read():
             store_id = self._store_row(name)[0]
             rows = self._sql(
-                f"SELECT r.id, r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                f"SELECT r.id, r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.id IN (SELECT DISTINCT record_id FROM index_items"
                 f"   WHERE store_id = ? AND {where} AND record_id > ?)"
                 " ORDER BY r.id LIMIT ?",
