@@ -1,7 +1,6 @@
 """Compaction, vacuum, export and import on the PostgreSQL backend.
 
-:class:`PostgresqlHistory` is a base of
-:class:`.postgresql.PostgresqlStorage`; its methods run on that backend's
+:class:`.postgresql.PostgresqlStorage` delegates them here; they run on its
 plumbing (its pool, transactions and the store row lock), kept apart here so
 that each module has one job.
 """
@@ -62,11 +61,18 @@ def _compact_chunk(
         "SELECT horizon_seq, retention_seconds FROM stores WHERE id = %s", (store_id,)
     ).fetchone()
     cutoff = now - (default_retention if retention is None else retention)
-    deletes = storage._sql(
-        "SELECT seq, key, tag FROM changes WHERE store_id = %s AND seq > %s"
-        " AND op = 'delete' AND logged_at <= %s ORDER BY seq LIMIT %s",
-        (store_id, horizon, cutoff, COMPACT_CHUNK),
+    # Deletes past the horizon, oldest first, up to the first one still within
+    # the retention: the horizon never passes a delete that must stay.
+    rows = storage._sql(
+        "SELECT seq, key, tag, logged_at FROM changes WHERE store_id = %s AND seq > %s"
+        " AND op = 'delete' ORDER BY seq LIMIT %s",
+        (store_id, horizon, COMPACT_CHUNK),
     ).fetchall()
+    deletes = []
+    for seq, key, tag, logged_at in rows:
+        if logged_at > cutoff:
+            break
+        deletes.append((seq, key, tag))
     if not deletes:
         return 0, int(horizon)
     removed = storage._sql(

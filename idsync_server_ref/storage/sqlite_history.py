@@ -1,8 +1,8 @@
 """Compaction, vacuum, export and import on the SQLite backend.
 
-:class:`SqliteHistory` is a base of :class:`.sqlite.SqliteStorage`; its
-methods run on that backend's plumbing (its write lock, transactions and
-statements), kept apart here so that each module has one job.
+:class:`.sqlite.SqliteStorage` delegates them here; they run on its
+plumbing (its write lock, transactions and statements), kept apart so that
+each module has one job.
 """
 
 from __future__ import annotations
@@ -66,12 +66,18 @@ def _compact_chunk(
         raise storage._missing(name)
     store_id, horizon, retention = row
     cutoff = now - (default_retention if retention is None else retention)
-    # Deletes past the horizon, oldest first (entries at or below it are gone already).
-    deletes = storage._sql(
-        "SELECT seq, key, tag FROM changes WHERE store_id = ? AND seq > ? AND op = 'delete'"
-        " AND logged_at <= ? ORDER BY seq LIMIT ?",
-        (store_id, horizon, cutoff, COMPACT_CHUNK),
+    # Deletes past the horizon, oldest first, up to the first one still within
+    # the retention: the horizon never passes a delete that must stay.
+    rows = storage._sql(
+        "SELECT seq, key, tag, logged_at FROM changes WHERE store_id = ? AND seq > ?"
+        " AND op = 'delete' ORDER BY seq LIMIT ?",
+        (store_id, horizon, COMPACT_CHUNK),
     ).fetchall()
+    deletes = []
+    for seq, key, tag, logged_at in rows:
+        if logged_at > cutoff:
+            break
+        deletes.append((seq, key, tag))
     if not deletes:
         return 0, horizon
     adds = storage._chunked(
