@@ -90,6 +90,12 @@ ERRORS: dict[str, ErrorSpec] = {
         "another log entry, as after a restore from an older copy): load a snapshot "
         "and continue from its cursor.",
     ),
+    "store_dropped": ErrorSpec(
+        410,
+        False,
+        "The store was dropped: stop syncing it. Syncing never re-creates it; only a "
+        'create with "recreate": true does, with a new epoch.',
+    ),
     "body_too_large": ErrorSpec(413, False, "The request body exceeds max_body_bytes."),
     "batch_too_large": ErrorSpec(413, False, "The push has more than max_batch changes."),
     "unsupported_media_type": ErrorSpec(415, False, "Send Content-Type: application/json."),

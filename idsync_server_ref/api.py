@@ -243,12 +243,21 @@ class ServerApp:
         )
 
     async def create_store(self, request: Request) -> Response:
-        """Create a store: body ``{"name": ...}``; 409 if it exists."""
+        """Create a store: body ``{"name": ..., "recreate": false}``; 409 if it exists.
+
+        A dropped name is refused (410 store_dropped) unless ``recreate`` is true.
+        """
         request.query(())
         body = await request.json_body()
-        if not isinstance(body, dict) or set(body) != {"name"}:
-            raise HttpError("invalid_request", 'the body must be {"name": <store name>}')
-        info = await self._run(self.storage.create_store, validate_store_name(body["name"]))
+        if not isinstance(body, dict) or not {"name"} <= set(body) <= {"name", "recreate"}:
+            raise HttpError(
+                "invalid_request", 'the body must be {"name": <store name>, "recreate": <bool>}'
+            )
+        recreate = body.get("recreate", False)
+        if not isinstance(recreate, bool):
+            raise HttpError("invalid_request", "recreate must be true or false")
+        name = validate_store_name(body["name"])
+        info = await self._run(self.storage.create_store, name, recreate)
         return Response.json(info.to_wire(), status=201)
 
     async def get_store(self, request: Request, store: str) -> Response:

@@ -18,6 +18,7 @@ from typing import Any
 
 from idsync_client.protocol import Limits
 
+from . import admin, compaction
 from .api import ServerApp
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, default_database_path
 from .http_server import ListenError, build_server, listen_socket
@@ -37,7 +38,9 @@ def _env(name: str, default: Any) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``idsync-server``."""
     parser = argparse.ArgumentParser(
-        prog="idsync-server", description="Run the idsync reference sync server."
+        prog="idsync-server",
+        description="Run the idsync reference sync server.",
+        epilog=admin.EPILOG,
     )
     parser.add_argument(
         "--host",
@@ -111,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="(IDSYNC_LOG_LEVEL; default %(default)s)",
     )
     add_operations_arguments(parser)
+    compaction.add_flags(parser)
     limits = parser.add_argument_group("limits (see docs/protocol.md)")
     defaults = Limits()
     for name in _LIMIT_FLAGS:
@@ -263,13 +267,21 @@ def _describe(database: str | Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server until SIGINT/SIGTERM; returns the process exit status."""
+    """Run the server until SIGINT/SIGTERM; returns the process exit status.
+
+    ``idsync-server COMMAND ...`` runs a maintenance command instead (:mod:`.admin`).
+    """
+    command = admin.command_in(sys.argv[1:] if argv is None else argv)
+    if command is not None:
+        return admin.main(command)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         check_choices(args)
         config = config_from_args(args)
         _check_positive(config)
+        compaction.parse_duration(args.retention)
+        compaction.parse_duration(args.compact_every)
     except ValueError as exc:
         parser.error(str(exc))
     setup_logging(args.log_level, config.log_format)
@@ -290,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _raise_open_file_limit(config.max_connections + 256)
     app = ServerApp(storage, config)
     observed = ObservedApp(app, config.max_storage_queue, metrics=config.metrics)
+    schedule = compaction.schedule_from_args(storage, args).start()
 
     def listening(port: int) -> None:
         print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
@@ -299,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_server(observed, config, listening).run(sockets=[sock])
         log.info("stopped")
     finally:
+        schedule.stop()
         app.close()
         storage.close()
     return 0

@@ -17,6 +17,7 @@ from .storage import (
     ResetRequired,
     StorageBusy,
     StorageError,
+    StoreDropped,
     StoreExists,
     StoreNotFound,
 )
@@ -53,6 +54,8 @@ def error_for(exc: BaseException) -> HttpError:
         return exc
     if isinstance(exc, ProtocolViolation):
         return HttpError(exc.code, exc.message, **exc.details)
+    if isinstance(exc, StoreDropped):
+        return HttpError("store_dropped", f"store {str(exc)!r} was dropped", epoch=exc.epoch)
     if isinstance(exc, StoreNotFound):
         return HttpError("store_not_found", f"no store named {str(exc)!r}")
     if isinstance(exc, StoreExists):

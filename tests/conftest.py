@@ -29,8 +29,9 @@ class Api:
             kwargs["json"] = body
         return self.session.request(method, self.url + path, timeout=30, **kwargs)
 
-    def create_store(self, name: str) -> dict[str, Any]:
-        response = self.call("POST", "/v1/stores", {"name": name})
+    def create_store(self, name: str, recreate: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "recreate": True} if recreate else {"name": name}
+        response = self.call("POST", "/v1/stores", body)
         assert response.status_code == 201, response.text
         return response.json()
 

@@ -165,7 +165,7 @@ def test_delete_of_a_record_the_server_never_had_stays_deleted(tmp_path, code) -
             client.sync()
             notes.delete(key)
             api.call("DELETE", "/v1/stores/notes")
-            api.create_store("notes")
+            api.create_store("notes", recreate=True)
             client.sync()
             assert [r.code for r in client.rejected()] == [code]
             assert notes.get(key) is None

@@ -76,7 +76,7 @@ def test_a_reset_with_pending_changes_keeps_them(make_client, api) -> None:
     pending_add = notes.add({"v": "pending"}, index=["tag:p"])
     notes.delete(gone)
     api.call("DELETE", f"/v1/stores/{name}")
-    api.create_store(name)
+    api.create_store(name, recreate=True)
     Api(api.url).push(name, "someone", [{"n": 1, "op": "add", "key": "theirs", "value": 1}])
 
     report = client._engine.pull(name)  # a pull first: the reset meets pending changes
@@ -102,7 +102,7 @@ def test_a_recreated_store_gets_this_clients_records_again(make_client, api) -> 
     b.sync()
     a.sync()
     api.call("DELETE", f"/v1/stores/{name}")
-    api.create_store(name)
+    api.create_store(name, recreate=True)
     report = a._engine.sync(name)  # the engine's report of this store's round
     assert report.resets == 1 and report.resent == 3
     assert a.rejected() == [] and a.db.pending_count() == 0

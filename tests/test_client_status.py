@@ -166,7 +166,7 @@ def test_resets_are_reported_in_the_status(tmp_path, server, api) -> None:
         seen: list = []
         client.on_status(seen.append)
         api.call("DELETE", f"/v1/stores/{name}")
-        api.create_store(name)
+        api.create_store(name, recreate=True)
         before = time.time()
         assert client.sync().resets == 1
         assert client.status.resets == 1

@@ -150,7 +150,7 @@ def test_reset_keeps_pending_changes(make_client, api) -> None:
     pending_add = notes.add({"v": "pending"})
     notes.delete(synced)
     api.call("DELETE", f"/v1/stores/{name}")
-    api.create_store(name)
+    api.create_store(name, recreate=True)
     other = Api(api.url)
     other.push(name, "someone", [{"n": 1, "op": "add", "key": "theirs", "index": [], "value": 1}])
     # Pull first, so that the reset really meets the pending changes (sync pushes first).

@@ -46,8 +46,8 @@ def test_store_lifecycle(api: Api) -> None:
     listed = {s["name"] for s in api.call("GET", "/v1/stores").json()["stores"]}
     assert name in listed
     assert api.call("DELETE", f"/v1/stores/{name}").status_code == 200
-    assert_error(api.call("GET", f"/v1/stores/{name}"), 404, "store_not_found")
-    assert_error(api.call("DELETE", f"/v1/stores/{name}"), 404, "store_not_found")
+    assert_error(api.call("GET", f"/v1/stores/{name}"), 410, "store_dropped")
+    assert_error(api.call("DELETE", f"/v1/stores/{name}"), 410, "store_dropped")
 
 
 def test_push_outcomes_over_http(api: Api, store: str) -> None:
@@ -374,7 +374,7 @@ def test_drop_and_recreate_asks_for_reset(api: Api) -> None:
     api.push(name, "c1", [add(1)])
     _, cursor = api.pull_all(name)
     api.call("DELETE", f"/v1/stores/{name}")
-    api.create_store(name)
+    api.create_store(name, recreate=True)
     assert_error(
         api.call("GET", f"/v1/stores/{name}/changes", params={"cursor": cursor}),
         410,

@@ -22,9 +22,11 @@ psycopg = pytest.importorskip("psycopg", reason="the postgresql extra (psycopg) 
 from idsync_client import Client, RetryPolicy  # noqa: E402
 from idsync_server_ref.process import ServerProcess  # noqa: E402
 from idsync_server_ref.storage import (  # noqa: E402
+    ResetRequired,
     Storage,
     StorageBusy,
     StorageFailure,
+    StoreDropped,
     open_storage,
 )
 from idsync_server_ref.storage.postgresql import PostgresqlStorage  # noqa: E402
@@ -32,7 +34,9 @@ from idsync_server_ref.storage.testing import (  # noqa: E402
     BackendUnderTest,
     StorageContract,
     add,
+    delete,
 )
+from idsync_server_ref.storage.testing_history import HistoryContract  # noqa: E402
 
 from .conftest import Api  # noqa: E402
 
@@ -88,7 +92,7 @@ class PgBackend(BackendUnderTest):
             del storage._write_batch
 
 
-class TestPostgresqlContract(StorageContract):
+class TestPostgresqlContract(StorageContract, HistoryContract):
     multi_process = True
 
     @pytest.fixture
@@ -116,7 +120,7 @@ def test_an_empty_database_gets_the_schema_and_a_foreign_one_is_refused(pg_clust
     url = pg_cluster.database(empty=True)
     PostgresqlStorage(url).close()
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT value FROM meta").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta").fetchone() == ("3",)
     other = pg_cluster.database(empty=True)
     with psycopg.connect(other, autocommit=True) as conn:
         conn.execute("CREATE TABLE invoices (id int)")
@@ -260,3 +264,62 @@ def test_an_unreachable_database_is_a_storage_failure_and_the_password_stays_hid
     assert result.returncode == 2
     assert f"cannot open postgresql://idsync@127.0.0.1:{port}/idsync" in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_a_store_moves_from_sqlite_to_postgresql_and_back(pg_url: str, tmp_path: Path) -> None:
+    from idsync_server_ref.storage import SqliteStorage
+    from idsync_server_ref.storage.testing_history import snapshot_records
+
+    lite = SqliteStorage(tmp_path / "db.sqlite3")
+    pg = PostgresqlStorage(pg_url)
+    back = SqliteStorage(tmp_path / "back.sqlite3")
+    try:
+        lite.create_store("notes")
+        lite.push(
+            "notes",
+            "c1",
+            [
+                add(1, "a", {"n": 2**63 - 1}, ("tag:x",)),
+                add(2, "b", [0.1, False, None]),
+                add(3, "c", "\u00e9\U0001f600", ("owner:ana", "tag:x")),
+                delete(4, "b"),
+            ],
+        )
+        expected, old_at = snapshot_records(lite)
+        lines = list(lite.export_store("notes"))
+        moved = pg.import_store("notes", lines)
+        assert moved.head_seq == 4 and moved.live_records == 2
+        assert snapshot_records(pg)[0] == expected
+        with pytest.raises(ResetRequired):
+            pg.pull("notes", old_at, 10, 10**6)
+        assert pg.push("notes", "c2", [add(1, "b")])[0].code == "key_deleted"
+        assert list(pg.export_store("notes"))[1:] == lines[1:]
+        back.import_store("notes", pg.export_store("notes"))
+        assert snapshot_records(back)[0] == expected
+    finally:
+        lite.close()
+        pg.close()
+        back.close()
+
+
+def test_a_schema_2_database_is_migrated_to_3_with_its_data(pg: PgBackend) -> None:
+    storage = pg.open()
+    storage.create_store("notes")
+    storage.push("notes", "c1", [add(1, "a"), add(2, "b")])
+    storage.close()
+    # Back to the tables of schema 2, as release 0.2 left them.
+    pg.sql("DROP TABLE dropped_stores")
+    pg.sql("ALTER TABLE changes DROP COLUMN logged_at")
+    pg.sql("ALTER TABLE stores DROP COLUMN retention_seconds, DROP COLUMN horizon_tag")
+    pg.set_schema_version(2)
+    storage = pg.open()
+    try:
+        assert pg.sql("SELECT value FROM meta") == [("3",)]
+        assert [r[0] for r in pg.sql("SELECT key FROM changes ORDER BY seq")] == ["a", "b"]
+        storage.push("notes", "c1", [delete(3, "a")])
+        assert storage.compact("notes", now=time.time() + 8 * 86400).entries_removed == 2
+        storage.drop_store("notes")
+        with pytest.raises(StoreDropped):
+            storage.push("notes", "c1", [add(4, "c")])
+    finally:
+        storage.close()

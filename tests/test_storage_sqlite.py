@@ -14,6 +14,7 @@ import pytest
 from idsync_client.protocol import prefix_upper_bound
 from idsync_server_ref.storage import SqliteStorage, Storage, StorageFailure, open_storage
 from idsync_server_ref.storage.testing import BackendUnderTest, StorageContract, add
+from idsync_server_ref.storage.testing_history import HistoryContract
 
 
 class SqliteBackend(BackendUnderTest):
@@ -59,7 +60,7 @@ class SqliteBackend(BackendUnderTest):
             del storage._write_batch
 
 
-class TestSqliteContract(StorageContract):
+class TestSqliteContract(StorageContract, HistoryContract):
     multi_process = False
 
     @pytest.fixture

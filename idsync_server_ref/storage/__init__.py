@@ -1,8 +1,11 @@
 """Storage backends of the reference server, behind one contract (:class:`Storage`)."""
 
 from .base import (
+    DEFAULT_RETENTION_SECONDS,
     ChangeListener,
+    CompactionReport,
     FindPage,
+    InvalidImport,
     Page,
     ResetRequired,
     SchemaTooNew,
@@ -11,6 +14,7 @@ from .base import (
     StorageBusy,
     StorageError,
     StorageFailure,
+    StoreDropped,
     StoreExists,
     StoreInfo,
     StoreNotFound,
@@ -19,8 +23,11 @@ from .open import open_storage
 from .sqlite import SqliteStorage
 
 __all__ = [
+    "DEFAULT_RETENTION_SECONDS",
     "ChangeListener",
+    "CompactionReport",
     "FindPage",
+    "InvalidImport",
     "Page",
     "ResetRequired",
     "SchemaTooNew",
@@ -30,6 +37,7 @@ __all__ = [
     "StorageBusy",
     "StorageError",
     "StorageFailure",
+    "StoreDropped",
     "StoreExists",
     "StoreInfo",
     "StoreNotFound",

@@ -13,7 +13,7 @@ or :class:`StorageFailure`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from idsync_client.protocol import Change, Cursor, Outcome
@@ -27,8 +27,32 @@ class StoreNotFound(StorageError):
     """The named store does not exist."""
 
 
+class StoreDropped(StoreNotFound):
+    """The named store was dropped; it stays dropped until re-created deliberately.
+
+    ``epoch`` is the epoch it had when dropped. A subclass of
+    :class:`StoreNotFound`: code that only cares whether a store is there
+    need not tell them apart.
+    """
+
+    def __init__(self, name: str, epoch: str) -> None:
+        super().__init__(name)
+        self.epoch = epoch
+
+
 class StoreExists(StorageError):
     """A store with that name exists already."""
+
+
+class InvalidImport(StorageError, ValueError):
+    """An export file is not valid; ``line`` is its 1-based line number (0: the whole file).
+
+    Nothing was written.
+    """
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}" if line else message)
+        self.line = line
 
 
 class ResetRequired(StorageError):
@@ -69,6 +93,11 @@ class StoreInfo:
     log_length: int
     created_at: float
     head_tag: str = ""
+    #: The store's own retention in seconds; None: the server's default.
+    retention_seconds: int | None = None
+    #: An estimate of the space the store takes in the database, in bytes
+    #: (its share of the tables, apportioned by log entries); None if unknown.
+    bytes_on_disk: int | None = None
 
     @property
     def head_cursor(self) -> Cursor:
@@ -86,7 +115,25 @@ class StoreInfo:
             "live_records": self.live_records,
             "log_length": self.log_length,
             "created_at": self.created_at,
+            "retention_seconds": self.retention_seconds,
+            "bytes_on_disk": self.bytes_on_disk,
         }
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    """What one :meth:`Storage.compact` did."""
+
+    #: Stores looked at.
+    stores: int
+    #: Log entries removed (adds of records deleted since, and their deletes).
+    entries_removed: int
+    #: Each compacted store's horizon afterwards (stores with nothing to remove are absent).
+    horizons: dict[str, int]
+    #: Transactions it took (each one short).
+    chunks: int
+    #: Wall time, in seconds.
+    duration: float
 
 
 @dataclass(frozen=True)
@@ -128,6 +175,9 @@ class FindPage:
     more: bool
 
 
+#: Retention when neither the server nor the store sets one: seven days.
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+
 #: Called with (store name, head seq) after a change to a store commits.
 ChangeListener = Callable[[str, int], None]
 
@@ -141,8 +191,12 @@ class Storage(abc.ABC):
     """
 
     @abc.abstractmethod
-    def create_store(self, name: str) -> StoreInfo:
-        """Create an empty store with a fresh epoch; StoreExists if taken."""
+    def create_store(self, name: str, recreate: bool = False) -> StoreInfo:
+        """Create an empty store with a fresh epoch; StoreExists if taken.
+
+        A dropped name raises :class:`StoreDropped` unless ``recreate`` is
+        true, which forgets the drop and starts the store afresh.
+        """
 
     @abc.abstractmethod
     def list_stores(self) -> list[StoreInfo]:
@@ -156,8 +210,55 @@ class Storage(abc.ABC):
     def drop_store(self, name: str) -> None:
         """Delete a store, its log and its state; StoreNotFound if missing.
 
-        A store created later under the same name gets a new epoch, so old
-        cursors answer ResetRequired.
+        The name is remembered with its last epoch: every later call naming
+        it raises :class:`StoreDropped` (not plain StoreNotFound) until it is
+        created again with ``recreate=True`` or imported; that store gets a
+        new epoch, so old cursors answer ResetRequired.
+        """
+
+    @abc.abstractmethod
+    def set_retention(self, name: str, seconds: int | None) -> StoreInfo:
+        """Set how long the store keeps deleted records' log entries (None: the default).
+
+        ValueError for a negative number; StoreNotFound if missing.
+        """
+
+    @abc.abstractmethod
+    def compact(
+        self,
+        name: str | None = None,
+        now: float | None = None,
+        default_retention: int = DEFAULT_RETENTION_SECONDS,
+    ) -> CompactionReport:
+        """Remove old log entries of deleted records from one store (every store if None).
+
+        An entry goes when it belongs to a record whose delete was logged
+        more than the store's retention (``default_retention`` for stores
+        without their own) before ``now``: the add and the delete both go.
+        The record's row stays (a re-add of its key is still
+        ``key_deleted``) and so do the clients' idempotency rows (a replayed
+        change number is answered as the first time). The horizon moves to
+        the newest entry removed, in the same transaction as the removal,
+        so every cursor that could miss a removed delete is behind it and
+        gets ResetRequired; a cursor at the horizon itself stays valid.
+        Works in chunks, each one short transaction, oldest first.
+        """
+
+    @abc.abstractmethod
+    def vacuum(self) -> None:
+        """Give the space freed by compaction back to the file system, where the backend can."""
+
+    @abc.abstractmethod
+    def export_store(self, name: str) -> Iterator[str]:
+        """The store as NDJSON lines (see :mod:`.transfer`), read in one snapshot."""
+
+    @abc.abstractmethod
+    def import_store(self, name: str, lines: Iterable[str]) -> StoreInfo:
+        """Create store ``name`` from exported lines, with a new epoch, in one transaction.
+
+        :class:`InvalidImport` (writing nothing) for a bad line; StoreExists
+        if the store exists. A dropped name may be imported (that is as
+        deliberate as a re-create).
         """
 
     @abc.abstractmethod
@@ -203,9 +304,7 @@ class Storage(abc.ABC):
         """The live record with ``key`` as JSON text, or None."""
 
     @abc.abstractmethod
-    def find(
-        self, name: str, item: str, prefix: bool, after: int, limit: int
-    ) -> FindPage:
+    def find(self, name: str, item: str, prefix: bool, after: int, limit: int) -> FindPage:
         """Live records with index item ``item`` (or starting with it).
 
         A prefix query is ``item <= x < protocol.prefix_upper_bound(item)``.

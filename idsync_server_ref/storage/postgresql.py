@@ -39,11 +39,10 @@ deadlocks as :class:`StorageBusy`, the rest as :class:`StorageFailure`.
 from __future__ import annotations
 
 import contextlib
-import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -53,9 +52,11 @@ from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 
-from . import postgresql_schema
+from . import postgresql_history, postgresql_schema
 from .base import (
+    DEFAULT_RETENTION_SECONDS,
     ChangeListener,
+    CompactionReport,
     FindPage,
     Page,
     ResetRequired,
@@ -63,6 +64,7 @@ from .base import (
     Storage,
     StorageBusy,
     StorageFailure,
+    StoreDropped,
     StoreExists,
     StoreInfo,
     StoreNotFound,
@@ -70,29 +72,38 @@ from .base import (
 from .json_text import change_json, record_json, tag_text
 from .listeners import Listeners
 from .migrations import migrate
+from .postgresql_history import CONTENT
+from .postgresql_listen import CHANNEL, ListenerThread
 from .push_rules import KnownRecord, PushBatch
-
-log = logging.getLogger("idsync.server.storage")
-
-#: The notification channel; the payload is ``"<store> <head_seq>"``.
-CHANNEL = "idsync_changes"
 
 # SQLSTATEs after which retrying soon can succeed: lock_not_available,
 # serialization_failure, deadlock_detected.
 _BUSY_STATES = {"55P03", "40001", "40P01"}
 
-# A record's content lives once, in the log entry that added it.
-_CONTENT = "JOIN changes c ON c.store_id = r.store_id AND c.seq = r.added_seq"
+# The tag at the head is kept in the store's row when compaction removed its entry.
 _STORE_INFO = (
     "SELECT s.name, s.epoch, s.head_seq, s.horizon_seq, s.live_records, s.log_length,"
-    " s.created_at, h.tag FROM stores s"
+    " s.created_at, coalesce(h.tag, CASE WHEN s.head_seq = s.horizon_seq THEN s.horizon_tag END),"
+    " s.retention_seconds FROM stores s"
     " LEFT JOIN changes h ON h.store_id = s.id AND h.seq = s.head_seq"
 )
+_TABLES = ("stores", "changes", "records", "index_items", "client_changes")
 
 
-def _store_info(row: Sequence[Any]) -> StoreInfo:
-    name, epoch, head, horizon, live, length, created_at, tag = row
-    return StoreInfo(name, epoch, head, horizon, live, length, created_at, tag_text(tag))
+def _store_info(row: Sequence[Any], bytes_on_disk: int | None = None) -> StoreInfo:
+    name, epoch, head, horizon, live, length, created_at, tag, retention = row
+    return StoreInfo(
+        name,
+        epoch,
+        head,
+        horizon,
+        live,
+        length,
+        created_at,
+        tag_text(tag),
+        None if retention is None else int(retention),
+        bytes_on_disk,
+    )
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -124,7 +135,7 @@ class PostgresqlStorage(Storage):
         self.url = url
         self.busy_timeout_ms = busy_timeout_ms
         self._listeners = Listeners()
-        self._listener: _ListenerThread | None = None
+        self._listener: ListenerThread | None = None
         self._listen_lock = threading.Lock()
         self.db = PooledPostgresqlDatabase(
             url,
@@ -183,33 +194,49 @@ class PostgresqlStorage(Storage):
             "SELECT id, head_seq FROM stores WHERE name = %s FOR UPDATE", (name,)
         ).fetchone()
         if row is None:
-            raise StoreNotFound(name)
+            raise self._missing(name)
         return int(row[0]), int(row[1])
+
+    def _missing(self, name: str) -> StoreNotFound:
+        """The error for a store that is not there: dropped, or never created."""
+        row = self._sql("SELECT epoch FROM dropped_stores WHERE name = %s", (name,)).fetchone()
+        return StoreNotFound(name) if row is None else StoreDropped(name, row[0])
 
     def _store_at(self, name: str, seq: int | None) -> tuple[int, str, int, int, str]:
         """The store's id, epoch, head and horizon, and the tag of its entry at ``seq``."""
+        # The entry at the horizon may have been compacted away: its tag is
+        # kept in the store's row.
         row = self._sql(
-            "SELECT s.id, s.epoch, s.head_seq, s.horizon_seq, c.tag FROM stores s"
-            " LEFT JOIN changes c ON c.store_id = s.id"
+            "SELECT s.id, s.epoch, s.head_seq, s.horizon_seq, coalesce(c.tag, CASE WHEN"
+            " coalesce(%s::bigint, s.head_seq) = s.horizon_seq THEN s.horizon_tag END)"
+            " FROM stores s LEFT JOIN changes c ON c.store_id = s.id"
             " AND c.seq = coalesce(%s::bigint, s.head_seq) WHERE s.name = %s",
-            (seq, name),
+            (seq, seq, name),
         ).fetchone()
         if row is None:
-            raise StoreNotFound(name)
+            raise self._missing(name)
         store_id, epoch, head, horizon, tag = row
         return store_id, epoch, head, horizon, tag_text(tag)
 
     def _store_id(self, name: str) -> int:
         row = self._sql("SELECT id FROM stores WHERE name = %s", (name,)).fetchone()
         if row is None:
-            raise StoreNotFound(name)
+            raise self._missing(name)
         return int(row[0])
 
     def _info(self, name: str) -> StoreInfo:
         row = self._sql(f"{_STORE_INFO} WHERE s.name = %s", (name,)).fetchone()
         if row is None:
-            raise StoreNotFound(name)
-        return _store_info(row)
+            raise self._missing(name)
+        return _store_info(row, int(self._bytes_per_entry() * row[5]))
+
+    def _bytes_per_entry(self) -> float:
+        """The server tables' size (with indexes and TOAST) over their log entries."""
+        sizes = " + ".join(f"pg_total_relation_size('{table}')" for table in _TABLES)
+        total, entries = self._sql(
+            f"SELECT {sizes}, (SELECT coalesce(sum(log_length), 0) FROM stores)"
+        ).fetchone()
+        return float(total) / float(entries) if entries else 0.0
 
     @staticmethod
     def _check_cursor(cursor: Cursor, epoch: str, head: int, horizon: int, tag: str) -> None:
@@ -229,8 +256,13 @@ class PostgresqlStorage(Storage):
 
     # -- stores -------------------------------------------------------------
 
-    def create_store(self, name: str) -> StoreInfo:
+    def create_store(self, name: str, recreate: bool = False) -> StoreInfo:
         with self._write():
+            missing = self._missing(name)
+            if isinstance(missing, StoreDropped):
+                if not recreate:
+                    raise missing
+                self._sql("DELETE FROM dropped_stores WHERE name = %s", (name,))
             row = self._sql(
                 "INSERT INTO stores (name, epoch, created_at) VALUES (%s, %s, %s)"
                 " ON CONFLICT (name) DO NOTHING RETURNING id",
@@ -243,7 +275,8 @@ class PostgresqlStorage(Storage):
     def list_stores(self) -> list[StoreInfo]:
         with self._read():
             rows = self._sql(f'{_STORE_INFO} ORDER BY s.name COLLATE "C"').fetchall()
-        return [_store_info(row) for row in rows]
+            per_entry = self._bytes_per_entry()
+        return [_store_info(row, int(per_entry * row[5])) for row in rows]
 
     def get_store(self, name: str) -> StoreInfo:
         with self._read():
@@ -254,7 +287,42 @@ class PostgresqlStorage(Storage):
             store_id = self._locked_store(name)[0]
             for table in ("changes", "records", "index_items", "client_changes"):
                 self._sql(f"DELETE FROM {table} WHERE store_id = %s", (store_id,))
-            self._sql("DELETE FROM stores WHERE id = %s", (store_id,))
+            epoch = self._sql(
+                "DELETE FROM stores WHERE id = %s RETURNING epoch", (store_id,)
+            ).fetchone()[0]
+            self._sql(
+                "INSERT INTO dropped_stores (name, epoch, dropped_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET epoch = EXCLUDED.epoch,"
+                " dropped_at = EXCLUDED.dropped_at",
+                (name, epoch, time.time()),
+            )
+
+    def set_retention(self, name: str, seconds: int | None) -> StoreInfo:
+        if seconds is not None and seconds < 0:
+            raise ValueError("retention must be zero or more seconds")
+        with self._write():
+            store_id = self._locked_store(name)[0]
+            self._sql("UPDATE stores SET retention_seconds = %s WHERE id = %s", (seconds, store_id))
+            return self._info(name)
+
+    # -- history (postgresql_history) ------------------------------------------------
+
+    def compact(
+        self,
+        name: str | None = None,
+        now: float | None = None,
+        default_retention: int = DEFAULT_RETENTION_SECONDS,
+    ) -> CompactionReport:
+        return postgresql_history.compact(self, name, now, default_retention)
+
+    def vacuum(self) -> None:
+        postgresql_history.vacuum(self)
+
+    def export_store(self, name: str) -> Iterator[str]:
+        return postgresql_history.export_store(self, name)
+
+    def import_store(self, name: str, lines: Iterable[str]) -> StoreInfo:
+        return postgresql_history.import_store(self, name, lines)
 
     # -- writes -------------------------------------------------------------
 
@@ -282,9 +350,12 @@ class PostgresqlStorage(Storage):
         return {row[0]: tuple(row[1:]) for row in rows}
 
     def _known_records(self, store_id: int, keys: list[str]) -> dict[str, KnownRecord]:
+        # A deleted record's entries may be compacted away: its row alone says
+        # the key was used (LEFT JOIN), and its content is no longer compared.
         rows = self._sql(
-            "SELECT r.key, r.id, c.index_json, c.value_json, r.added_seq, r.deleted_seq"
-            f" FROM records r {_CONTENT} WHERE r.store_id = %s AND r.key = ANY(%s)",
+            "SELECT r.key, r.id, coalesce(c.index_json, '[]'), coalesce(c.value_json, 'null'),"
+            f" r.added_seq, r.deleted_seq FROM records r LEFT {CONTENT}"
+            " WHERE r.store_id = %s AND r.key = ANY(%s)",
             (store_id, sorted(set(keys))),
         ).fetchall()
         return {row[0]: KnownRecord(*row[1:]) for row in rows}
@@ -305,10 +376,10 @@ class PostgresqlStorage(Storage):
         # One statement per table, the rows passed as arrays: a batch costs a
         # few round trips whatever its size.
         self._rows(
-            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag)"
-            " SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
-            " %s::text[], %s::bigint[])",
-            (store_id,),
+            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag, logged_at)"
+            " SELECT %s, u.*, %s FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
+            " %s::text[], %s::bigint[]) AS u",
+            (store_id, time.time()),
             batch.log,
         )
         self._rows(
@@ -398,7 +469,7 @@ class PostgresqlStorage(Storage):
             at = at or Cursor(epoch, head, tag)
             self._check_cursor(at, epoch, head, horizon, tag)
             rows = self._sql(
-                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.store_id = %s AND r.added_seq > %s AND r.added_seq <= %s"
                 " AND (r.deleted_seq IS NULL OR r.deleted_seq > %s)"
                 " ORDER BY r.added_seq LIMIT %s",
@@ -420,7 +491,7 @@ class PostgresqlStorage(Storage):
         with self._read():
             store_id = self._store_id(name)
             row = self._sql(
-                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.store_id = %s AND r.key = %s AND r.deleted_seq IS NULL",
                 (store_id, key),
             ).fetchone()
@@ -438,7 +509,7 @@ class PostgresqlStorage(Storage):
         with self._read():
             store_id = self._store_id(name)
             rows = self._sql(
-                f"SELECT r.id, r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                f"SELECT r.id, r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.id IN (SELECT record_id FROM index_items"
                 f"   WHERE store_id = %s AND {where} AND record_id > %s)"
                 " ORDER BY r.id LIMIT %s",
@@ -461,7 +532,7 @@ class PostgresqlStorage(Storage):
         self._listeners.add(callback)
         with self._listen_lock:
             if self._listener is None:
-                self._listener = _ListenerThread(self.url, self._listeners, self._heads)
+                self._listener = ListenerThread(self.url, self._listeners, self._heads)
                 self._listener.start()
                 self._listener.ready.wait(max(self.busy_timeout_ms / 1000, 0.1))
 
@@ -479,57 +550,3 @@ class PostgresqlStorage(Storage):
             listener.stop()
         with contextlib.suppress(Exception):
             self.db.close_all()
-
-
-class _ListenerThread(threading.Thread):
-    """One LISTEN connection; calls the listeners for each notification, reconnecting on failure."""
-
-    #: Seconds between reconnection attempts, doubling up to the last.
-    RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-    def __init__(
-        self, url: str, listeners: Listeners, heads: Callable[[], list[tuple[str, int]]]
-    ) -> None:
-        super().__init__(name="idsync-pg-listen", daemon=True)
-        self.url = url
-        self.listeners = listeners
-        self.heads = heads
-        self.ready = threading.Event()
-        self._stopping = threading.Event()
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def stop(self) -> None:
-        """Stop listening and wait (briefly) for the thread to end."""
-        self._stopping.set()
-        self.join(timeout=5)
-
-    def run(self) -> None:
-        failures = 0
-        connected_before = False
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(self.url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    failures = 0
-                    if connected_before:
-                        # Notifications sent while disconnected are lost:
-                        # tell the listeners about every store.
-                        for name, head in self.heads():
-                            self.listeners.fire(name, head)
-                    connected_before = True
-                    self.ready.set()
-                    while not self._stopping.is_set():
-                        for notify in conn.notifies(timeout=0.2):
-                            self._deliver(notify.payload)
-            except Exception as exc:  # any failure: reconnect after a pause
-                if self._stopping.is_set():
-                    return
-                delay = self.RETRY_DELAYS[min(failures, len(self.RETRY_DELAYS) - 1)]
-                failures += 1
-                log.warning("LISTEN connection failed (%s); reconnecting in %.1fs", exc, delay)
-                self._stopping.wait(delay)
-
-    def _deliver(self, payload: str) -> None:
-        name, _, head = payload.rpartition(" ")
-        if name and head.isdigit():
-            self.listeners.fire(name, int(head))

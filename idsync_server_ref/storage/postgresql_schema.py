@@ -14,6 +14,7 @@ the database's own collation need not follow.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 from peewee import PostgresqlDatabase
@@ -34,10 +35,11 @@ TABLES = [
     " id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE, epoch TEXT NOT NULL,"
     " head_seq BIGINT NOT NULL DEFAULT 0, horizon_seq BIGINT NOT NULL DEFAULT 0,"
     " live_records BIGINT NOT NULL DEFAULT 0, log_length BIGINT NOT NULL DEFAULT 0,"
-    " created_at DOUBLE PRECISION NOT NULL)",
+    " created_at DOUBLE PRECISION NOT NULL, retention_seconds BIGINT, horizon_tag BIGINT)",
     "CREATE TABLE changes ("
     " store_id BIGINT NOT NULL, seq BIGINT NOT NULL, op TEXT NOT NULL, key TEXT NOT NULL,"
-    " index_json TEXT, value_json TEXT, tag BIGINT NOT NULL, PRIMARY KEY (store_id, seq))",
+    " index_json TEXT, value_json TEXT, tag BIGINT NOT NULL,"
+    " logged_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (store_id, seq))",
     "CREATE TABLE records ("
     " id BIGSERIAL PRIMARY KEY, store_id BIGINT NOT NULL, key TEXT NOT NULL,"
     " added_seq BIGINT NOT NULL, deleted_seq BIGINT, UNIQUE (store_id, key))",
@@ -49,6 +51,8 @@ TABLES = [
     " store_id BIGINT NOT NULL, client_id TEXT NOT NULL, n BIGINT NOT NULL,"
     " body_hash TEXT NOT NULL, status TEXT NOT NULL, seq BIGINT, code TEXT, message TEXT,"
     " PRIMARY KEY (store_id, client_id, n))",
+    "CREATE TABLE dropped_stores (name TEXT PRIMARY KEY, epoch TEXT NOT NULL,"
+    " dropped_at DOUBLE PRECISION NOT NULL)",
 ]
 
 
@@ -93,5 +97,23 @@ class PostgresqlSchemaTarget:
         )
 
 
-#: The steps, in order; step N leads from version N-1 to N (none yet).
-STEPS: list[Migration[PostgresqlDatabase]] = []
+def _step3(db: PostgresqlDatabase) -> None:
+    """Retention, compaction and dropped stores (as SQLite's step 3).
+
+    Entries logged before get the time of the upgrade (a constant default:
+    PostgreSQL adds such a column without rewriting the table).
+    """
+    db.execute_sql(
+        "ALTER TABLE changes ADD COLUMN logged_at DOUBLE PRECISION NOT NULL"
+        f" DEFAULT {time.time()!r}"
+    )
+    db.execute_sql("ALTER TABLE changes ALTER COLUMN logged_at DROP DEFAULT")
+    db.execute_sql("ALTER TABLE stores ADD COLUMN retention_seconds BIGINT")
+    db.execute_sql("ALTER TABLE stores ADD COLUMN horizon_tag BIGINT")
+    db.execute_sql(TABLES[-1])
+
+
+#: The steps, in order; step N leads from version N-1 to N.
+STEPS: list[Migration[PostgresqlDatabase]] = [
+    Migration(3, "log entry times, store retention, horizon tags, dropped stores", _step3),
+]

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,11 @@ from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 from idsync_client.sqlitedb import open_database
 
-from . import sqlite_migrations
+from . import sqlite_history, sqlite_migrations
 from .base import (
+    DEFAULT_RETENTION_SECONDS,
     ChangeListener,
+    CompactionReport,
     FindPage,
     Page,
     ResetRequired,
@@ -34,6 +36,7 @@ from .base import (
     Storage,
     StorageBusy,
     StorageFailure,
+    StoreDropped,
     StoreExists,
     StoreInfo,
     StoreNotFound,
@@ -42,27 +45,37 @@ from .json_text import record_json, tag_text
 from .listeners import Listeners
 from .migrations import migrate
 from .push_rules import KnownRecord, PushBatch
+from .sqlite_history import CHUNK, CONTENT
 
 _CHANGE_JSON = (
     'CASE op WHEN \'add\' THEN \'{"seq":\' || seq || \',"op":"add","key":\' || json_quote(key)'
     " || ',\"index\":' || index_json || ',\"value\":' || value_json || '}'"
     ' ELSE \'{"seq":\' || seq || \',"op":"delete","key":\' || json_quote(key) || \'}\' END'
 )
-# A record's content lives once, in the log entry that added it.
-_CONTENT = "JOIN changes c ON c.store_id = r.store_id AND c.seq = r.added_seq"
-# A store's figures and the tag of the entry at its head.
+# A store's figures and the tag of the entry at its head (kept in the store's
+# row when compaction removed that entry).
 _STORE_INFO = (
     "SELECT s.name, s.epoch, s.head_seq, s.horizon_seq, s.live_records, s.log_length,"
-    " s.created_at, h.tag FROM stores s"
+    " s.created_at, coalesce(h.tag, CASE WHEN s.head_seq = s.horizon_seq THEN s.horizon_tag END),"
+    " s.retention_seconds FROM stores s"
     " LEFT JOIN changes h ON h.store_id = s.id AND h.seq = s.head_seq"
 )
-# SQLite's bound on host parameters is 999 in old builds: look keys up in chunks.
-_CHUNK = 500
 
 
-def _store_info(row: Sequence[Any]) -> StoreInfo:
-    name, epoch, head, horizon, live, length, created_at, tag = row
-    return StoreInfo(name, epoch, head, horizon, live, length, created_at, tag_text(tag))
+def _store_info(row: Sequence[Any], bytes_on_disk: int | None = None) -> StoreInfo:
+    name, epoch, head, horizon, live, length, created_at, tag, retention = row
+    return StoreInfo(
+        name,
+        epoch,
+        head,
+        horizon,
+        live,
+        length,
+        created_at,
+        tag_text(tag),
+        retention,
+        bytes_on_disk,
+    )
 
 
 class SqliteStorage(Storage):
@@ -84,6 +97,10 @@ class SqliteStorage(Storage):
         self._listeners = Listeners()
         with self._guard():
             self.db = open_database(self.path, "FULL", busy_timeout_ms)
+            # Space freed by compaction goes back to the file system on
+            # vacuum(); the mode must be set before WAL and the first table.
+            pragmas = [("auto_vacuum", "incremental"), *self.db._pragmas]  # type: ignore[attr-defined]
+            self.db._pragmas = pragmas  # type: ignore[attr-defined]
             # Each connection serves its own thread only; close() may close
             # them from another.
             self.db.connect_params["check_same_thread"] = False
@@ -91,6 +108,7 @@ class SqliteStorage(Storage):
                 # Looked up at open time: tests replace the steps to crash one.
                 steps = sqlite_migrations.STEPS
                 migrate(sqlite_migrations.SqliteSchemaTarget(self.db), steps, str(self.path))
+                sqlite_migrations.switch_to_incremental_vacuum(self.db)
 
     # -- plumbing -----------------------------------------------------------
 
@@ -139,12 +157,17 @@ class SqliteStorage(Storage):
         cursor: sqlite3.Cursor = self.db.execute_sql(sql, params)
         return cursor
 
+    def _missing(self, name: str) -> StoreNotFound:
+        """The error for a store that is not there: dropped, or never created."""
+        row = self._sql("SELECT epoch FROM dropped_stores WHERE name = ?", (name,)).fetchone()
+        return StoreNotFound(name) if row is None else StoreDropped(name, row[0])
+
     def _store_row(self, name: str) -> tuple[int, str, int, int]:
         row = self._sql(
             "SELECT id, epoch, head_seq, horizon_seq FROM stores WHERE name = ?", (name,)
         ).fetchone()
         if row is None:
-            raise StoreNotFound(name)
+            raise self._missing(name)
         store_id, epoch, head, horizon = row
         return store_id, epoch, head, horizon
 
@@ -154,22 +177,33 @@ class SqliteStorage(Storage):
         ``seq`` None means the head. One statement: the entry is found by its
         primary key, so checking a cursor costs one indexed lookup.
         """
+        # The entry at the horizon may have been compacted away: its tag is
+        # kept in the store's row.
         row = self._sql(
-            "SELECT s.id, s.epoch, s.head_seq, s.horizon_seq, c.tag FROM stores s"
+            "SELECT s.id, s.epoch, s.head_seq, s.horizon_seq, coalesce(c.tag, CASE WHEN"
+            " coalesce(?, s.head_seq) = s.horizon_seq THEN s.horizon_tag END) FROM stores s"
             " LEFT JOIN changes c ON c.store_id = s.id AND c.seq = coalesce(?, s.head_seq)"
             " WHERE s.name = ?",
-            (seq, name),
+            (seq, seq, name),
         ).fetchone()
         if row is None:
-            raise StoreNotFound(name)
+            raise self._missing(name)
         store_id, epoch, head, horizon, tag = row
         return store_id, epoch, head, horizon, tag_text(tag)
 
     def _info(self, name: str) -> StoreInfo:
         row = self._sql(f"{_STORE_INFO} WHERE s.name = ?", (name,)).fetchone()
         if row is None:
-            raise StoreNotFound(name)
-        return _store_info(row)
+            raise self._missing(name)
+        return _store_info(row, self._bytes_per_entry() * row[5])
+
+    def _bytes_per_entry(self) -> float:
+        """The database's used bytes over its log entries: a store's share is per entry."""
+        page_size = self._sql("PRAGMA page_size").fetchone()[0]
+        pages = self._sql("PRAGMA page_count").fetchone()[0]
+        free = self._sql("PRAGMA freelist_count").fetchone()[0]
+        entries = self._sql("SELECT coalesce(sum(log_length), 0) FROM stores").fetchone()[0]
+        return (pages - free) * page_size / entries if entries else 0.0
 
     @staticmethod
     def _check_cursor(cursor: Cursor, epoch: str, head: int, horizon: int, tag: str) -> None:
@@ -191,11 +225,15 @@ class SqliteStorage(Storage):
 
     # -- stores -------------------------------------------------------------
 
-    def create_store(self, name: str) -> StoreInfo:
+    def create_store(self, name: str, recreate: bool = False) -> StoreInfo:
         with self._write():
             exists = self._sql("SELECT 1 FROM stores WHERE name = ?", (name,)).fetchone()
             if exists:
                 raise StoreExists(name)
+            missing = self._missing(name)
+            if isinstance(missing, StoreDropped) and not recreate:
+                raise missing
+            self._sql("DELETE FROM dropped_stores WHERE name = ?", (name,))
             self._sql(
                 "INSERT INTO stores (name, epoch, head_seq, horizon_seq, live_records,"
                 " log_length, created_at) VALUES (?, ?, 0, 0, 0, 0, ?)",
@@ -206,7 +244,8 @@ class SqliteStorage(Storage):
     def list_stores(self) -> list[StoreInfo]:
         with self._read():
             rows = self._sql(f"{_STORE_INFO} ORDER BY s.name").fetchall()
-        return [_store_info(row) for row in rows]
+            per_entry = self._bytes_per_entry()
+        return [_store_info(row, int(per_entry * row[5])) for row in rows]
 
     def get_store(self, name: str) -> StoreInfo:
         with self._read():
@@ -214,10 +253,41 @@ class SqliteStorage(Storage):
 
     def drop_store(self, name: str) -> None:
         with self._write():
-            store_id = self._store_row(name)[0]
+            store_id, epoch, _head, _horizon = self._store_row(name)
             for table in ("changes", "records", "index_items", "client_changes"):
                 self._sql(f"DELETE FROM {table} WHERE store_id = ?", (store_id,))
             self._sql("DELETE FROM stores WHERE id = ?", (store_id,))
+            self._sql(
+                "INSERT OR REPLACE INTO dropped_stores (name, epoch, dropped_at) VALUES (?, ?, ?)",
+                (name, epoch, time.time()),
+            )
+
+    def set_retention(self, name: str, seconds: int | None) -> StoreInfo:
+        if seconds is not None and seconds < 0:
+            raise ValueError("retention must be zero or more seconds")
+        with self._write():
+            store_id = self._store_row(name)[0]
+            self._sql("UPDATE stores SET retention_seconds = ? WHERE id = ?", (seconds, store_id))
+            return self._info(name)
+
+    # -- history (sqlite_history) ------------------------------------------------
+
+    def compact(
+        self,
+        name: str | None = None,
+        now: float | None = None,
+        default_retention: int = DEFAULT_RETENTION_SECONDS,
+    ) -> CompactionReport:
+        return sqlite_history.compact(self, name, now, default_retention)
+
+    def vacuum(self) -> None:
+        sqlite_history.vacuum(self)
+
+    def export_store(self, name: str) -> Iterator[str]:
+        return sqlite_history.export_store(self, name)
+
+    def import_store(self, name: str, lines: Iterable[str]) -> StoreInfo:
+        return sqlite_history.import_store(self, name, lines)
 
     # -- writes -------------------------------------------------------------
 
@@ -250,8 +320,8 @@ class SqliteStorage(Storage):
     def _chunked(self, sql: str, fixed: tuple[Any, ...], values: list[Any]) -> list[Any]:
         """Run ``sql`` once per chunk of ``values`` (spliced at ``{marks}``); all rows."""
         rows: list[Any] = []
-        for start in range(0, len(values), _CHUNK):
-            chunk = values[start : start + _CHUNK]
+        for start in range(0, len(values), CHUNK):
+            chunk = values[start : start + CHUNK]
             marks = ",".join("?" * len(chunk))
             rows += self._sql(sql.format(marks=marks), (*fixed, *chunk)).fetchall()
         return rows
@@ -268,9 +338,12 @@ class SqliteStorage(Storage):
         return {row[0]: row[1:] for row in rows}
 
     def _known_records(self, store_id: int, keys: list[str]) -> dict[str, KnownRecord]:
+        # A deleted record's entries may be compacted away: its row alone says
+        # the key was used (LEFT JOIN), and its content is no longer compared.
         rows = self._chunked(
-            "SELECT r.key, r.id, c.index_json, c.value_json, r.added_seq, r.deleted_seq"
-            f" FROM records r {_CONTENT} WHERE r.store_id = ? AND r.key IN ({{marks}})",
+            "SELECT r.key, r.id, coalesce(c.index_json, '[]'), coalesce(c.value_json, 'null'),"
+            f" r.added_seq, r.deleted_seq FROM records r LEFT {CONTENT}"
+            " WHERE r.store_id = ? AND r.key IN ({marks})",
             (store_id,),
             sorted(set(keys)),
         )
@@ -278,10 +351,11 @@ class SqliteStorage(Storage):
 
     def _write_batch(self, store_id: int, client_id: str, batch: PushBatch) -> None:
         conn = self.db.connection()
+        now = time.time()
         conn.executemany(
-            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(store_id, *row) for row in batch.log],
+            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag, logged_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(store_id, *row, now) for row in batch.log],
         )
         new = [(key, rec) for key, rec in batch.known.items() if rec.new]
         conn.executemany(
@@ -349,7 +423,7 @@ class SqliteStorage(Storage):
             at = at or Cursor(epoch, head, tag)
             self._check_cursor(at, epoch, head, horizon, tag)
             rows = self._sql(
-                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.store_id = ? AND r.added_seq > ? AND r.added_seq <= ?"
                 " AND (r.deleted_seq IS NULL OR r.deleted_seq > ?)"
                 " ORDER BY r.added_seq LIMIT ?",
@@ -372,7 +446,7 @@ class SqliteStorage(Storage):
         with self._read():
             store_id = self._store_row(name)[0]
             row = self._sql(
-                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.store_id = ? AND r.key = ? AND r.deleted_seq IS NULL",
                 (store_id, key),
             ).fetchone()
@@ -390,7 +464,7 @@ class SqliteStorage(Storage):
         with self._read():
             store_id = self._store_row(name)[0]
             rows = self._sql(
-                f"SELECT r.id, r.key, c.index_json, c.value_json, r.added_seq FROM records r {_CONTENT}"
+                f"SELECT r.id, r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.id IN (SELECT DISTINCT record_id FROM index_items"
                 f"   WHERE store_id = ? AND {where} AND record_id > ?)"
                 " ORDER BY r.id LIMIT ?",

@@ -8,6 +8,7 @@ committed together with the version bump by :func:`.migrations.migrate`.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 from peewee import SqliteDatabase
@@ -140,7 +141,44 @@ def _step2(db: SqliteDatabase) -> None:
     _rehash_client_changes(db)
 
 
+def _step3(db: SqliteDatabase) -> None:
+    """Retention, compaction and dropped stores.
+
+    Log entries get the time they were logged; entries from before get the
+    time of the upgrade (a constant default: no rewrite of the log), so
+    their retention counts from then. The switch to incremental
+    auto-vacuum needs a ``VACUUM``, which cannot run inside a transaction:
+    :func:`switch_to_incremental_vacuum` does it right after the steps.
+    """
+    db.execute_sql(
+        f"ALTER TABLE changes ADD COLUMN logged_at REAL NOT NULL DEFAULT {time.time()!r}"
+    )
+    db.execute_sql("ALTER TABLE stores ADD COLUMN retention_seconds INTEGER")
+    db.execute_sql("ALTER TABLE stores ADD COLUMN horizon_tag INTEGER")
+    db.execute_sql(
+        "CREATE TABLE dropped_stores (name TEXT NOT NULL PRIMARY KEY, epoch TEXT NOT NULL,"
+        " dropped_at REAL NOT NULL)"
+    )
+
+
 #: The steps, in order; step N leads from version N-1 to N.
 STEPS: list[Migration[SqliteDatabase]] = [
     Migration(2, "tag every log entry; re-hash idempotency rows unambiguously", _step2),
+    Migration(3, "log entry times, store retention, horizon tags, dropped stores", _step3),
 ]
+
+
+def switch_to_incremental_vacuum(db: SqliteDatabase) -> bool:
+    """Rebuild a file made before schema 3 with ``auto_vacuum=INCREMENTAL``; True if it did.
+
+    New files get the mode at creation (the pragma is set before the first
+    table). An older file needs one ``VACUUM`` (outside any transaction; it
+    rewrites the file, so it needs free space about the file's size). A
+    server killed during it leaves the file as it was, and the next open
+    does it again.
+    """
+    if db.execute_sql("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        return False
+    db.execute_sql("PRAGMA auto_vacuum = INCREMENTAL")
+    db.execute_sql("VACUUM")
+    return True

@@ -17,7 +17,7 @@ from peewee import (
 
 #: The version these models describe. Each change of the tables comes with a
 #: numbered step in :mod:`.sqlite_migrations` that leads an older file here.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class BaseModel(Model):
@@ -45,9 +45,25 @@ class StoreRow(BaseModel):
     live_records = IntegerField(default=0)
     log_length = IntegerField(default=0)
     created_at = FloatField()
+    #: Seconds deleted records' log entries are kept; NULL: the server's default.
+    retention_seconds = IntegerField(null=True)
+    #: The tag of the log entry at ``horizon_seq`` once compaction removed it,
+    #: so that a cursor naming it stays valid.
+    horizon_tag = IntegerField(null=True)
 
     class Meta:
         table_name = "stores"
+
+
+class DroppedStoreRow(BaseModel):
+    """A dropped store's name, remembered so that it is not re-created by accident."""
+
+    name = TextField(primary_key=True)
+    epoch = TextField()
+    dropped_at = FloatField()
+
+    class Meta:
+        table_name = "dropped_stores"
 
 
 class ChangeRow(BaseModel):
@@ -65,6 +81,8 @@ class ChangeRow(BaseModel):
     index_json = TextField(null=True)
     value_json = TextField(null=True)
     tag = IntegerField()
+    #: When the entry was logged (Unix time): compaction keeps it for the retention.
+    logged_at = FloatField()
 
     class Meta:
         table_name = "changes"
@@ -132,6 +150,7 @@ class ClientChangeRow(BaseModel):
 ALL_MODELS: list[type[BaseModel]] = [
     MetaRow,
     StoreRow,
+    DroppedStoreRow,
     ChangeRow,
     RecordRow,
     IndexItemRow,

@@ -15,6 +15,9 @@ inside the push transaction)::
 What a backend can or cannot do is said by capability flags on the class
 (``multi_process``), never by naming the backend in a test; a test that
 needs a capability the backend lacks is reported as skipped, with the reason.
+
+History (compaction, retention, dropped stores, export and import) has its
+own part, :class:`.testing_history.HistoryContract`, mixed in beside this one.
 """
 
 from __future__ import annotations
@@ -255,7 +258,7 @@ class StorageContract:
         with pytest.raises(StoreNotFound):
             storage.get_store("notes")
         with pytest.raises(StoreExists):
-            storage.create_store(storage.create_store("notes").name)
+            storage.create_store(storage.create_store("notes", recreate=True).name)
         with pytest.raises(ResetRequired):
             storage.pull("notes", old, 10, 1000)
         assert storage.get_record("notes", "a") is None
