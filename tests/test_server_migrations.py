@@ -214,14 +214,41 @@ def _digest(path: Path) -> str:
 def test_a_file_newer_than_the_code_is_refused_and_left_unchanged(v1_file: Path) -> None:
     conn = sqlite3.connect(v1_file)
     with conn:
-        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),)
+        )
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     before = _digest(v1_file)
-    with pytest.raises(SchemaTooNew, match="schema version 4, newer than this server's 3"):
+    newer = f"schema version {SCHEMA_VERSION + 1}, newer than this server's {SCHEMA_VERSION}"
+    with pytest.raises(SchemaTooNew, match=newer):
         SqliteStorage(v1_file)
     assert _digest(v1_file) == before
-    assert _version(v1_file) == "4" and "tag" not in _columns(v1_file, "changes")
+    assert _version(v1_file) == str(SCHEMA_VERSION + 1)
+    assert "tag" not in _columns(v1_file, "changes")
+
+
+@pytest.mark.parametrize("kind", ["newer", "another program", "not a database"])
+def test_a_refused_file_is_left_exactly_as_it_was(tmp_path: Path, kind: str) -> None:
+    """Refused before anything is written: no switch to WAL, no -wal/-shm beside it."""
+    path = tmp_path / "refused.sqlite"
+    if kind == "not a database":
+        path.write_bytes(b"SQLite format 2\0" + b"x" * 4000)
+    else:
+        shutil.copy(FIXTURE, path) if kind == "newer" else None
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA journal_mode=DELETE")
+        with conn:
+            if kind == "newer":
+                conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+            else:
+                conn.execute("CREATE TABLE notes (x)")
+        conn.close()
+    before = _digest(path)
+    with pytest.raises(StorageFailure):
+        SqliteStorage(path)
+    assert _digest(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["refused.sqlite"]
 
 
 def test_a_file_of_another_program_is_refused(tmp_path: Path) -> None:

@@ -68,6 +68,17 @@ def latest_version(steps: Sequence[Migration[H]], base: int = BASE_VERSION) -> i
     return steps[-1].version if steps else base
 
 
+def refuse_unknown_version(version: int, latest: int, name: str, base: int = BASE_VERSION) -> None:
+    """Raise SchemaTooNew above ``latest``, StorageFailure below ``base``; else nothing."""
+    if version > latest:
+        raise SchemaTooNew(
+            f"{name} has schema version {version}, newer than this server's "
+            f"{latest}: run a release that knows it (the file was not changed)"
+        )
+    if version < base:
+        raise StorageFailure(f"{name} has an unknown schema version {version}")
+
+
 def migrate(
     target: SchemaTarget[H], steps: Sequence[Migration[H]], name: str, base: int = BASE_VERSION
 ) -> list[int]:
@@ -89,15 +100,9 @@ def migrate(
                 target.create_latest(handle)
                 target.write_version(handle, latest)
                 return applied
-            if version > latest:
-                raise SchemaTooNew(
-                    f"{name} has schema version {version}, newer than this server's "
-                    f"{latest}: run a release that knows it (the file was not changed)"
-                )
+            refuse_unknown_version(version, latest, name, base)
             if version == latest:
                 return applied
-            if version < base:
-                raise StorageFailure(f"{name} has an unknown schema version {version}")
             step = steps[version - base]
             step.apply(handle)
             target.write_version(handle, step.version)

@@ -96,6 +96,7 @@ class SqliteStorage(Storage):
         self._connections_lock = threading.Lock()
         self._listeners = Listeners()
         with self._guard():
+            sqlite_migrations.check_before_opening(self.path, sqlite_migrations.STEPS)
             self.db = open_database(self.path, "FULL", busy_timeout_ms)
             # Space freed by compaction goes back to the file system on
             # vacuum(); the mode must be set before WAL and the first table.

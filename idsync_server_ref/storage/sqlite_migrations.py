@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from peewee import SqliteDatabase
 
@@ -18,7 +19,7 @@ from idsync_client.protocol import Change
 
 from .base import StorageFailure
 from .equality import LEGACY_PREFIX, change_hash, legacy_change_hash
-from .migrations import Migration
+from .migrations import Migration, latest_version, refuse_unknown_version
 from .sqlite_schema import ALL_MODELS
 
 
@@ -182,3 +183,24 @@ def switch_to_incremental_vacuum(db: SqliteDatabase) -> bool:
     db.execute_sql("PRAGMA auto_vacuum = INCREMENTAL")
     db.execute_sql("VACUUM")
     return True
+
+
+def check_before_opening(path: Path, steps: Sequence[Migration[SqliteDatabase]]) -> None:
+    """Refuse a file this server must not open, reading it only.
+
+    Opening for real switches the file to WAL before the schema can be read;
+    a file that is then refused (newer than this code, another program's
+    database, not a database at all) must be left exactly as it was, so it
+    is checked first through a read-only connection. A missing or empty
+    file passes: it becomes a new database.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    reader = SqliteDatabase(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        with reader.connection_context():
+            version = SqliteSchemaTarget(reader).read_version(reader)
+    finally:
+        reader.close()
+    if version is not None:
+        refuse_unknown_version(version, latest_version(steps), str(path))
