@@ -116,7 +116,7 @@ def test_an_empty_database_gets_the_schema_and_a_foreign_one_is_refused(pg_clust
     url = pg_cluster.database(empty=True)
     PostgresqlStorage(url).close()
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT value FROM meta").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta").fetchone() == ("4",)
     other = pg_cluster.database(empty=True)
     with psycopg.connect(other, autocommit=True) as conn:
         conn.execute("CREATE TABLE invoices (id int)")

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from peewee import PostgresqlDatabase
 
+from .accounts_schema import POSTGRESQL_TABLES, create_tables
 from .base import StorageFailure
 from .migrations import Migration
 
@@ -83,6 +84,7 @@ class PostgresqlSchemaTarget:
         """Create every table and index (PostgreSQL's DDL is transactional)."""
         for statement in TABLES:
             handle.execute_sql(statement)
+        create_tables(handle, POSTGRESQL_TABLES)
 
     def write_version(self, handle: PostgresqlDatabase, version: int) -> None:
         """Store ``version`` in ``meta``."""
@@ -93,5 +95,16 @@ class PostgresqlSchemaTarget:
         )
 
 
-#: The steps, in order; step N leads from version N-1 to N (none yet).
-STEPS: list[Migration[PostgresqlDatabase]] = []
+def _step3_reserved(db: PostgresqlDatabase) -> None:
+    """Version 3 is the storage compaction step, merged separately; nothing here."""
+
+
+def _step4(db: PostgresqlDatabase) -> None:
+    create_tables(db, POSTGRESQL_TABLES)
+
+
+#: The steps, in order; step N leads from version N-1 to N.
+STEPS: list[Migration[PostgresqlDatabase]] = [
+    Migration(3, "reserved for the compaction step", _step3_reserved),
+    Migration(4, "users, tokens (as hashes) and store access", _step4),
+]
