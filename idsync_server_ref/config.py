@@ -11,6 +11,8 @@ from idsync_client.protocol import Limits
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+#: Requests per second per token when users exist and no rate was given.
+DEFAULT_RATE = 50.0
 
 
 def default_database_path() -> Path:
@@ -35,7 +37,9 @@ class ServerConfig:
     not count), responses carry the back-off hint. ``max_connections``: open
     connections past it get ``503 server_busy``. ``header_timeout`` and
     ``body_timeout``: seconds a request's headers, then its body, may take
-    to arrive before the connection is dropped.
+    to arrive before the connection is dropped. The access settings
+    (``insecure_no_auth``, ``rate_limit``, ``rate_burst``) are described in
+    ``docs/security.md``.
     """
 
     host: str = DEFAULT_HOST
@@ -50,3 +54,10 @@ class ServerConfig:
     max_connections: int = 10_000
     header_timeout: float = 10.0
     body_timeout: float = 60.0
+    #: Listen beyond the loopback interface with no users and no token.
+    insecure_no_auth: bool = False
+    #: Requests per second per token (None: off for a single user, else
+    #: ``DEFAULT_RATE``); before auth, the same per client address for refused tokens.
+    rate_limit: float | None = None
+    #: Requests a bucket holds (a burst allowed at once).
+    rate_burst: int = 200
