@@ -20,6 +20,7 @@ caller's grant, whether the store exists or not). See ``docs/security.md``.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import threading
 import time
 from collections.abc import Callable
@@ -221,3 +222,32 @@ def visible_stores(accounts: AccountStore, principal: Principal, names: list[str
         return names
     granted = accounts.granted_stores(principal.user or "")
     return [n for n in names if n in granted or store_owner(n) == principal.user]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is an address of this machine only (``localhost`` counts)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def start_refusal(
+    host: str, users_exist: bool, shared_token: str | None, insecure_no_auth: bool
+) -> str | None:
+    """Why the server must not start with these settings, or None when it may."""
+    if users_exist and shared_token is not None:
+        return (
+            "--auth-token is for a server without users, and this database has users:"
+            " give each device its own token (idsync-server token create USER) and drop"
+            " --auth-token"
+        )
+    if not users_exist and shared_token is None and not is_loopback(host) and not insecure_no_auth:
+        return (
+            f"refusing to listen on {host} with no authentication: add a user"
+            " (idsync-server user add NAME; idsync-server token create NAME), or pass"
+            " --insecure-no-auth to let anyone who reaches it read and write every store"
+        )
+    return None

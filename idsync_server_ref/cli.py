@@ -17,7 +17,9 @@ from typing import Any
 
 from idsync_client.protocol import Limits
 
+from . import users_cli
 from .api import ServerApp
+from .auth import start_refusal
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, default_database_path
 from .http_server import build_server
 from .storage import StorageError, open_storage
@@ -34,7 +36,9 @@ def _env(name: str, default: Any) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``idsync-server``."""
     parser = argparse.ArgumentParser(
-        prog="idsync-server", description="Run the idsync reference sync server."
+        prog="idsync-server",
+        description="Run the idsync reference sync server.",
+        epilog="Accounts: idsync-server user|token|access --help (docs/security.md).",
     )
     parser.add_argument(
         "--host",
@@ -91,7 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--auth-token",
         default=_env("auth_token", None),
-        help="require 'Authorization: Bearer TOKEN' (IDSYNC_AUTH_TOKEN)",
+        help="deprecated: one shared token for a server without users; require"
+        " 'Authorization: Bearer TOKEN' (IDSYNC_AUTH_TOKEN). Prefer users: see"
+        " 'idsync-server user --help' and docs/security.md",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=bool(_env("insecure_no_auth", "")),
+        help="allow listening beyond 127.0.0.1 with no users and no token: anyone who"
+        " reaches the server reads and writes every store (IDSYNC_INSECURE_NO_AUTH)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=_env("rate_limit", None),
+        help="requests per second per token, and per address for refused tokens; 0 turns"
+        " it off (IDSYNC_RATE_LIMIT; default: off without users, 50 with users)",
+    )
+    parser.add_argument(
+        "--rate-burst",
+        type=int,
+        default=int(_env("rate_burst", 200)),
+        help="requests a token may send at once before the rate applies"
+        " (IDSYNC_RATE_BURST; default %(default)s)",
     )
     parser.add_argument(
         "--backoff-threshold",
@@ -133,13 +160,18 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections=args.max_connections,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
+        insecure_no_auth=args.insecure_no_auth,
+        rate_limit=float(args.rate_limit) if args.rate_limit is not None else None,
+        rate_burst=args.rate_burst,
     )
 
 
 def _check_positive(config: ServerConfig) -> None:
-    for name in ("threads", "max_connections", "header_timeout", "body_timeout"):
+    for name in ("threads", "max_connections", "header_timeout", "body_timeout", "rate_burst"):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be a positive number")
+    if config.rate_limit is not None and config.rate_limit < 0:
+        raise ValueError("rate_limit must be 0 (off) or a positive number")
 
 
 def _raise_open_file_limit(wanted: int) -> None:
@@ -166,9 +198,30 @@ def _describe(database: str | Path) -> str:
     return f"{scheme}://{credentials.split(':', 1)[0]}{at}{host}"
 
 
+def _describe_access(app: ServerApp, config: ServerConfig) -> None:
+    """Say at start which access mode the server is in."""
+    if app.authenticator.users_mode:
+        log.info("users mode: every request needs a user's token")
+    elif config.auth_token is not None:
+        log.warning(
+            "--auth-token (one shared token) is deprecated: add users and give each"
+            " device its own token (see docs/security.md)"
+        )
+    else:
+        log.warning(
+            "local mode: no users, every request is allowed (listening on %s)", config.host
+        )
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server until SIGINT/SIGTERM; returns the process exit status."""
+    """Run the server until SIGINT/SIGTERM; returns the process exit status.
+
+    ``user``, ``token`` and ``access`` commands manage accounts instead
+    (:mod:`.users_cli`).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if users_cli.is_command(argv):
+        return users_cli.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -187,8 +240,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StorageError, ValueError) as exc:
         print(f"idsync-server: cannot open {_describe(config.database)}: {exc}", file=sys.stderr)
         return 2
+    try:
+        app = ServerApp(storage, config)
+    except StorageError as exc:
+        storage.close()
+        print(f"idsync-server: cannot read the accounts: {exc}", file=sys.stderr)
+        return 2
+    refusal = start_refusal(
+        config.host, app.authenticator.users_mode, config.auth_token, config.insecure_no_auth
+    )
+    if refusal is not None:
+        app.close()
+        storage.close()
+        print(f"idsync-server: {refusal}", file=sys.stderr)
+        return 2
+    _describe_access(app, config)
     _raise_open_file_limit(config.max_connections + 256)
-    app = ServerApp(storage, config)
 
     def listening(port: int) -> None:
         print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
