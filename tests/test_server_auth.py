@@ -103,9 +103,12 @@ def realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Realm]:
     with ServerProcess(db, *args) as server:
         realm = Realm(server, db, tokens)
         realm.ok("owner", "POST", "/v1/stores", {"name": STORE})
-        realm.ok("owner", "POST", f"/v1/stores/{STORE}/push", {"client_id": "c", "changes": [
-            add(1, "k1", index=["tag:x"])
-        ]})
+        realm.ok(
+            "owner",
+            "POST",
+            f"/v1/stores/{STORE}/push",
+            {"client_id": "c", "changes": [add(1, "k1", index=["tag:x"])]},
+        )
         realm.ok("owner", "PUT", f"/v1/stores/{STORE}/access/wendy", {"role": "writer"})
         realm.ok("owner", "PUT", f"/v1/stores/{STORE}/access/rita", {"role": "reader"})
         yield realm
@@ -294,15 +297,29 @@ def _probe(realm: Realm, caller: str, store: str) -> list[tuple[int, bytes, list
 def test_a_private_store_answers_as_a_missing_one(realm: Realm, caller: str) -> None:
     private = f"alice.private-{caller}"
     realm.ok("owner", "POST", "/v1/stores", {"name": private})
-    realm.ok("owner", "POST", f"/v1/stores/{private}/push", {"client_id": "c", "changes": [
-        add(1, "k", index=["a"])
-    ]})
+    realm.ok(
+        "owner",
+        "POST",
+        f"/v1/stores/{private}/push",
+        {"client_id": "c", "changes": [add(1, "k", index=["a"])]},
+    )
     while_there = _probe(realm, caller, private)
     realm.ok("owner", "DELETE", f"/v1/stores/{private}")
     while_missing = _probe(realm, caller, private)
     assert while_there == while_missing
     assert [status for status, _, _ in while_there] == [
-        404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 403, 200
+        404,
+        404,
+        404,
+        404,
+        404,
+        404,
+        404,
+        404,
+        404,
+        404,
+        403,
+        200,
     ]
 
 
@@ -327,10 +344,15 @@ def test_two_users_with_one_client_id_both_land_all_their_writes(realm: Realm) -
     )
     # Each user's replay is still recognised as its own.
     again = realm.ok(
-        "writer", "POST", f"/v1/stores/{store}/push", {"client_id": "same", "changes": sent["writer"]}
+        "writer",
+        "POST",
+        f"/v1/stores/{store}/push",
+        {"client_id": "same", "changes": sent["writer"]},
     )
     assert [(o["status"], o["seq"]) for o in again["outcomes"]] == [
-        ("applied", 4), ("applied", 5), ("applied", 6)
+        ("applied", 4),
+        ("applied", 5),
+        ("applied", 6),
     ]
 
 
@@ -370,7 +392,9 @@ def _start(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_listening_beyond_loopback_without_auth_refuses_to_start(tmp_path: Path) -> None:
     result = _start(tmp_path / "s.sqlite3", "--host", "0.0.0.0")
     assert result.returncode == 2
-    assert "refusing to listen on 0.0.0.0" in result.stderr and "--insecure-no-auth" in result.stderr
+    assert (
+        "refusing to listen on 0.0.0.0" in result.stderr and "--insecure-no-auth" in result.stderr
+    )
     assert "listening on" not in result.stdout
 
 
