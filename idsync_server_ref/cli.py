@@ -208,9 +208,7 @@ def _describe_access(app: ServerApp, config: ServerConfig) -> None:
             " device its own token (see docs/security.md)"
         )
     else:
-        log.warning(
-            "local mode: no users, every request is allowed (listening on %s)", config.host
-        )
+        log.info("local mode: no users, every request is allowed (listening on %s)", config.host)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,12 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         storage.close()
         print(f"idsync-server: {refusal}", file=sys.stderr)
         return 2
-    _describe_access(app, config)
     _raise_open_file_limit(config.max_connections + 256)
 
     def listening(port: int) -> None:
         print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
         print(f"idsync-server database {_describe(config.database)}", flush=True)
+        _describe_access(app, config)
 
     try:
         build_server(app, config, listening).run()
