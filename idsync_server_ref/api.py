@@ -342,8 +342,10 @@ class ServerApp:
     async def drop_store(self, request: Request, store: str) -> Response:
         """Delete a store and all it holds."""
         request.query(())
-        await self._run(self.storage.drop_store, store)
+        # Grants go first: if the drop then fails, the store is left with
+        # less access, never a later store of the name with the old grants.
         await self._run(self.accounts.forget_store, store)
+        await self._run(self.storage.drop_store, store)
         self.notifier.forget(store)
         return Response.json({"dropped": store})
 

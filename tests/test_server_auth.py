@@ -419,3 +419,25 @@ def test_local_mode_allows_everything_without_a_token(tmp_path: Path) -> None:
         created = requests.post(srv.url + "/v1/stores", json={"name": "notes"}, timeout=10)
         assert created.status_code == 201
         assert requests.get(srv.url + "/v1/admin/users", timeout=10).json() == {"users": []}
+
+
+# -- the token bucket -----------------------------------------------------------
+
+
+def test_a_bucket_allows_its_burst_then_its_rate() -> None:
+    from idsync_server_ref.ratelimit import RateLimiter, retry_after_header
+
+    now = [0.0]
+    limiter = RateLimiter(2.0, 3, max_keys=2, clock=lambda: now[0])
+    assert [limiter.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.take("a") == pytest.approx(0.5) and limiter.wait_needed("a") > 0
+    assert limiter.take("b") == 0.0  # another key has its own bucket
+    now[0] += 0.5
+    assert limiter.take("a") == 0.0 and limiter.take("a") > 0
+    assert retry_after_header(0.01) == "1" and retry_after_header(2.2) == "3"
+    limiter.take("c")
+    limiter.take("d")
+    assert len(limiter._buckets) <= 2  # bounded: idle keys are forgotten first
+    assert RateLimiter(0, 0).take("x") == 0.0  # off
+    with pytest.raises(ValueError):
+        RateLimiter(1.0, 0)
