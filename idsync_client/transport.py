@@ -162,8 +162,9 @@ class HttpTransport:
     be mounted on it (the testing kit does).
 
     ``token`` is the bearer token, or a callable that supplies one: it is
-    called for the first request, and once more after a request is refused
-    with 401 (the request is then sent again with the new token, once).
+    called while there is no token, and once more after a request is
+    refused with 401 (the request is then sent again with the new token,
+    once); a token is kept once the server accepts it.
 
     ``connect_timeout`` and ``read_timeout`` bound each request; a long-poll
     waits ``wait + poll_margin`` for its answer. ``contacts`` counts the
@@ -183,7 +184,6 @@ class HttpTransport:
         #: Supplies a fresh token after a 401 (None: the token is fixed).
         self.token_supplier = token if callable(token) else None
         self.token: str | None = None if callable(token) else token
-        self._supplied = False
         self.session = session or requests.Session()
         if session is None:
             self.session.mount("http://", KeepAliveAdapter())
@@ -211,21 +211,25 @@ class HttpTransport:
         """Send one request; return the decoded JSON object or raise a classified error."""
         if body is not None:
             raw_body = jsoncodec.dumps(body)
-        if self.token_supplier is not None and not self._supplied:
-            self._supplied = True
-            self.token = self.token_supplier()
+        start = token = self.token
+        if token is None and self.token_supplier is not None:
+            token = self.token_supplier()
         try:
-            return self._send(method, path, params, raw_body, read_timeout)
+            answer = self._send(method, path, params, raw_body, read_timeout, token)
         except AuthError as exc:
             if exc.status != 401 or self.token_supplier is None:
                 raise
-            refused = self.token
             fresh = self.token_supplier()
-            if fresh == refused or not fresh:
+            if not fresh or fresh == token:
                 raise
-            if self.token == refused:  # set_token() may have replaced it meanwhile
-                self.token = fresh
-            return self._send(method, path, params, raw_body, read_timeout)
+            # A refusal of this one too leaves self.token as it was: background
+            # sync pauses only while the refused token is the current one.
+            answer = self._send(method, path, params, raw_body, read_timeout, fresh)
+            token = fresh
+        with self._lock:
+            if self.token == start:  # set_token() may have replaced it meanwhile
+                self.token = token
+        return answer
 
     def _send(
         self,
@@ -234,14 +238,15 @@ class HttpTransport:
         params: dict[str, Any] | None,
         raw_body: str | None,
         read_timeout: float | None,
+        token: str | None,
     ) -> dict[str, Any]:
         with self._lock:
             wait = self._backoff_until - time.monotonic()
         if wait > 0:
             raise TemporaryError("the server asked clients to back off", retry_after=wait)
         headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         try:
             response = self.session.request(
                 method,

@@ -94,6 +94,26 @@ def test_a_supplier_with_nothing_better_pauses_sync(users_server: Server, tmp_pa
         assert client.status.pending == 0
 
 
+def test_background_sync_pauses_when_the_supplier_has_only_refused_tokens(
+    users_server: Server, tmp_path: Path
+) -> None:
+    handed: list[str] = []
+
+    def supplier() -> str:
+        handed.append(f"idsync_{len(handed):043d}")  # well-formed, never issued
+        return handed[-1]
+
+    with Client(tmp_path / "c.sqlite3", users_server.proc.url, token=supplier) as client:
+        client.store("alice.notes").add({"a": 1})
+        client.start()
+        wait_until(lambda: client.status.state == "auth_error")
+        asked = len(handed)
+        assert asked >= 2
+        client.set_token(users_server.tokens["owner"])
+        wait_until(lambda: client.status.pending == 0)
+    assert len(users_server.keys("owner", "alice.notes")) == 1
+
+
 def test_a_403_on_one_store_does_not_stop_the_others(users_server: Server, tmp_path: Path) -> None:
     # rita reads alice.notes (a push there is 403) and owns rita.mine.
     with Client(
