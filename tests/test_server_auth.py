@@ -20,7 +20,7 @@ import requests
 
 from idsync_server_ref.accounts import Accounts
 from idsync_server_ref.process import ServerProcess
-from idsync_server_ref.storage import SqliteStorage
+from idsync_server_ref.storage import open_storage
 
 from .conftest import add
 
@@ -70,9 +70,9 @@ class Realm:
             ]
 
 
-def make_users(db: Path) -> dict[str, str | None]:
-    """Users of every kind in a fresh database, and their tokens."""
-    storage = SqliteStorage(db)
+def make_users(db: Path | str) -> dict[str, str | None]:
+    """Users of every kind in a fresh database (a file or a URL), and their tokens."""
+    storage = open_storage(db)
     try:
         accounts = Accounts(storage.accounts())
         tokens: dict[str, str | None] = {"none": None, "malformed": None}
@@ -375,6 +375,33 @@ def test_no_token_ever_reaches_the_log(realm: Realm) -> None:
     secrets = [t for t in realm.tokens.values() if t]
     assert secrets and not [t for t in secrets if t in text]
     assert "idsync_" not in text.replace("idsync_server_ref", "")
+
+
+def test_users_mode_on_postgresql(pg_url: str) -> None:
+    tokens = make_users(pg_url)
+    with ServerProcess(pg_url, "--rate-limit", "0") as server:
+        realm = Realm(server, Path("unused"), tokens)
+        realm.ok("owner", "POST", "/v1/stores", {"name": "alice.pg"})
+        realm.ok("owner", "PUT", "/v1/stores/alice.pg/access/wendy", {"role": "writer"})
+        for caller in ("owner", "writer"):
+            body = {"client_id": "same", "changes": [add(1, f"{caller}-1")]}
+            answer = realm.ok(caller, "POST", "/v1/stores/alice.pg/push", body)
+            assert answer["outcomes"][0]["status"] == "applied"
+        assert (
+            realm.call(
+                "reader",
+                "POST",
+                "/v1/stores/alice.pg/push",
+                {"client_id": "r", "changes": [add(1, "r")]},
+            ).status_code
+            == 404
+        )
+        hidden = realm.call("stranger", "GET", "/v1/stores/alice.pg/changes")
+        missing = realm.call("stranger", "GET", "/v1/stores/alice.none/changes")
+        assert hidden.status_code == missing.status_code == 404
+        assert hidden.content.replace(b"alice.pg", b"alice.none") == missing.content
+        assert realm.call("expired", "GET", "/v1/stores").status_code == 401
+        assert len(realm.ok("owner", "GET", "/v1/stores/alice.pg/changes")["changes"]) == 2
 
 
 # -- starting -----------------------------------------------------------------
