@@ -155,12 +155,15 @@ _STATE_WORDS = {
 }
 
 
+OFFLINE_SENTENCE = "Can't reach the server. Your changes are saved and will be sent later."
+
+
 def describe_error(error: str | None) -> str:
     """Turn a sync error into a sentence for the status bar."""
     if not error:
         return ""
     if "cannot reach" in error:
-        return "Can't reach the server. Your changes are saved and will be sent later."
+        return OFFLINE_SENTENCE
     if "in time" in error:
         return "The server is slow to answer. Retrying."
     if "HTTP 401" in error or "HTTP 403" in error:
@@ -188,7 +191,10 @@ def describe_status(status: SyncStatus) -> StatusLine:
     return StatusLine(
         _STATE_WORDS.get(status.state, status.state),
         pending,
-        describe_error(status.last_error),
+        # Offline, whatever the last error said (a server that stops first
+        # answers its waiting clients "shutting down"), the point for the user
+        # is that their changes are kept.
+        OFFLINE_SENTENCE if status.state == "offline" else describe_error(status.last_error),
         last,
     )
 

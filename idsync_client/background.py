@@ -211,8 +211,16 @@ class BackgroundSync:
         report = SyncReport()
         with self._guard:  # a store may join meanwhile
             stores = sorted(self._stores)
+        refused: PermanentError | None = None
         for store in stores:
-            self.engine.push(store, report)
+            try:
+                self.engine.push(store, report)
+            except AuthError:
+                raise
+            except PermanentError as exc:  # this store's refusal: push the others
+                refused = refused or exc
+        if refused is not None:
+            raise refused
         return report
 
     def _live_loop(self) -> None:
@@ -348,7 +356,11 @@ class BackgroundSync:
             report.resent += self.engine.reset(store)
             report.resets += 1
         elif isinstance(exc, StoreNotFound) and self.engine.create_stores:
-            self.engine.create_store(store)
+            try:
+                self.engine.create_store(store)
+            except PermanentError:  # may not create it (another user's name): set aside
+                self._set_aside(store)
+                raise
         elif isinstance(exc, TemporaryError):
             pass  # pulled next round, through the retry policy
         else:

@@ -16,6 +16,8 @@ from .errors import (
     ClientClosed,
     IdsyncError,
     LocalStorageError,
+    PermanentError,
+    ResetRequired,
     SyncLocked,
     TemporaryError,
 )
@@ -37,7 +39,9 @@ class Client:
     """An offline-first client on one local SQLite file.
 
     ``server`` is the server's base URL (``http://127.0.0.1:8765``); without
-    it the client is purely local. ``token`` is sent as a bearer token.
+    it the client is purely local. ``token`` is sent as a bearer token; it
+    may be a callable that supplies one, called again once after a 401
+    before sync pauses (``auth_error``).
     ``synchronous`` is the local durability (``FULL`` by default, see
     docs/client.md). ``retry`` replaces the retry policy (tests inject one
     with a fake sleep). ``long_poll`` is how long background sync's wait
@@ -55,7 +59,7 @@ class Client:
         path: str | Path,
         server: str | None = None,
         *,
-        token: str | None = None,
+        token: str | Callable[[], str | None] | None = None,
         synchronous: str = "FULL",
         create_stores: bool = True,
         retry: RetryPolicy | None = None,
@@ -184,14 +188,24 @@ class Client:
         contacts = engine.transport.contacts
         total = SyncReport()
         self._status.update(state="syncing")
+        refused: PermanentError | None = None
         try:
             for name in sorted(self._stores):
-                report = engine.sync(name)
+                try:
+                    report = engine.sync(name)
+                except (AuthError, ResetRequired):
+                    raise
+                except PermanentError as exc:
+                    # This store's refusal (403, missing): the others still sync.
+                    refused = refused or exc
+                    continue
                 total.pushed += report.pushed
                 total.pulled += report.pulled
                 total.resets += report.resets
                 total.resent += report.resent
                 total.rejected += report.rejected
+            if refused is not None:
+                raise refused
         except AuthError as exc:
             self._status.update(state="auth_error", last_error=str(exc))
             raise

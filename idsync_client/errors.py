@@ -5,7 +5,7 @@
     IdsyncError
     ├── TemporaryError          retry with backoff (network, timeouts, 408, 429, 5xx but 501)
     ├── PermanentError          never retried (other 4xx, 501, validation)
-    │   ├── AuthError           401/403: sync pauses until credentials change
+    │   ├── AuthError           401: sync pauses until credentials change
     │   ├── ResetRequired       410: the engine reloads a snapshot
     │   └── StoreNotFound       404 store_not_found
     ├── LocalStorageError       the local file cannot be read or written (disk full, ...)
@@ -66,7 +66,8 @@ class PermanentError(IdsyncError):
 
 
 class AuthError(PermanentError):
-    """The server refused the credentials (401) or the access (403)."""
+    """The server refused the credentials (401). A 403 (the token is good, but
+    may not do this to one store) is a plain PermanentError for that store."""
 
 
 class ResetRequired(PermanentError):
@@ -117,7 +118,8 @@ CLASSIFICATION: list[RetryRule] = [
     RetryRule("429 Too Many Requests", True, "wait Retry-After, else backoff"),
     RetryRule("500, 502, 503, 504 and other 5xx", True, "wait Retry-After, else backoff"),
     RetryRule("501 Not Implemented", False, "permanent error"),
-    RetryRule("401, 403", False, "sync pauses until set_token()"),
+    RetryRule("401", False, "sync pauses until set_token()"),
+    RetryRule("403", False, "that store is refused; the others sync on"),
     RetryRule("410 reset_required", False, "reload the snapshot, keep pending changes"),
     RetryRule(
         "413 (any body, JSON or not)",
@@ -134,7 +136,7 @@ def classify_status(status: int) -> type[IdsyncError]:
     """The exception class for an HTTP error status (the table above, in code)."""
     if status in (408, 429) or (status >= 500 and status != 501):
         return TemporaryError
-    if status in (401, 403):
+    if status == 401:
         return AuthError
     if status == 410:
         return ResetRequired

@@ -80,8 +80,11 @@ ERRORS: dict[str, ErrorSpec] = {
     "not_found": ErrorSpec(404, False, "No such endpoint."),
     "store_not_found": ErrorSpec(404, False, "No such store (or not visible to you)."),
     "record_not_found": ErrorSpec(404, False, "No live record with that key."),
+    "user_not_found": ErrorSpec(404, False, "No user with that name."),
+    "token_not_found": ErrorSpec(404, False, "No token with that id."),
     "method_not_allowed": ErrorSpec(405, False, "The endpoint does not take this method."),
     "store_exists": ErrorSpec(409, False, "A store with that name exists already."),
+    "user_exists": ErrorSpec(409, False, "A user with that name exists already."),
     "reset_required": ErrorSpec(
         410,
         False,

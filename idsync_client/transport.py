@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import requests
@@ -22,6 +23,7 @@ from urllib3.connection import HTTPConnection
 
 from . import jsoncodec
 from .errors import (
+    AuthError,
     IdsyncError,
     PermanentError,
     StoreNotFound,
@@ -142,12 +144,27 @@ def _retry_after(response: requests.Response) -> float | None:
         return None  # an HTTP date: rare from our servers, fall back to backoff
 
 
+def _permanent_kind(
+    status: int, code: str | None, kind: type[IdsyncError]
+) -> type[PermanentError]:
+    """The permanent error class for an answer's status and code."""
+    if code == "store_not_found":
+        return StoreNotFound
+    assert issubclass(kind, PermanentError)
+    return kind
+
+
 class HttpTransport:
     """A :class:`Transport` over HTTP to one server; each endpoint method keeps
     the contract of the :class:`Transport` method of the same name.
 
     ``session`` is a :class:`requests.Session`, exposed so that adapters can
     be mounted on it (the testing kit does).
+
+    ``token`` is the bearer token, or a callable that supplies one: it is
+    called while there is no token, and once more after a request is
+    refused with 401 (the request is then sent again with the new token,
+    once); a token is kept once the server accepts it.
 
     ``connect_timeout`` and ``read_timeout`` bound each request; a long-poll
     waits ``wait + poll_margin`` for its answer. ``contacts`` counts the
@@ -156,12 +173,17 @@ class HttpTransport:
     """
 
     def __init__(
-        self, base_url: str, token: str | None = None, session: requests.Session | None = None
+        self,
+        base_url: str,
+        token: str | Callable[[], str | None] | None = None,
+        session: requests.Session | None = None,
     ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"server URL must start with http:// or https://, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
-        self.token = token
+        #: Supplies a fresh token after a 401 (None: the token is fixed).
+        self.token_supplier = token if callable(token) else None
+        self.token: str | None = None if callable(token) else token
         self.session = session or requests.Session()
         if session is None:
             self.session.mount("http://", KeepAliveAdapter())
@@ -187,15 +209,44 @@ class HttpTransport:
         read_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Send one request; return the decoded JSON object or raise a classified error."""
+        if body is not None:
+            raw_body = jsoncodec.dumps(body)
+        start = token = self.token
+        if token is None and self.token_supplier is not None:
+            token = self.token_supplier()
+        try:
+            answer = self._send(method, path, params, raw_body, read_timeout, token)
+        except AuthError as exc:
+            if exc.status != 401 or self.token_supplier is None:
+                raise
+            fresh = self.token_supplier()
+            if not fresh or fresh == token:
+                raise
+            # A refusal of this one too leaves self.token as it was: background
+            # sync pauses only while the refused token is the current one.
+            answer = self._send(method, path, params, raw_body, read_timeout, fresh)
+            token = fresh
+        with self._lock:
+            if self.token == start:  # set_token() may have replaced it meanwhile
+                self.token = token
+        return answer
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        raw_body: str | None,
+        read_timeout: float | None,
+        token: str | None,
+    ) -> dict[str, Any]:
         with self._lock:
             wait = self._backoff_until - time.monotonic()
         if wait > 0:
             raise TemporaryError("the server asked clients to back off", retry_after=wait)
         headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        if body is not None:
-            raw_body = jsoncodec.dumps(body)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         try:
             response = self.session.request(
                 method,
@@ -254,9 +305,7 @@ class HttpTransport:
             return TemporaryError(
                 text, status=status, code=code, retry_after=_retry_after(response)
             )
-        if code == "store_not_found":
-            kind = StoreNotFound
-        assert issubclass(kind, PermanentError)
+        kind = _permanent_kind(status, code, kind)
         return kind(text, status=status, code=code, details=details)
 
     # -- endpoints ----------------------------------------------------------
@@ -335,9 +384,7 @@ class HttpTransport:
         kind = classify_status(status)
         if kind is TemporaryError:
             return TemporaryError(text, status=status, code=error.code)
-        if error.code == "store_not_found":
-            kind = StoreNotFound
-        assert issubclass(kind, PermanentError)
+        kind = _permanent_kind(status, error.code, kind)
         return kind(text, status=status, code=error.code, details=error.details)
 
     def limits(self) -> Limits:

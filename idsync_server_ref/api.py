@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ from idsync_client.protocol import (
 from idsync_client.wire import FindAnswer, PullAnswer, PushAnswer, SnapshotAnswer, WaitAnswer
 
 from . import metrics
+from .account_api import AccountEndpoints, principal_of
 from .asgi import (
     ClientGone,
     HttpError,
@@ -46,8 +46,10 @@ from .asgi import (
     float_param,
     int_param,
 )
-from .config import ServerConfig
+from .auth import OWNER, READ, WRITE, Authenticator, Principal, may_create, require, visible_stores
+from .config import DEFAULT_RATE, ServerConfig
 from .notify import ChangeNotifier
+from .ratelimit import RateLimiter, retry_after_header
 from .storage import Storage
 
 access_log = logging.getLogger("idsync.server.access")
@@ -55,19 +57,36 @@ access_log = logging.getLogger("idsync.server.access")
 Handler = Callable[..., Awaitable[Response]]
 T = TypeVar("T")
 
+#: The access level each store endpoint needs, by handler name; a store
+#: endpoint not named here needs the owner's.
+STORE_ACCESS = {
+    "get_store": READ,
+    "pull": READ,
+    "snapshot": READ,
+    "find": READ,
+    "get_record": READ,
+    "push": WRITE,
+    "drop_store": OWNER,
+}
+
 
 @dataclass(frozen=True)
 class PathPattern:
-    """A path template: literal segments, ``{store}`` (one segment) and ``{key}``
-    (the rest of the path, so a key may hold "/" whether encoded or not)."""
+    """A path template: literal segments, ``{name}`` (one segment, such as
+    ``{store}``) and ``{key}`` (the rest of the path, so a key may hold "/"
+    whether encoded or not)."""
 
     parts: tuple[str, ...]
 
     @property
     def pattern(self) -> str:
         """The template as a regular expression over the decoded path (for docs)."""
-        named = {"{store}": "(?P<store>[^/]+)", "{key}": "(?P<key>.+)"}
-        return "/" + "/".join(named.get(part, part) for part in self.parts)
+        def named(part: str) -> str:
+            if part == "{key}":
+                return "(?P<key>.+)"
+            return f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else part
+
+        return "/" + "/".join(named(part) for part in self.parts)
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         """The named parts of ``segments`` if they fit, else None."""
@@ -78,8 +97,8 @@ class PathPattern:
             if part == "{key}":
                 args["key"] = "/".join(segments[i:])
                 return args
-            if part == "{store}":
-                args["store"] = segments[i]
+            if part.startswith("{"):
+                args[part[1:-1]] = segments[i]
             elif part != segments[i]:
                 return None
         return args if len(segments) == len(self.parts) else None
@@ -115,6 +134,12 @@ class ServerApp:
         # Requests being worked on; long-polls parked in a wait do not count.
         self._busy = 0
         self._waiting = 0
+        self.accounts = storage.accounts()
+        self.authenticator = Authenticator(self.accounts, config.auth_token)
+        rate = config.rate_limit if config.rate_limit is not None else DEFAULT_RATE
+        # Per token once authenticated; per client address for refused tokens.
+        self.token_limits = RateLimiter(rate, config.rate_burst)
+        self.address_limits = RateLimiter(rate, config.rate_burst)
         store = ("v1", "stores", "{store}")
         self._routes: list[tuple[PathPattern, dict[str, Handler]]] = [
             (PathPattern(("v1", "health")), {"GET": self.health}),
@@ -127,6 +152,8 @@ class ServerApp:
             (PathPattern((*store, "records")), {"GET": self.find}),
             (PathPattern((*store, "records", "{key}")), {"GET": self.get_record}),
         ]
+        account_routes = AccountEndpoints(self.accounts, self._run).routes()
+        self._routes += [(PathPattern(parts), methods) for parts, methods in account_routes]
 
     def begin_shutdown(self) -> None:
         """Answer every waiting long-poll now; later waits answer at once."""
@@ -178,9 +205,13 @@ class ServerApp:
                 error.headers.append(("Allow", allow))
                 raise error
             if handler != self.health:
-                self._authorize(request)
+                request.principal = await self._authenticate(request)
             if "store" in args:
                 validate_store_name(args["store"])
+                principal = principal_of(request)
+                if not (principal.single_user or principal.is_admin):  # no look-up needed
+                    level = STORE_ACCESS.get(getattr(handler, "__name__", ""), OWNER)
+                    await self._run(require, self.accounts, principal, args["store"], level)
             return await handler(request, **args)
         raise HttpError("not_found", f"no endpoint at {request.raw_path[:200].decode('latin-1')!r}")
 
@@ -210,16 +241,47 @@ class ServerApp:
             raise HttpError("shutting_down", "the server is stopping; retry shortly")
         return changed
 
-    def _authorize(self, request: Request) -> None:
-        token = self.config.auth_token
-        if token is None:
-            return
-        given = request.header("Authorization") or ""
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            value.strip().encode("utf-8", "replace"), token.encode("utf-8")
-        ):
-            raise HttpError("unauthorized", "a valid bearer token is required")
+    def _refresh_users(self) -> None:
+        """Look again whether users exist (storage thread); a failure waits for the next look."""
+        try:
+            self.authenticator.refresh()
+        except Exception:  # the database failed: requests report it themselves
+            access_log.debug("could not look for users", exc_info=True)
+
+    async def require_operator(self, request: Request) -> None:
+        """Let through the single local user or an admin only (401, 429 or 403 otherwise)."""
+        principal = await self._authenticate(request)
+        if not (principal.single_user or principal.is_admin):
+            raise HttpError("forbidden", "only an administrator may read this")
+
+    async def _authenticate(self, request: Request) -> Principal:
+        """The caller, within its rate limit; 401 or 429 otherwise.
+
+        An address whose refused tokens emptied its bucket is turned away
+        before any look-up.
+        """
+        address = request.client_host
+        wait = self.address_limits.wait_needed(address)
+        if wait:
+            raise _rate_limited(wait)
+        authenticator = self.authenticator
+        if authenticator.refresh_due():
+            # In the background: this request is answered as the last look said.
+            asyncio.get_running_loop().run_in_executor(self.executor, self._refresh_users)
+        header = request.header("Authorization")
+        try:
+            principal = authenticator.without_lookup(header)
+            if principal is None:
+                principal = await self._run(authenticator.authenticate, header)
+        except HttpError:
+            self.address_limits.take(address)
+            raise
+        if principal.single_user and self.config.rate_limit is None:
+            return principal  # a single user is not limited unless asked
+        wait = self.token_limits.take(principal.rate_key)
+        if wait:
+            raise _rate_limited(wait)
+        return principal
 
     # -- endpoints ----------------------------------------------------------
 
@@ -236,11 +298,14 @@ class ServerApp:
         )
 
     async def list_stores(self, request: Request) -> Response:
-        """All stores with their figures."""
+        """The stores the caller may see, with their figures."""
         request.query(())
-        return Response.json(
-            {"stores": [s.to_wire() for s in await self._run(self.storage.list_stores)]}
+        stores = await self._run(self.storage.list_stores)
+        names = await self._run(
+            visible_stores, self.accounts, principal_of(request), [s.name for s in stores]
         )
+        shown = set(names)
+        return Response.json({"stores": [s.to_wire() for s in stores if s.name in shown]})
 
     async def create_store(self, request: Request) -> Response:
         """Create a store: body ``{"name": ..., "recreate": false}``; 409 if it exists.
@@ -257,6 +322,7 @@ class ServerApp:
         if not isinstance(recreate, bool):
             raise HttpError("invalid_request", "recreate must be true or false")
         name = validate_store_name(body["name"])
+        may_create(principal_of(request), name)
         info = await self._run(self.storage.create_store, name, recreate)
         return Response.json(info.to_wire(), status=201)
 
@@ -268,6 +334,9 @@ class ServerApp:
     async def drop_store(self, request: Request, store: str) -> Response:
         """Delete a store and all it holds."""
         request.query(())
+        # Grants go first: if the drop then fails, the store is left with
+        # less access, never a later store of the name with the old grants.
+        await self._run(self.accounts.forget_store, store)
         await self._run(self.storage.drop_store, store)
         self.notifier.forget(store)
         return Response.json({"dropped": store})
@@ -290,7 +359,10 @@ class ServerApp:
                 f"{len(raw_changes)} changes is over the limit of {self.limits.max_batch}",
             )
         changes = self._parse_changes(raw_changes)
-        outcomes = await self._run(self.storage.push, store, client_id, changes)
+        # Idempotency is kept per (user, client id): one user's ids never
+        # meet another's.
+        scoped = principal_of(request).storage_client_id(client_id)
+        outcomes = await self._run(self.storage.push, store, scoped, changes)
         metrics.changes_applied.add(sum(o.status == "applied" for o in outcomes))
         return Response(200, PushAnswer.to_json(outcomes))
 
@@ -391,14 +463,15 @@ class ServerApp:
                 parsed[store] = Cursor.decode(text) if text else None
             except (HttpError, ProtocolViolation) as exc:
                 errors[store] = error_envelope(error_for(exc))["error"]
-        heads, changed, store_errors = await self._run(self._check_stores, parsed)
+        principal = principal_of(request)
+        heads, changed, store_errors = await self._run(self._check_stores, parsed, principal)
         errors.update(store_errors)
         if not changed and not errors and wait > 0:
             changed = await self._wait(request, heads, float(wait))
         return Response(200, WaitAnswer.to_json(changed, errors))
 
     def _check_stores(
-        self, cursors: dict[str, Cursor | None]
+        self, cursors: dict[str, Cursor | None], principal: Principal
     ) -> tuple[dict[str, int], set[str], dict[str, Any]]:
         """Per store: the seq to wait past, or changed now, or the error (storage thread)."""
         heads: dict[str, int] = {}
@@ -406,6 +479,7 @@ class ServerApp:
         errors: dict[str, Any] = {}
         for store, cursor in cursors.items():
             try:
+                require(self.accounts, principal, store, READ)
                 page = self.storage.pull(store, cursor, 1, self.limits.max_page_bytes)
             except Exception as exc:  # reported for this store alone
                 errors[store] = error_envelope(error_for(exc))["error"]
@@ -415,6 +489,12 @@ class ServerApp:
             else:
                 heads[store] = page.cursor.seq
         return heads, changed, errors
+
+
+def _rate_limited(wait: float) -> HttpError:
+    error = HttpError("rate_limited", "too many requests; retry after the time given")
+    error.headers.append(("Retry-After", retry_after_header(wait)))
+    return error
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

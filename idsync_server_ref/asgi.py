@@ -66,7 +66,8 @@ class Response:
         """The error envelope for ``err``, with Retry-After where it applies."""
         response = cls.json(error_envelope(err), ERRORS[err.code].status)
         response.headers.extend(err.headers)
-        if err.code in RETRY_AFTER:
+        given = any(name.lower() == "retry-after" for name, _ in err.headers)
+        if err.code in RETRY_AFTER and not given:
             response.headers.append(("Retry-After", str(RETRY_AFTER[err.code])))
         return response
 
@@ -112,6 +113,10 @@ class Request:
                 self.headers[name] = raw_value.decode("latin-1")
         self.segments = path_segments(self.raw_path)
         self._query = parse_query(self.raw_query)
+        #: The peer's address (before any proxy); rate limits key on it before auth.
+        self.client_host: str = str((scope.get("client") or ("-",))[0])
+        #: Who sent the request, once authenticated (an ``auth.Principal``).
+        self.principal: object = None
 
     def header(self, name: str) -> str | None:
         """A request header by its HTTP name (any case), or None."""

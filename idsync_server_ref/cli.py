@@ -18,8 +18,9 @@ from typing import Any
 
 from idsync_client.protocol import Limits
 
-from . import admin, compaction
+from . import admin, compaction, users_cli
 from .api import ServerApp
+from .auth import start_refusal
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, default_database_path
 from .http_server import ListenError, build_server, listen_socket
 from .logs import LOG_FORMATS, setup_logging
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="idsync-server",
         description="Run the idsync reference sync server.",
-        epilog=admin.EPILOG,
+        epilog=admin.EPILOG
+        + ". Accounts: idsync-server user|token|access --help (docs/security.md).",
     )
     parser.add_argument(
         "--host",
@@ -98,7 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--auth-token",
         default=_env("auth_token", None),
-        help="require 'Authorization: Bearer TOKEN' (IDSYNC_AUTH_TOKEN)",
+        help="deprecated: one shared token for a server without users; require"
+        " 'Authorization: Bearer TOKEN' (IDSYNC_AUTH_TOKEN). Prefer users: see"
+        " 'idsync-server user --help' and docs/security.md",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=bool(_env("insecure_no_auth", "")),
+        help="allow listening beyond 127.0.0.1 with no users and no token: anyone who"
+        " reaches the server reads and writes every store (IDSYNC_INSECURE_NO_AUTH)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=_env("rate_limit", None),
+        help="requests per second per token, and per address for refused tokens; 0 turns"
+        " it off (IDSYNC_RATE_LIMIT; default: off without users, 50 with users)",
+    )
+    parser.add_argument(
+        "--rate-burst",
+        type=int,
+        default=int(_env("rate_burst", 200)),
+        help="requests a token may send at once before the rate applies"
+        " (IDSYNC_RATE_BURST; default %(default)s)",
     )
     parser.add_argument(
         "--backoff-threshold",
@@ -226,6 +251,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_storage_queue=args.max_storage_queue,
         metrics=args.metrics,
         log_format=args.log_format,
+        insecure_no_auth=args.insecure_no_auth,
+        rate_limit=float(args.rate_limit) if args.rate_limit is not None else None,
+        rate_burst=args.rate_burst,
     )
 
 
@@ -236,9 +264,12 @@ def _check_positive(config: ServerConfig) -> None:
         "header_timeout",
         "body_timeout",
         "max_storage_queue",
+        "rate_burst",
     ):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be a positive number")
+    if config.rate_limit is not None and config.rate_limit < 0:
+        raise ValueError("rate_limit must be 0 (off) or a positive number")
 
 
 def _raise_open_file_limit(wanted: int) -> None:
@@ -265,13 +296,29 @@ def _describe(database: str | Path) -> str:
     return f"{scheme}://{credentials.split(':', 1)[0]}{at}{host}"
 
 
+def _describe_access(app: ServerApp, config: ServerConfig) -> None:
+    """Say at start which access mode the server is in."""
+    if app.authenticator.users_mode:
+        log.info("users mode: every request needs a user's token")
+    elif config.auth_token is not None:
+        log.warning(
+            "--auth-token (one shared token) is deprecated: add users and give each"
+            " device its own token (see docs/security.md)"
+        )
+    else:
+        log.info("local mode: no users, every request is allowed (listening on %s)", config.host)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit status.
 
-    ``idsync-server COMMAND ...`` runs a maintenance command instead (:mod:`.admin`).
+    ``idsync-server COMMAND ...`` runs a maintenance command (:mod:`.admin`)
+    or manages accounts (``user``, ``token``, ``access``: :mod:`.users_cli`) instead.
     """
-    command = admin.command_in(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if users_cli.is_command(argv):
+        return users_cli.main(argv)
+    command = admin.command_in(argv)
     if command is not None:
         return admin.main(command)
     parser = build_parser()
@@ -299,14 +346,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         sock.close()
         print(f"idsync-server: cannot open {_describe(config.database)}: {exc}", file=sys.stderr)
         return 2
+    try:
+        app = ServerApp(storage, config)
+    except StorageError as exc:
+        sock.close()
+        storage.close()
+        print(f"idsync-server: cannot read the accounts: {exc}", file=sys.stderr)
+        return 2
+    refusal = start_refusal(
+        config.host, app.authenticator.users_mode, config.auth_token, config.insecure_no_auth
+    )
+    if refusal is not None:
+        sock.close()
+        app.close()
+        storage.close()
+        print(f"idsync-server: {refusal}", file=sys.stderr)
+        return 2
     _raise_open_file_limit(config.max_connections + 256)
-    app = ServerApp(storage, config)
     observed = ObservedApp(app, config.max_storage_queue, metrics=config.metrics)
     schedule = compaction.schedule_from_args(storage, args).start()
 
     def listening(port: int) -> None:
         print(f"idsync-server listening on http://{config.host}:{port}", flush=True)
         print(f"idsync-server database {_describe(config.database)}", flush=True)
+        _describe_access(app, config)
 
     try:
         build_server(observed, config, listening).run(sockets=[sock])

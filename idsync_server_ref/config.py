@@ -11,6 +11,8 @@ from idsync_client.protocol import Limits
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+#: Requests per second per token when users exist and no rate was given.
+DEFAULT_RATE = 50.0
 
 
 def default_database_path() -> Path:
@@ -39,7 +41,9 @@ class ServerConfig:
     this many storage calls already wait for a storage thread, a new request
     that needs storage gets ``503 storage_busy`` at once. ``metrics``: serve
     ``/metrics`` (Prometheus text format). ``log_format``: ``text`` or
-    ``json`` (one object per line).
+    ``json`` (one object per line). The access settings
+    (``insecure_no_auth``, ``rate_limit``, ``rate_burst``) are described in
+    ``docs/security.md``.
     """
 
     host: str = DEFAULT_HOST
@@ -57,3 +61,10 @@ class ServerConfig:
     max_storage_queue: int = 256
     metrics: bool = True
     log_format: str = "text"
+    #: Listen beyond the loopback interface with no users and no token.
+    insecure_no_auth: bool = False
+    #: Requests per second per token (None: off for a single user, else
+    #: ``DEFAULT_RATE``); before auth, the same per client address for refused tokens.
+    rate_limit: float | None = None
+    #: Requests a bucket holds (a burst allowed at once).
+    rate_burst: int = 200

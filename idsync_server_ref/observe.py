@@ -140,7 +140,7 @@ class ObservedApp:
                 error = HttpError("method_not_allowed", f"{scope['method']} is not allowed here")
                 error.headers.append(("Allow", "GET, HEAD"))
                 raise error
-            self.app._authorize(Request(scope, receive, self.app.limits))
+            await self.app.require_operator(Request(scope, receive, self.app.limits))
         except HttpError as err:
             await Response.error(err).send(send)
             return

@@ -119,14 +119,24 @@ def test_permanent_failures_are_not_retried(client, sleeps, status) -> None:
     assert client.status.pending == 1, "the change stays in the outbox"
 
 
-@pytest.mark.parametrize("status", [401, 403])
 @responses.activate
-def test_auth_failures_pause_and_are_not_retried(client, sleeps, status) -> None:
-    responses.add(responses.POST, PUSH, status=status, json=envelope("unauthorized"))
+def test_auth_failures_pause_and_are_not_retried(client, sleeps) -> None:
+    responses.add(responses.POST, PUSH, status=401, json=envelope("unauthorized"))
     client.store("notes").add({"a": 1})
     with pytest.raises(AuthError):
         client.sync()
     assert client.status.state == "auth_error"
+    assert sleeps.calls == [] and len(sync_calls()) == 1
+
+
+@responses.activate
+def test_a_403_is_that_stores_refusal_not_a_pause(client, sleeps) -> None:
+    responses.add(responses.POST, PUSH, status=403, json=envelope("forbidden"))
+    client.store("notes").add({"a": 1})
+    with pytest.raises(PermanentError) as caught:
+        client.sync()
+    assert not isinstance(caught.value, AuthError) and caught.value.code == "forbidden"
+    assert client.status.state != "auth_error"
     assert sleeps.calls == [] and len(sync_calls()) == 1
 
 

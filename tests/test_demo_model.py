@@ -79,6 +79,8 @@ def test_status_in_words() -> None:
     assert describe_status(SyncStatus(state="local", pending=4)).pending == "No server configured"
     assert "token" in describe_error("HTTP 401: a valid bearer token is required (unauthorized)")
     assert describe_error(None) == ""
+    stopping = SyncStatus(state="offline", last_error="HTTP 503: the server is stopping")
+    assert "saved" in describe_status(stopping).error
 
 
 def test_two_models_converge_on_concurrent_edits(tmp_path, server, store) -> None:

@@ -17,6 +17,7 @@ from idsync_server_ref import admin
 from idsync_server_ref.compaction import CompactionSchedule, parse_duration
 from idsync_server_ref.process import ServerProcess
 from idsync_server_ref.storage import SqliteStorage
+from idsync_server_ref.storage.sqlite_schema import SCHEMA_VERSION
 from idsync_server_ref.storage.testing import add as storage_add
 from idsync_server_ref.storage.testing import delete as storage_delete
 
@@ -176,7 +177,7 @@ def test_a_v1_file_goes_through_every_step_and_compacts(tmp_path: Path) -> None:
         storage.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT value FROM meta").fetchone() == ("3",)
+        assert conn.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)
         assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:

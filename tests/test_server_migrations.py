@@ -66,7 +66,7 @@ def _stored_changes(path: Path) -> list[Change]:
 
 
 def test_the_code_knows_the_version_its_models_describe() -> None:
-    assert latest_version(STEPS) == SCHEMA_VERSION == 3
+    assert latest_version(STEPS) == SCHEMA_VERSION == 4
 
 
 def test_a_v1_file_is_migrated_with_its_data_intact(v1_file: Path) -> None:
@@ -84,7 +84,7 @@ def test_a_v1_file_is_migrated_with_its_data_intact(v1_file: Path) -> None:
         assert [jsoncodec.loads(i)["seq"] for i in page.items_json] == list(range(1, 8))
     finally:
         storage.close()
-    assert _version(v1_file) == "3"
+    assert _version(v1_file) == str(SCHEMA_VERSION)
     after = _query(
         v1_file, "SELECT store_id, seq, op, key, index_json, value_json, tag FROM changes"
     )
@@ -204,7 +204,7 @@ def test_a_crash_inside_a_step_leaves_the_old_version(
     assert _query(v1_file, "PRAGMA integrity_check") == [("ok",)]
     monkeypatch.undo()
     SqliteStorage(v1_file).close()
-    assert _version(v1_file) == "3" and "tag" in _columns(v1_file, "changes")
+    assert _version(v1_file) == str(SCHEMA_VERSION) and "tag" in _columns(v1_file, "changes")
 
 
 def _digest(path: Path) -> str:
@@ -277,7 +277,7 @@ def test_a_migrated_file_has_the_schema_of_a_fresh_one(v1_file: Path, tmp_path: 
     SqliteStorage(fresh).close()
     SqliteStorage(v1_file).close()
     assert _schema(v1_file) == _schema(fresh)
-    assert _version(fresh) == "3"
+    assert _version(fresh) == str(SCHEMA_VERSION)
 
 
 def test_steps_must_be_numbered_in_order() -> None:
@@ -306,7 +306,7 @@ def test_servers_opening_one_old_file_at_once_migrate_it_once(v1_file: Path) -> 
     for thread in threads:
         thread.join(timeout=30)
     assert errors == [] and not any(t.is_alive() for t in threads)
-    assert _version(v1_file) == "3"
+    assert _version(v1_file) == str(SCHEMA_VERSION)
     tags_before = _query(v1_file, "SELECT seq, tag FROM changes ORDER BY seq")
     SqliteStorage(v1_file).close()  # already at the latest version: nothing runs
     assert _query(v1_file, "SELECT seq, tag FROM changes ORDER BY seq") == tags_before
@@ -319,5 +319,5 @@ def test_the_server_refuses_a_newer_file_with_a_clear_message(v1_file: Path) -> 
     conn.close()
     with pytest.raises(RuntimeError) as caught:
         ServerProcess(v1_file).start(timeout=30)
-    assert "schema version 7, newer than this server's 3" in str(caught.value)
+    assert f"schema version 7, newer than this server's {SCHEMA_VERSION}" in str(caught.value)
     assert _version(v1_file) == "7"

@@ -15,8 +15,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from idsync_client.protocol import Change, Cursor, Outcome
+
+if TYPE_CHECKING:
+    from .accounts import AccountStore
 
 
 class StorageError(Exception):
@@ -326,6 +330,10 @@ class Storage(abc.ABC):
         ``head_seq`` as the latest. A callback that raises is logged and
         does not stop the others.
         """
+
+    @abc.abstractmethod
+    def accounts(self) -> AccountStore:
+        """The users, tokens and store grants kept in the same database."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -53,6 +53,8 @@ from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 
 from . import postgresql_history, postgresql_schema
+from .accounts import AccountStore
+from .accounts_sql import SqlAccounts
 from .base import (
     DEFAULT_RETENTION_SECONDS,
     ChangeListener,
@@ -184,6 +186,10 @@ class PostgresqlStorage(Storage):
             self.db.atomic(isolation_level="REPEATABLE READ"),
         ):
             yield
+
+    def accounts(self) -> AccountStore:
+        """The account tables of this database."""
+        return SqlAccounts(self._read, self._write, self._sql, "%s")
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.db.execute_sql(sql, params)

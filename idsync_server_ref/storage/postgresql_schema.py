@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 from peewee import PostgresqlDatabase
 
+from .accounts_schema import POSTGRESQL_TABLES, create_tables
 from .base import StorageFailure
 from .migrations import Migration
 
@@ -87,6 +88,7 @@ class PostgresqlSchemaTarget:
         """Create every table and index (PostgreSQL's DDL is transactional)."""
         for statement in TABLES:
             handle.execute_sql(statement)
+        create_tables(handle, POSTGRESQL_TABLES)
 
     def write_version(self, handle: PostgresqlDatabase, version: int) -> None:
         """Store ``version`` in ``meta``."""
@@ -113,7 +115,12 @@ def _step3(db: PostgresqlDatabase) -> None:
     db.execute_sql(TABLES[-1])
 
 
+def _step4(db: PostgresqlDatabase) -> None:
+    create_tables(db, POSTGRESQL_TABLES)
+
+
 #: The steps, in order; step N leads from version N-1 to N.
 STEPS: list[Migration[PostgresqlDatabase]] = [
     Migration(3, "log entry times, store retention, horizon tags, dropped stores", _step3),
+    Migration(4, "users, tokens (as hashes) and store access", _step4),
 ]

@@ -25,6 +25,8 @@ from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 from idsync_client.sqlitedb import open_database
 
 from . import sqlite_history, sqlite_migrations
+from .accounts import AccountStore
+from .accounts_sql import SqlAccounts
 from .base import (
     DEFAULT_RETENTION_SECONDS,
     ChangeListener,
@@ -146,6 +148,10 @@ class SqliteStorage(Storage):
             self._connect()
             with self.db.atomic():
                 yield
+
+    def accounts(self) -> AccountStore:
+        """The account tables of this file."""
+        return SqlAccounts(self._read, self._write, self._sql, "?")
 
     def _connect(self) -> None:
         """Open this thread's connection unless it is open."""

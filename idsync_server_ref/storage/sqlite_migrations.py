@@ -17,6 +17,7 @@ from peewee import SqliteDatabase
 from idsync_client import jsoncodec
 from idsync_client.protocol import Change
 
+from .accounts_schema import SQLITE_TABLES, create_tables
 from .base import StorageFailure
 from .equality import LEGACY_PREFIX, change_hash, legacy_change_hash
 from .migrations import Migration, latest_version, refuse_unknown_version
@@ -54,6 +55,7 @@ class SqliteSchemaTarget:
         """Create the tables the models describe."""
         with handle.bind_ctx(ALL_MODELS):
             handle.create_tables(ALL_MODELS)
+        create_tables(handle, SQLITE_TABLES)
 
     def write_version(self, handle: SqliteDatabase, version: int) -> None:
         """Store ``version`` in ``meta``."""
@@ -162,10 +164,15 @@ def _step3(db: SqliteDatabase) -> None:
     )
 
 
+def _step4(db: SqliteDatabase) -> None:
+    create_tables(db, SQLITE_TABLES)
+
+
 #: The steps, in order; step N leads from version N-1 to N.
 STEPS: list[Migration[SqliteDatabase]] = [
     Migration(2, "tag every log entry; re-hash idempotency rows unambiguously", _step2),
     Migration(3, "log entry times, store retention, horizon tags, dropped stores", _step3),
+    Migration(4, "users, tokens (as hashes) and store access", _step4),
 ]
 
 

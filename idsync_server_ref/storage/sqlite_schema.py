@@ -17,7 +17,7 @@ from peewee import (
 
 #: The version these models describe. Each change of the tables comes with a
 #: numbered step in :mod:`.sqlite_migrations` that leads an older file here.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class BaseModel(Model):

@@ -37,6 +37,7 @@ import pytest
 from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Cursor, Outcome
 
+from .accounts import AccountStore, Grant, TokenNotFound, UserExists, UserNotFound
 from .base import (
     FindPage,
     ResetRequired,
@@ -590,3 +591,98 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the condition did not become true in time")
         time.sleep(0.005)
+
+
+# -- accounts -----------------------------------------------------------------
+
+
+class AccountContract:
+    """The account tests every backend passes (:class:`~.accounts.AccountStore`).
+
+    Subclass it and override the ``backend`` fixture, as for :class:`StorageContract`.
+    """
+
+    @pytest.fixture
+    def backend(self) -> Iterator[BackendUnderTest]:
+        """A fresh database of the backend under test (a backend's test class overrides it)."""
+        raise NotImplementedError("a backend's test class overrides the backend fixture")
+
+    @pytest.fixture
+    def accounts(self, backend: BackendUnderTest) -> AccountStore:
+        """The account tables of a fresh database."""
+        return backend.open().accounts()
+
+    def test_users_are_added_listed_and_removed(self, accounts: AccountStore) -> None:
+        assert not accounts.any_users() and accounts.list_users() == []
+        accounts.add_user("bob", False, 2.0)
+        alice = accounts.add_user("alice", True, 1.0)
+        assert accounts.any_users()
+        assert accounts.get_user("alice") == alice and alice.is_admin
+        assert [u.name for u in accounts.list_users()] == ["alice", "bob"]
+        with pytest.raises(UserExists):
+            accounts.add_user("alice", False, 3.0)
+        accounts.remove_user("bob")
+        assert accounts.get_user("bob") is None
+        with pytest.raises(UserNotFound):
+            accounts.remove_user("bob")
+
+    def test_tokens_are_found_by_hash_and_revoked_once(self, accounts: AccountStore) -> None:
+        accounts.add_user("alice", False, 1.0)
+        made = accounts.add_token("alice", "t1", "h" * 64, "laptop", 5.0, 100.0)
+        assert accounts.token_by_hash("h" * 64) == made
+        assert accounts.token_by_hash("x" * 64) is None
+        assert made.usable_at(99.0) and not made.usable_at(100.0)
+        revoked = accounts.revoke_token("t1", 7.0)
+        assert revoked.revoked_at == 7.0 and not revoked.usable_at(6.0)
+        assert accounts.revoke_token("t1", 9.0).revoked_at == 7.0
+        assert accounts.token_by_hash("h" * 64) == revoked
+        with pytest.raises(TokenNotFound):
+            accounts.revoke_token("nope", 1.0)
+        with pytest.raises(UserNotFound):
+            accounts.add_token("carol", "t2", "g" * 64, "", 1.0, None)
+        assert accounts.token_by_hash("g" * 64) is None
+
+    def test_tokens_are_listed_per_user(self, accounts: AccountStore) -> None:
+        for name in ("alice", "bob"):
+            accounts.add_user(name, False, 1.0)
+        accounts.add_token("bob", "b1", "1" * 64, "phone", 1.0, None)
+        accounts.add_token("alice", "a2", "2" * 64, "phone", 3.0, None)
+        accounts.add_token("alice", "a1", "3" * 64, "laptop", 2.0, None)
+        assert [t.token_id for t in accounts.list_tokens("alice")] == ["a1", "a2"]
+        assert [t.token_id for t in accounts.list_tokens()] == ["a1", "a2", "b1"]
+
+    def test_grants_are_given_replaced_and_taken(self, accounts: AccountStore) -> None:
+        for name in ("alice", "bob"):
+            accounts.add_user(name, False, 1.0)
+        accounts.grant("alice.notes", "bob", "reader")
+        assert accounts.role_of("alice.notes", "bob") == "reader"
+        accounts.grant("alice.notes", "bob", "writer")
+        assert accounts.grants("alice.notes") == [Grant("alice.notes", "bob", "writer")]
+        assert accounts.granted_stores("bob") == {"alice.notes": "writer"}
+        assert accounts.role_of("alice.other", "bob") is None
+        assert accounts.revoke_access("alice.notes", "bob")
+        assert not accounts.revoke_access("alice.notes", "bob")
+        with pytest.raises(UserNotFound):
+            accounts.grant("alice.notes", "carol", "reader")
+        accounts.grant("alice.notes", "bob", "reader")
+        accounts.forget_store("alice.notes")
+        assert accounts.grants("alice.notes") == []
+
+    def test_removing_a_user_removes_its_tokens_and_grants(self, accounts: AccountStore) -> None:
+        accounts.add_user("bob", False, 1.0)
+        accounts.add_token("bob", "b1", "1" * 64, "", 1.0, None)
+        accounts.grant("alice.notes", "bob", "writer")
+        accounts.remove_user("bob")
+        assert accounts.token_by_hash("1" * 64) is None and accounts.list_tokens() == []
+        assert accounts.grants("alice.notes") == []
+        accounts.add_user("bob", False, 2.0)  # a new user of the name starts with nothing
+        assert accounts.granted_stores("bob") == {}
+
+    def test_accounts_are_seen_by_another_instance(
+        self, backend: BackendUnderTest, accounts: AccountStore
+    ) -> None:
+        accounts.add_user("alice", True, 1.0)
+        accounts.add_token("alice", "a1", "1" * 64, "", 1.0, None)
+        other = backend.open().accounts()
+        assert other.get_user("alice") is not None
+        assert other.token_by_hash("1" * 64) is not None
