@@ -31,7 +31,7 @@ from typing import Any
 
 import peewee
 
-from . import instance, jsoncodec, migrations
+from . import history, instance, jsoncodec, migrations
 from .errors import LocalStorageError, ResetRequired
 from .localtables import RECORD_COLUMNS as _RECORD
 from .localtables import record_from_row as _record
@@ -502,23 +502,17 @@ class LocalDB(Settling, SnapshotReload):
         seqs = [c["seq"] for c in changes if isinstance(c.get("seq"), int)]
         if not seqs:
             return
-        low, high = min(seqs), max(seqs)
-        known: dict[int, tuple[str, str]] = {}
-        for table, op in (("records", "add"), ("tombstones", "delete")):
-            if not self._has(table, store):
-                continue
-            rows = self._sql(
-                f"SELECT seq, key FROM {table} WHERE store = ? AND seq BETWEEN ? AND ?",
-                (store, low, high),
-            )
-            known.update((seq, (op, key)) for seq, key in rows)
+        known = history.known_changes(self, store, seqs)
         if not known:
             return
         for change in changes:
-            mine = known.get(change.get("seq"))  # type: ignore[arg-type]
-            if mine is not None and mine != (change["op"], change["key"]):
+            seq = change.get("seq")
+            if not isinstance(seq, int):
+                continue
+            other = history.contradiction(known, seq, (change["op"], change["key"]))
+            if other is not None:
                 raise ResetRequired(
-                    f"store {store}: the server's change {change['seq']} is not the one this"
+                    f"store {store}: the server's change {seq} is not the one this"
                     " client saw there (the server's history changed)",
                     code="reset_required",
                 )

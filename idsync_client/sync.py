@@ -198,6 +198,13 @@ class SyncEngine:
             store, entries, outcomes, keep_conflicts=self._renewals < _MAX_RENEWALS
         )
         report.pushed += settled.pushed
+        if settled.history_changed:
+            # The server went back to an older history (restored from a copy)
+            # behind a cursor it still accepts: reload, and re-send what of
+            # ours it lost.
+            log.warning("store %s: the server logged a change where another was", store)
+            report.resent += self.reset(store)
+            report.resets += 1
         if settled.conflicts:
             # Another copy of this file sent these change numbers: the changes
             # stay in the outbox and go again, in order, under a fresh id.
