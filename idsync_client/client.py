@@ -298,7 +298,11 @@ class Client:
         return self._status.current
 
     def on_status(self, callback: Callable[[SyncStatus], None]) -> Callable[[], None]:
-        """Call ``callback(status)`` whenever the status changes; returns an unsubscribe."""
+        """Call ``callback(status)`` whenever the status changes; returns an unsubscribe.
+
+        TypeError if ``callback`` is not callable. A listener that raises is
+        logged; the call that changed the status is not affected.
+        """
         return self._status.listen(callback)
 
     def rejected(self) -> list[RejectedChange]:

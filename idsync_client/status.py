@@ -59,6 +59,12 @@ class SyncStatus:
         return self.state == "online"
 
 
+def _notify(listener: Callable[[SyncStatus], None], status: SyncStatus) -> None:
+    # Called inside the callback queue's guard: whatever the listener does
+    # wrong is logged there, never raised to the caller whose data committed.
+    listener(status)
+
+
 class StatusTracker:
     """Holds the current :class:`SyncStatus` and calls listeners when it changes."""
 
@@ -74,7 +80,13 @@ class StatusTracker:
         return self._status
 
     def listen(self, callback: Callable[[SyncStatus], None]) -> Callable[[], None]:
-        """Call ``callback(status)`` on each change; returns a function that stops it."""
+        """Call ``callback(status)`` on each change; returns a function that stops it.
+
+        TypeError if ``callback`` is not callable (refused here: a bad
+        listener found only at the next change would fail that change's caller).
+        """
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
         with self._lock:
             self._listeners.append(callback)
 
@@ -99,7 +111,7 @@ class StatusTracker:
             listeners = list(self._listeners)
         with self.callbacks.held():  # every listener hears of it before what it causes
             for listener in listeners:
-                self.callbacks.call(partial(listener, new))
+                self.callbacks.call(partial(_notify, listener, new))
         return new
 
     def reset_seen(self, count: int) -> None:

@@ -147,8 +147,13 @@ class Store:
         """Call ``callback(event)`` after local or remote changes to this store.
 
         With ``index``, only changes to records carrying that index item.
-        Callbacks run on the thread that made the change.
+        Callbacks run on the thread that made the change. TypeError if
+        ``callback`` is not callable; ProtocolViolation (a ValueError) if
+        ``index`` is not a valid index item (empty, a control character, too
+        long): no record could ever carry it.
         """
+        if index is not None:
+            index = validate_index_items([index], self._client.limits)[0]
         return self._client._hub.add(self.name, callback, index)
 
     # -- attribute records --------------------------------------------------
