@@ -158,7 +158,11 @@ class LocalDB(Settling, SnapshotReload):
             check_same_thread=False,
         )
         self._write_lock = threading.RLock()
-        self._open()
+        try:
+            self._open()
+        except BaseException:
+            self.db.close_all()  # a refused or failed open keeps no connection
+            raise
 
     # -- opening: create, migrate, bind to this file ---------------------------
 
@@ -178,6 +182,18 @@ class LocalDB(Settling, SnapshotReload):
             else:
                 migrations.check_supported(version, self.path)
         migrations.migrate(self.db, self.transaction, self.path)
+        try:
+            self._bind_to_file()
+        except OSError as exc:  # the sidecar (disk full, a read-only folder, ...)
+            raise LocalStorageError(
+                f"cannot write the instance file beside the local database:"
+                f" {instance.sidecar_path(self.path)} ({exc})",
+                original=exc,
+            ) from exc
+
+    def _bind_to_file(self) -> None:
+        """Check the instance marker and renew it (see :mod:`.instance`);
+        OSError when the sidecar cannot be written (nothing changed then)."""
         with self.transaction():
             marker = self._meta("instance")
             # No marker yet: a fresh file, or the first open since the marker
