@@ -143,6 +143,9 @@ class LocalDB(Settling, SnapshotReload):
         self, path: str | Path, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
     ) -> None:
         self.path = Path(path)
+        # Before anything writes (WAL mode, the sidecar): a refused file stays as it was.
+        with _wrapped(self.path):
+            migrations.check_file(self.path)
         try:
             base = open_database(self.path, synchronous, busy_timeout_ms)  # makes the folder
         except OSError as exc:

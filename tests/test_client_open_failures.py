@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from idsync_client import Client
 from idsync_client.errors import LocalStorageError
 from idsync_client.instance import sidecar_path
+from idsync_client.migrations import UnsupportedSchema
 
 
 def test_unwritable_sidecar_at_open_is_a_local_storage_error(tmp_path: Path) -> None:
@@ -59,3 +62,51 @@ def test_full_disk_writing_the_sidecar_while_another_handle_is_open(
         assert len(first.store("s")) == 2
     finally:
         first.close()
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _other_apps_file(path: Path) -> None:
+    conn = sqlite3.connect(path)  # rollback journal, as most apps leave it
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("INSERT INTO notes (body) VALUES ('keep me')")
+    conn.commit()
+    conn.close()
+
+
+def _newer_client_file(path: Path) -> None:
+    with Client(path) as client:
+        client.store("s").add("v")
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    for suffix in ("-wal", "-shm"):
+        assert not path.with_name(path.name + suffix).exists()
+
+
+@pytest.mark.parametrize("make", [_other_apps_file, _newer_client_file])
+def test_a_refused_file_is_left_byte_identical(tmp_path: Path, make: Any) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "c.db"
+    make(path)
+    before = _fingerprint(folder)
+    with pytest.raises(UnsupportedSchema) as caught:
+        Client(path)
+    # While the error (and whatever its traceback holds) is still alive too.
+    assert _fingerprint(folder) == before  # same bytes, no -wal, -shm or .instance
+    del caught
+    assert _fingerprint(folder) == before
+
+
+def test_a_file_that_is_not_a_database_is_refused_unchanged(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "c.db").write_text("these are not the bytes of an SQLite file\n" * 100)
+    before = _fingerprint(folder)
+    with pytest.raises(LocalStorageError):
+        Client(folder / "c.db")
+    assert _fingerprint(folder) == before
