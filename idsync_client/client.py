@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from . import arguments
 from .background import BackgroundSync
 from .errors import (
     AuthError,
@@ -62,10 +63,18 @@ class Client:
         batch_size: int = 1000,
         limits: Limits | None = None,
     ) -> None:
-        if not isinstance(path, str | Path):
-            raise TypeError("path must be a str or a Path")
-        if batch_size < 1:
-            raise ValueError("batch_size must be positive")
+        # Every argument is checked before anything touches the disk.
+        arguments.check_client(
+            path,
+            synchronous=synchronous,
+            create_stores=create_stores,
+            retry=retry,
+            long_poll=long_poll,
+            batch_size=batch_size,
+            limits=limits,
+        )
+        server = arguments.server_url(server)
+        token = arguments.token(token)
         self.path = Path(path)
         self.limits = limits or Limits()
         self.db = LocalDB(self.path, synchronous=synchronous)
@@ -218,6 +227,7 @@ class Client:
         ``close(flush_timeout=5.0)``). A push still under way at the deadline
         is abandoned; what it did not upload stays in the outbox for next time.
         """
+        timeout = arguments.seconds("timeout", timeout)
         engine = self._require_engine()
         done = threading.Event()
 
@@ -284,6 +294,7 @@ class Client:
 
     def set_token(self, token: str | None) -> None:
         """Replace the bearer token; resumes a sync paused by an auth error."""
+        token = arguments.token(token)
         engine = self._require_engine()
         engine.transport.token = token
         background = self._background
@@ -325,6 +336,8 @@ class Client:
         closed. With ``flush_timeout``, first push pending changes for at most
         that long (see :meth:`flush`). Safe to call from a callback.
         """
+        if flush_timeout is not None:
+            flush_timeout = arguments.seconds("flush_timeout", flush_timeout)
         if self._closed:
             return
         if flush_timeout is not None and self._engine is not None:
