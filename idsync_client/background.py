@@ -95,6 +95,8 @@ class BackgroundSync:
         self._joined = False
         self._turn = 0
         self._wait_thread: threading.Thread | None = None  # the last wait sent
+        # Wait requests sent and maybe still in flight (see join_waits).
+        self._waits: list[threading.Thread] = []
         self._guard = threading.Lock()
 
     # -- control ------------------------------------------------------------
@@ -150,6 +152,14 @@ class BackgroundSync:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
         self.lock.release()
+
+    def join_waits(self, deadline: float) -> None:
+        """Wait (until ``deadline``, monotonic) for the wait requests still in
+        flight to end; after the transport cut them, they end at once."""
+        with self._guard:
+            waits = list(self._waits)
+        for thread in waits:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def running(self) -> bool:
@@ -308,8 +318,12 @@ class BackgroundSync:
             finally:
                 self._wake_live.set()
 
-        self._wait_thread = threading.Thread(target=send, name="idsync-wait", daemon=True)
-        self._wait_thread.start()
+        thread = threading.Thread(target=send, name="idsync-wait", daemon=True)
+        with self._guard:
+            self._waits = [t for t in self._waits if t.is_alive()]
+            self._waits.append(thread)
+        self._wait_thread = thread
+        thread.start()
         # Bounded: the request's own read timeout ends it well before this.
         deadline = time.monotonic() + seconds + 60.0
         while time.monotonic() < deadline:
@@ -372,11 +386,23 @@ class BackgroundSync:
         with self.status.callbacks.held():
             return self._guarded_round(work)
 
+    def _unless_stopped(self, work: Callable[[], SyncReport]) -> SyncReport | None:
+        """``work()``; None when it failed because sync is stopping (a request
+        cut by close, the local file closed): nothing to log or show."""
+        try:
+            return work()
+        except Exception:
+            if self._stop.is_set():
+                return None
+            raise
+
     def _guarded_round(self, work: Callable[[], SyncReport]) -> bool:
         transport = self.engine.transport
         token, contacts = transport.token, transport.contacts
         try:
-            report = work()
+            report = self._unless_stopped(work)
+            if report is None:
+                return False
         except AuthError as exc:
             # Pause only if the refused token is still the current one: a request
             # sent before set_token() may come back refused after it.

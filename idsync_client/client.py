@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -84,6 +85,9 @@ class Client:
         self._closed = False
         self._lock = ProcessLock(self.path.with_name(self.path.name + ".sync-lock"))
         self.transport = HttpTransport(server, token) if server is not None else None
+        if self.transport is not None:
+            self.transport.on_unreachable = self._unreachable
+        self._flushes: list[threading.Thread] = []
         self._status = StatusTracker(
             SyncStatus(
                 state="idle" if server else "local",
@@ -148,6 +152,11 @@ class Client:
         background = self._background
         if background is not None:
             background.kick()
+
+    def _unreachable(self, message: str) -> None:
+        """A request found no server: show it now, not after the retries."""
+        if not self._closed:
+            self._status.link_down(message)
 
     def _counts(self) -> tuple[int, int]:
         return self.db.pending_count(), len(self.db.rejected())
@@ -242,14 +251,18 @@ class Client:
                             if self._background is None:
                                 self._lock.release()
             except Exception as exc:
-                log.warning("flush failed: %s", exc)
-                self._status.update(last_error=str(exc))
+                if not self._closed:  # else: cut by close(), nothing to tell
+                    log.warning("flush failed: %s", exc)
+                    self._status.update(last_error=str(exc))
             finally:
                 done.set()
                 with contextlib.suppress(IdsyncError):
                     self.db.close()  # this thread's connection
 
-        threading.Thread(target=push_all, name="idsync-flush", daemon=True).start()
+        thread = threading.Thread(target=push_all, name="idsync-flush", daemon=True)
+        self._flushes = [t for t in self._flushes if t.is_alive()]
+        self._flushes.append(thread)
+        thread.start()
         done.wait(timeout)
         try:
             pending = self.db.pending_count()
@@ -331,10 +344,11 @@ class Client:
     def close(self, flush_timeout: float | None = None) -> None:
         """Stop syncing and close the local database. Safe to call twice.
 
-        Returns promptly (about half a second at most): a request still under
-        way is abandoned. Every thread's connection to the local file is
-        closed. With ``flush_timeout``, first push pending changes for at most
-        that long (see :meth:`flush`). Safe to call from a callback.
+        Returns promptly (about half a second at most): requests still under
+        way are cut, and every sync thread ends; none touches the local file
+        afterwards. Every thread's connection to the local file is closed.
+        With ``flush_timeout``, first push pending changes for at most that
+        long (see :meth:`flush`). Safe to call from a callback.
         """
         if flush_timeout is not None:
             flush_timeout = arguments.seconds("flush_timeout", flush_timeout)
@@ -343,11 +357,20 @@ class Client:
         if flush_timeout is not None and self._engine is not None:
             self.flush(flush_timeout)
         self._closed = True
-        self.stop()
-        if self.transport is not None:
-            self.transport.close()
+        # Cut what is in flight first, so that the threads end soon: retries
+        # stop, their waits end, requests fail at once.
         if self._engine is not None:
             self._engine.close()
+        if self.transport is not None:
+            self.transport.close()
+        deadline = time.monotonic() + 0.5
+        background = self._background
+        self.stop()
+        if background is not None:
+            background.join_waits(deadline)
+        for thread in self._flushes:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
         self._lock.release()
         self.db.close_all()
         self._status.update(state="closed")

@@ -32,7 +32,7 @@ from typing import Any
 import peewee
 
 from . import history, instance, jsoncodec, migrations
-from .errors import LocalStorageError, ResetRequired
+from .errors import ClientClosed, LocalStorageError, ResetRequired
 from .localtables import RECORD_COLUMNS as _RECORD
 from .localtables import record_from_row as _record
 from .protocol import prefix_upper_bound
@@ -161,6 +161,7 @@ class LocalDB(Settling, SnapshotReload):
             check_same_thread=False,
         )
         self._write_lock = threading.RLock()
+        self._closed = False
         try:
             self._open()
         except BaseException:
@@ -258,10 +259,19 @@ class LocalDB(Settling, SnapshotReload):
         # handler, whose sleeps grow to 100 ms and would stall the UI and sync.
         # Every driver failure leaves as LocalStorageError; SQLite rolls back by
         # itself on "disk full", so the write is wholly absent either way.
-        with self._write_lock, _wrapped(self.path), self.db.atomic("IMMEDIATE"):
-            yield
+        with self._write_lock:
+            self._check_open()
+            with _wrapped(self.path), self.db.atomic("IMMEDIATE"):
+                yield
+
+    def _check_open(self) -> None:
+        # After close_all nothing touches the file again (peewee would
+        # otherwise open a fresh connection for a thread that asks).
+        if self._closed:
+            raise ClientClosed(f"the local database is closed: {self.path}")
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        self._check_open()
         with _wrapped(self.path):
             cursor: sqlite3.Cursor = self.db.execute_sql(sql, params)
         return cursor
@@ -270,11 +280,14 @@ class LocalDB(Settling, SnapshotReload):
         return int(self._sql(sql, params).fetchone()[0])
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._check_open()
         with _wrapped(self.path):
             self.db.connection().executemany(sql, rows)
 
     def close(self) -> None:
         """Close this thread's connection (it reopens on next use)."""
+        if self._closed:
+            return
         with _wrapped(self.path):
             if not self.db.is_closed():
                 self.db.close()
@@ -287,6 +300,7 @@ class LocalDB(Settling, SnapshotReload):
         assert isinstance(self.db, _SqliteFile)
         locked = self._write_lock.acquire(timeout=1.0)
         try:
+            self._closed = True
             self.db.close_all()
         finally:
             if locked:

@@ -80,9 +80,11 @@ class SyncEngine:
         self._push_lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idsync-fetch")
         self._renewals = 0
+        # Set by close(): retries stop, and their waits end at once.
+        self._closing = threading.Event()
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        return self.policy.call(fn)
+        return self.policy.call(fn, interrupt=self._closing)
 
     def _ensure_store(self, store: str, exc: StoreNotFound) -> None:
         if not self.create_stores:
@@ -333,7 +335,9 @@ class SyncEngine:
         return resent
 
     def close(self) -> None:
-        """Stop the prefetch thread (a fetch under way is abandoned)."""
+        """Stop retrying (a wait between attempts ends now) and stop the
+        prefetch thread (a fetch under way is abandoned)."""
+        self._closing.set()
         self._prefetcher.shutdown(wait=False, cancel_futures=True)
 
     # -- a whole round ------------------------------------------------------
