@@ -244,12 +244,15 @@ class Client:
             try:
                 with self._callbacks.held(), self._sync_lock:
                     if self._lock.acquire():
+                        report = SyncReport()
                         try:
                             for name in sorted(self._stores):
-                                engine.push(name)
+                                engine.push(name, report)
                         finally:
                             if self._background is None:
                                 self._lock.release()
+                            # A push can find a restored server too (reload, re-send).
+                            self._status.reset_seen(report.resets)
             except Exception as exc:
                 if not self._closed:  # else: cut by close(), nothing to tell
                     log.warning("flush failed: %s", exc)

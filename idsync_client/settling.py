@@ -65,7 +65,7 @@ class Settling:
         these numbers: send them again under a new client id, in order).
         Changes sent again after a reset are settled quietly when the server
         already knows better (the key was deleted, or holds other content).
-        A change ``applied`` at a sequence number where this file knows another
+        A change logged at a sequence number where this file knows another
         change sets ``history_changed`` (it is settled all the same: the
         server did log it).
         """
@@ -156,19 +156,17 @@ class Settling:
 def _history_changed(
     db: LocalTables, store: str, entries: Sequence[OutboxEntry], by_n: dict[int, Outcome]
 ) -> bool:
-    """True when the server logged one of ``entries`` now (``applied``) at a
-    sequence number where this file knows another change.
+    """True when the server puts one of ``entries`` (``applied`` now, or a
+    ``duplicate`` of an earlier logging) at a sequence number where this
+    file knows another change.
 
-    Only ``applied`` counts: a ``duplicate`` names the seq of an earlier
-    logging, and a pull on another thread may already have brought the
-    change itself to that seq (the same change, no contradiction).
+    The change itself at that seq is no contradiction: a pull on another
+    thread may have brought it before this answer is settled.
     """
     applied = [
         (outcome.seq, (entry.op, entry.key))
         for entry in entries
-        if (outcome := by_n.get(entry.n)) is not None
-        and outcome.status == "applied"
-        and outcome.seq is not None
+        if (outcome := by_n.get(entry.n)) is not None and outcome.ok and outcome.seq is not None
     ]
     known = history.known_changes(db, store, [seq for seq, _ in applied])
     return any(history.contradiction(known, seq, change) for seq, change in applied)

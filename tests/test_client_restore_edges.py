@@ -127,3 +127,24 @@ def test_pull_check_compares_every_local_row_at_a_seq(tmp_path: Path) -> None:
         assert db.cursor("n") is None  # nothing applied
     finally:
         db.close_all()
+
+
+def test_push_alone_notices_the_restore_and_resends(tmp_path: Path) -> None:
+    """flush() pushes without pulling: the push outcome itself (logged at a
+    seq where the file knows its lost change) starts the reload and re-send."""
+    server_db = tmp_path / "s.db"
+    srv = ServerProcess(server_db).start()
+    try:
+        with Client(tmp_path / "a.db", srv.url, retry=fast_policy()) as a:
+            a.store("n").add("a0")
+            a.sync()
+            _backup(server_db, tmp_path / "backup.db")
+            a.store("n").add("x1")
+            assert a.flush(5)
+            _restore(srv, server_db, tmp_path / "backup.db")
+            a.store("n").add("x2")
+            assert a.flush(5)  # push only: x2 lands at seq 2, where x1 was
+            assert a.status.resets == 1
+            assert _server_values(srv, "n") == ["a0", "x1", "x2"]
+    finally:
+        srv.stop()
