@@ -144,8 +144,13 @@ class LocalDB(Settling, SnapshotReload):
     ) -> None:
         self.path = Path(path)
         # Before anything writes (WAL mode, the sidecar): a refused file stays as it was.
-        with _wrapped(self.path):
-            migrations.check_file(self.path)
+        try:
+            with _wrapped(self.path):
+                migrations.check_file(self.path)
+        except OSError as exc:  # the file cannot even be looked at (permissions, ...)
+            raise LocalStorageError(
+                f"cannot read the local database file: {self.path} ({exc})", original=exc
+            ) from exc
         try:
             base = open_database(self.path, synchronous, busy_timeout_ms)  # makes the folder
         except OSError as exc:

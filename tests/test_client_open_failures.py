@@ -110,3 +110,22 @@ def test_a_file_that_is_not_a_database_is_refused_unchanged(tmp_path: Path) -> N
     with pytest.raises(LocalStorageError):
         Client(folder / "c.db")
     assert _fingerprint(folder) == before
+
+
+def test_a_file_that_cannot_be_looked_at_is_a_local_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.db"
+    with Client(path):
+        pass
+    real = Path.stat
+
+    def denied(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", denied)
+    with pytest.raises(LocalStorageError) as caught:
+        Client(path)
+    assert isinstance(caught.value.__cause__, PermissionError)
