@@ -6,9 +6,10 @@ in threads. Every network call goes through the one retry policy.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -82,9 +83,24 @@ class SyncEngine:
         self._renewals = 0
         # Set by close(): retries stop, and their waits end at once.
         self._closing = threading.Event()
+        self._thread = threading.local()
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        return self.policy.call(fn, interrupt=self._closing)
+        once = getattr(self._thread, "once", False)
+        return self.policy.call(fn, interrupt=self._closing, max_attempts=1 if once else None)
+
+    @contextlib.contextmanager
+    def one_attempt(self) -> Iterator[None]:
+        """Requests made on this thread inside are tried once, not retried.
+
+        For a caller with its own retry loop (background sync): the failure
+        reaches it, and the status, at once, instead of after the retries.
+        """
+        self._thread.once = True
+        try:
+            yield
+        finally:
+            self._thread.once = False
 
     def _ensure_store(self, store: str, exc: StoreNotFound) -> None:
         if not self.create_stores:

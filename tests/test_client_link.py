@@ -162,3 +162,27 @@ def test_close_with_a_black_holed_server_leaves_no_thread(
         assert wait_for(lambda: set(idsync_threads()) <= before, 1.0), idsync_threads()
     assert not [r for r in caplog.records if "closed database" in r.getMessage()]
     assert client.status.state == "closed"
+
+
+def test_close_from_a_status_callback_on_the_failing_request(
+    tmp_path: Path, black_hole: BlackHole
+) -> None:
+    """The app closes the client when it hears that the link is down; the
+    callback may run on the thread whose request failed."""
+    before = set(idsync_threads())
+    client = _client(tmp_path / "c.db", black_hole.url)
+    failures: list[BaseException] = []
+
+    def on_status(status: object) -> None:
+        if getattr(status, "state", None) == "offline":
+            try:
+                client.close()
+            except BaseException as exc:
+                failures.append(exc)
+
+    client.on_status(on_status)
+    client.store("s").add("v")
+    client.start()
+    assert wait_for(lambda: client.status.state == "closed", READ_TIMEOUT + 2.0)
+    assert failures == []
+    assert wait_for(lambda: set(idsync_threads()) <= before, 1.0), idsync_threads()
