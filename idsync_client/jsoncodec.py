@@ -53,12 +53,15 @@ if _orjson is not None:
         text: str = _orjson.dumps(obj).decode("utf-8")
         return text
 
-    def loads(text: str | bytes) -> Any:
+    def loads(text: str | bytes, finite: bool = False) -> Any:
         """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid.
 
         Integers are exact, whatever their size; a number beyond the range of
         a double (``1e400``) is an infinity. Range checks are the caller's
         (see :mod:`.protocol`): such values are valid JSON, refused as values.
+        With ``finite``, a float beyond that range is a JSONDecodeError
+        instead (for texts no validation follows, such as a server's
+        answers); integers stay exact.
         """
         try:
             value = _orjson.loads(text)
@@ -66,10 +69,10 @@ if _orjson is not None:
             far = _OUT_OF_RANGE_STR if isinstance(text, str) else _OUT_OF_RANGE_BYTES
             if far.search(text) is None:  # type: ignore[arg-type]
                 raise JSONDecodeError(str(exc)) from None
-            return _stdlib_loads(text)
+            return _stdlib_loads(text, finite)
         pattern = _LONG_DIGITS_STR if isinstance(text, str) else _LONG_DIGITS_BYTES
         if pattern.search(text) is not None:  # type: ignore[arg-type]
-            return _stdlib_loads(text)
+            return _stdlib_loads(text)  # orjson read it: every number is finite
         return value
 
     def canonical(obj: Any) -> str:
@@ -88,9 +91,9 @@ else:  # pragma: no cover
         """Encode ``obj`` as compact JSON text (UTF-8, no ASCII escaping)."""
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
-    def loads(text: str | bytes) -> Any:
+    def loads(text: str | bytes, finite: bool = False) -> Any:
         """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid."""
-        return _stdlib_loads(text)
+        return _stdlib_loads(text, finite)
 
     def canonical(obj: Any) -> str:
         """The canonical JSON text of ``obj``: compact, object keys sorted."""
@@ -109,9 +112,19 @@ def _parse_int(digits: str) -> int | float:
         return -math.inf if digits.startswith("-") else math.inf
 
 
-def _stdlib_loads(text: str | bytes) -> Any:
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONDecodeError(f"the number {text[:40]} is beyond the range of a double")
+    return value
+
+
+def _stdlib_loads(text: str | bytes, finite: bool = False) -> Any:
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
+        if finite:  # int() refuses over 4300 digits by itself
+            value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        else:
+            value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
     except (ValueError, RecursionError) as exc:
         raise JSONDecodeError(str(exc)) from None
     # 1e400 reads as an infinity and an integer of any size exactly: valid

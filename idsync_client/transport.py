@@ -235,7 +235,9 @@ class HttpTransport:
                 self.contacts += 1
         if response.status_code < 400:
             try:
-                answer = jsoncodec.loads(response.content)
+                # No validation follows for the values in an answer: refuse
+                # numbers no value can hold here (as a garbled answer).
+                answer = jsoncodec.loads(response.content, finite=True)
             except jsoncodec.JSONDecodeError as exc:
                 raise TemporaryError("the server sent a garbled answer") from exc
             if not isinstance(answer, dict):

@@ -67,3 +67,11 @@ def test_server_refuses_the_change_not_the_body(api: Api, number: str) -> None:
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["code"] == "invalid_change" and error["details"] == {"n": 2}
+
+
+@pytest.mark.parametrize("text", ["1e400", "[-1e400]", f"[{FAR_BEYOND}]", '{"v":1E+999}'])
+def test_finite_decoding_refuses_numbers_beyond_a_double(codec, text: str) -> None:
+    """For a server's answers (no validation follows): refused, never an infinity."""
+    with pytest.raises(codec.JSONDecodeError):
+        codec.loads(text, finite=True)
+    assert codec.loads(f"[{HUGE}]", finite=True) == [int(HUGE)]  # exact, as always
