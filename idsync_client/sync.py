@@ -253,6 +253,14 @@ class SyncEngine:
         )
         return page
 
+    def _fetch_ahead(self, once: bool, store: str, cursor: str) -> PullAnswer:
+        """:meth:`_fetch` on the prefetch thread, tried once if the caller's are."""
+        self._thread.once = once
+        try:
+            return self._fetch(store, cursor, 0.0)
+        finally:
+            self._thread.once = False
+
     def pull(
         self,
         store: str,
@@ -294,7 +302,9 @@ class SyncEngine:
             if cancelled is not None and cancelled():
                 return report
             if page.more:
-                ahead = (page.cursor, self._prefetcher.submit(self._fetch, store, page.cursor, 0.0))
+                once = getattr(self._thread, "once", False)  # as on this thread
+                fetch = self._prefetcher.submit(self._fetch_ahead, once, store, page.cursor)
+                ahead = (page.cursor, fetch)
             try:
                 event = self.db.apply_pulled(store, page.changes, page.cursor, cursor)
             except ResetRequired:  # the page contradicts what this file saw: a new history
