@@ -19,7 +19,11 @@ others wait in ``standby`` and take over when the lock frees (for example
 when the syncing process dies).
 
 The threads survive every failure: it is logged, shown in the status as
-``last_error``, and the round is tried again after a backoff. After
+``last_error``, and the round is tried again after a backoff. Requests in a
+round are tried once (not through the retry policy's attempts): the loops'
+own backoff (0.5 s doubling to ``max_offline_delay``, the server's
+Retry-After as a floor) is the retry, so a failure shows in the status,
+and reaches status listeners, as soon as it happens. After
 :meth:`BackgroundSync.stop` a thread still finishing a request changes
 nothing: no status, no page applied.
 """
@@ -94,7 +98,10 @@ class BackgroundSync:
         self._aside: dict[str, float] = {}
         self._joined = False
         self._turn = 0
+        self._retry_after = 0.0  # the last temporary failure's Retry-After
         self._wait_thread: threading.Thread | None = None  # the last wait sent
+        # Wait requests sent and maybe still in flight (see join_waits).
+        self._waits: list[threading.Thread] = []
         self._guard = threading.Lock()
 
     # -- control ------------------------------------------------------------
@@ -151,6 +158,15 @@ class BackgroundSync:
                 thread.join(max(0.0, deadline - time.monotonic()))
         self.lock.release()
 
+    def join_waits(self, deadline: float) -> None:
+        """Wait (until ``deadline``, monotonic) for the wait requests still in
+        flight to end; after the transport cut them, they end at once."""
+        with self._guard:
+            waits = list(self._waits)
+        for thread in waits:
+            if thread is not threading.current_thread():  # close() from a status callback
+                thread.join(max(0.0, deadline - time.monotonic()))
+
     @property
     def running(self) -> bool:
         """True until :meth:`stop`."""
@@ -204,7 +220,7 @@ class BackgroundSync:
                 self._kick.wait(self.idle_interval)
             else:
                 delay = min(self.max_offline_delay, max(0.5, delay * 2))
-                self._kick.wait(delay)
+                self._kick.wait(max(delay, self._retry_after))
         self._close_connection()
 
     def _push_all(self) -> SyncReport:
@@ -230,7 +246,7 @@ class BackgroundSync:
                 delay = 0.0
             else:
                 delay = min(self.max_offline_delay, max(0.5, delay * 2))
-                self._wake_live.wait(delay)
+                self._wake_live.wait(max(delay, self._retry_after))
                 self._wake_live.clear()
         self._close_connection()
 
@@ -316,8 +332,12 @@ class BackgroundSync:
             finally:
                 self._wake_live.set()
 
-        self._wait_thread = threading.Thread(target=send, name="idsync-wait", daemon=True)
-        self._wait_thread.start()
+        thread = threading.Thread(target=send, name="idsync-wait", daemon=True)
+        with self._guard:
+            self._waits = [t for t in self._waits if t.is_alive()]
+            self._waits.append(thread)
+        self._wait_thread = thread
+        thread.start()
         # Bounded: the request's own read timeout ends it well before this.
         deadline = time.monotonic() + seconds + 60.0
         while time.monotonic() < deadline:
@@ -384,11 +404,27 @@ class BackgroundSync:
         with self.status.callbacks.held():
             return self._guarded_round(work)
 
+    def _unless_stopped(self, work: Callable[[], SyncReport]) -> SyncReport | None:
+        """``work()``; None when it failed because sync is stopping (a request
+        cut by close, the local file closed): nothing to log or show."""
+        try:
+            # Tried once: this thread's loop retries with its own backoff, and
+            # a failure is shown (and heard by listeners) at once.
+            with self.engine.one_attempt():
+                return work()
+        except Exception:
+            if self._stop.is_set():
+                return None
+            raise
+
     def _guarded_round(self, work: Callable[[], SyncReport]) -> bool:
         transport = self.engine.transport
         token, contacts = transport.token, transport.contacts
+        self._retry_after = 0.0
         try:
-            report = work()
+            report = self._unless_stopped(work)
+            if report is None:
+                return False
         except AuthError as exc:
             # Pause only if the refused token is still the current one: a request
             # sent before set_token() may come back refused after it.
@@ -397,6 +433,10 @@ class BackgroundSync:
                 self._report(state="auth_error", last_error=str(exc))
             return False
         except TemporaryError as exc:
+            # The server's Retry-After (capped like the retry policy's) holds
+            # back the next try of this thread's loop.
+            hint = exc.retry_after or 0.0
+            self._retry_after = min(hint, self.engine.policy.max_delay)
             self._report(**self._with_counts({"state": "offline", "last_error": str(exc)}))
             return False
         except Exception as exc:  # keep the thread alive; the app sees the error

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from . import arguments
 from .attributes import AttributeCleanUp
 from .background import BackgroundSync
 from .errors import (
@@ -67,10 +69,18 @@ class Client:
         batch_size: int = 1000,
         limits: Limits | None = None,
     ) -> None:
-        if not isinstance(path, str | Path):
-            raise TypeError("path must be a str or a Path")
-        if batch_size < 1:
-            raise ValueError("batch_size must be positive")
+        # Every argument is checked before anything touches the disk.
+        arguments.check_client(
+            path,
+            synchronous=synchronous,
+            create_stores=create_stores,
+            retry=retry,
+            long_poll=long_poll,
+            batch_size=batch_size,
+            limits=limits,
+        )
+        server = arguments.server_url(server)
+        arguments.token_or_supplier(token)
         self.path = Path(path)
         self.limits = limits or Limits()
         self.db = LocalDB(self.path, synchronous=synchronous)
@@ -80,6 +90,9 @@ class Client:
         self._closed = False
         self._lock = ProcessLock(self.path.with_name(self.path.name + ".sync-lock"))
         self.transport = HttpTransport(server, token) if server is not None else None
+        if self.transport is not None:
+            self.transport.on_unreachable = self._unreachable
+        self._flushes: list[threading.Thread] = []
         self._status = StatusTracker(
             SyncStatus(
                 state="idle" if server else "local",
@@ -147,6 +160,11 @@ class Client:
         background = self._background
         if background is not None:
             background.kick()
+
+    def _unreachable(self, message: str) -> None:
+        """A request found no server: show it now, not after the retries."""
+        if not self._closed:
+            self._status.link_down(message)
 
     def _counts(self) -> tuple[int, int]:
         return self.db.pending_count(), len(self.db.rejected())
@@ -236,6 +254,7 @@ class Client:
         ``close(flush_timeout=5.0)``). A push still under way at the deadline
         is abandoned; what it did not upload stays in the outbox for next time.
         """
+        timeout = arguments.seconds("timeout", timeout)
         engine = self._require_engine()
         done = threading.Event()
 
@@ -243,21 +262,28 @@ class Client:
             try:
                 with self._callbacks.held(), self._sync_lock:
                     if self._lock.acquire():
+                        report = SyncReport()
                         try:
                             for name in sorted(self._stores):
-                                engine.push(name)
+                                engine.push(name, report)
                         finally:
                             if self._background is None:
                                 self._lock.release()
+                            # A push can find a restored server too (reload, re-send).
+                            self._status.reset_seen(report.resets)
             except Exception as exc:
-                log.warning("flush failed: %s", exc)
-                self._status.update(last_error=str(exc))
+                if not self._closed:  # else: cut by close(), nothing to tell
+                    log.warning("flush failed: %s", exc)
+                    self._status.update(last_error=str(exc))
             finally:
                 done.set()
                 with contextlib.suppress(IdsyncError):
                     self.db.close()  # this thread's connection
 
-        threading.Thread(target=push_all, name="idsync-flush", daemon=True).start()
+        thread = threading.Thread(target=push_all, name="idsync-flush", daemon=True)
+        self._flushes = [t for t in self._flushes if t.is_alive()]
+        self._flushes.append(thread)
+        thread.start()
         done.wait(timeout)
         try:
             pending = self.db.pending_count()
@@ -302,6 +328,7 @@ class Client:
 
     def set_token(self, token: str | None) -> None:
         """Replace the bearer token; resumes a sync paused by an auth error."""
+        token = arguments.token(token)
         engine = self._require_engine()
         engine.transport.token = token
         background = self._background
@@ -316,7 +343,11 @@ class Client:
         return self._status.current
 
     def on_status(self, callback: Callable[[SyncStatus], None]) -> Callable[[], None]:
-        """Call ``callback(status)`` whenever the status changes; returns an unsubscribe."""
+        """Call ``callback(status)`` whenever the status changes; returns an unsubscribe.
+
+        TypeError if ``callback`` is not callable. A listener that raises is
+        logged; the call that changed the status is not affected.
+        """
         return self._status.listen(callback)
 
     def rejected(self) -> list[RejectedChange]:
@@ -334,21 +365,33 @@ class Client:
     def close(self, flush_timeout: float | None = None) -> None:
         """Stop syncing and close the local database. Safe to call twice.
 
-        Returns promptly (about half a second at most): a request still under
-        way is abandoned. Every thread's connection to the local file is
-        closed. With ``flush_timeout``, first push pending changes for at most
-        that long (see :meth:`flush`). Safe to call from a callback.
+        Returns promptly (about half a second at most): requests still under
+        way are cut, and every sync thread ends; none touches the local file
+        afterwards. Every thread's connection to the local file is closed.
+        With ``flush_timeout``, first push pending changes for at most that
+        long (see :meth:`flush`). Safe to call from a callback.
         """
+        if flush_timeout is not None:
+            flush_timeout = arguments.seconds("flush_timeout", flush_timeout)
         if self._closed:
             return
         if flush_timeout is not None and self._engine is not None:
             self.flush(flush_timeout)
         self._closed = True
-        self.stop()
-        if self.transport is not None:
-            self.transport.close()
+        # Cut what is in flight first, so that the threads end soon: retries
+        # stop, their waits end, requests fail at once.
         if self._engine is not None:
             self._engine.close()
+        if self.transport is not None:
+            self.transport.close()
+        deadline = time.monotonic() + 0.5
+        background = self._background
+        self.stop()
+        if background is not None:
+            background.join_waits(deadline)
+        for thread in self._flushes:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
         self._lock.release()
         self.db.close_all()
         self._status.update(state="closed")

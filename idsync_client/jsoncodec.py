@@ -30,6 +30,12 @@ __all__ = ["JSONDecodeError", "canonical", "dumps", "loads"]
 # standard library, which keeps integers exact, so validation can refuse them.
 _LONG_DIGITS_STR = re.compile(r"[0-9]{19}")
 _LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+# orjson refuses numbers beyond the range of a double (an integer of 310+
+# digits, 1e400) as if the text were not JSON. It is valid JSON: the
+# standard library reads it (integers exact, such floats as infinities) and
+# validation refuses the value as a value, not as malformed text.
+_OUT_OF_RANGE_STR = re.compile(r"[0-9]{19}|[eE][+-]?[0-9]{3}")
+_OUT_OF_RANGE_BYTES = re.compile(rb"[0-9]{19}|[eE][+-]?[0-9]{3}")
 
 
 class JSONDecodeError(ValueError):
@@ -47,19 +53,26 @@ if _orjson is not None:
         text: str = _orjson.dumps(obj).decode("utf-8")
         return text
 
-    def loads(text: str | bytes) -> Any:
+    def loads(text: str | bytes, finite: bool = False) -> Any:
         """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid.
 
-        Integers are exact, whatever their size (range checks are the
-        caller's, see :mod:`.protocol`).
+        Integers are exact, whatever their size; a number beyond the range of
+        a double (``1e400``) is an infinity. Range checks are the caller's
+        (see :mod:`.protocol`): such values are valid JSON, refused as values.
+        With ``finite``, a float beyond that range is a JSONDecodeError
+        instead (for texts no validation follows, such as a server's
+        answers); integers stay exact.
         """
         try:
             value = _orjson.loads(text)
         except _orjson.JSONDecodeError as exc:
-            raise JSONDecodeError(str(exc)) from None
+            far = _OUT_OF_RANGE_STR if isinstance(text, str) else _OUT_OF_RANGE_BYTES
+            if far.search(text) is None:  # type: ignore[arg-type]
+                raise JSONDecodeError(str(exc)) from None
+            return _stdlib_loads(text, finite)
         pattern = _LONG_DIGITS_STR if isinstance(text, str) else _LONG_DIGITS_BYTES
         if pattern.search(text) is not None:  # type: ignore[arg-type]
-            return _stdlib_loads(text)
+            return _stdlib_loads(text)  # orjson read it: every number is finite
         return value
 
     def canonical(obj: Any) -> str:
@@ -78,9 +91,9 @@ else:  # pragma: no cover
         """Encode ``obj`` as compact JSON text (UTF-8, no ASCII escaping)."""
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
-    def loads(text: str | bytes) -> Any:
+    def loads(text: str | bytes, finite: bool = False) -> Any:
         """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid."""
-        return _stdlib_loads(text)
+        return _stdlib_loads(text, finite)
 
     def canonical(obj: Any) -> str:
         """The canonical JSON text of ``obj``: compact, object keys sorted."""
@@ -89,11 +102,31 @@ else:  # pragma: no cover
         )
 
 
-def _stdlib_loads(text: str | bytes) -> Any:
+def _parse_int(digits: str) -> int | float:
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        return int(digits)
+    except ValueError:
+        # Over Python's limit on integer digits (4300): far beyond any range
+        # a value may have, so its exact value never matters; an infinity of
+        # its sign is refused by validation the same way.
+        return -math.inf if digits.startswith("-") else math.inf
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONDecodeError(f"the number {text[:40]} is beyond the range of a double")
+    return value
+
+
+def _stdlib_loads(text: str | bytes, finite: bool = False) -> Any:
+    try:
+        if finite:  # int() refuses over 4300 digits by itself
+            value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        else:
+            value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
     except (ValueError, RecursionError) as exc:
         raise JSONDecodeError(str(exc)) from None
-    if type(value) is float and not math.isfinite(value):  # 1e400 parses as inf
-        raise JSONDecodeError("a number is out of range")
+    # 1e400 reads as an infinity and an integer of any size exactly: valid
+    # JSON, which validation refuses as a value (see loads).
     return value

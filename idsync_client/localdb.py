@@ -31,8 +31,8 @@ from typing import Any
 
 import peewee
 
-from . import instance, jsoncodec, migrations
-from .errors import LocalStorageError, ResetRequired
+from . import history, instance, jsoncodec, migrations
+from .errors import ClientClosed, LocalStorageError, ResetRequired
 from .localtables import RECORD_COLUMNS as _RECORD
 from .localtables import record_from_row as _record
 from .protocol import prefix_upper_bound
@@ -143,6 +143,14 @@ class LocalDB(Settling, SnapshotReload):
         self, path: str | Path, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
     ) -> None:
         self.path = Path(path)
+        # Before anything writes (WAL mode, the sidecar): a refused file stays as it was.
+        try:
+            with _wrapped(self.path):
+                migrations.check_file(self.path)
+        except OSError as exc:  # the file cannot even be looked at (permissions, ...)
+            raise LocalStorageError(
+                f"cannot read the local database file: {self.path} ({exc})", original=exc
+            ) from exc
         try:
             base = open_database(self.path, synchronous, busy_timeout_ms)  # makes the folder
         except OSError as exc:
@@ -158,7 +166,12 @@ class LocalDB(Settling, SnapshotReload):
             check_same_thread=False,
         )
         self._write_lock = threading.RLock()
-        self._open()
+        self._closed = False
+        try:
+            self._open()
+        except BaseException:
+            self.db.close_all()  # a refused or failed open keeps no connection
+            raise
 
     # -- opening: create, migrate, bind to this file ---------------------------
 
@@ -178,6 +191,18 @@ class LocalDB(Settling, SnapshotReload):
             else:
                 migrations.check_supported(version, self.path)
         migrations.migrate(self.db, self.transaction, self.path)
+        try:
+            self._bind_to_file()
+        except OSError as exc:  # the sidecar (disk full, a read-only folder, ...)
+            raise LocalStorageError(
+                f"cannot write the instance file beside the local database:"
+                f" {instance.sidecar_path(self.path)} ({exc})",
+                original=exc,
+            ) from exc
+
+    def _bind_to_file(self) -> None:
+        """Check the instance marker and renew it (see :mod:`.instance`);
+        OSError when the sidecar cannot be written (nothing changed then)."""
         with self.transaction():
             marker = self._meta("instance")
             # No marker yet: a fresh file, or the first open since the marker
@@ -239,10 +264,19 @@ class LocalDB(Settling, SnapshotReload):
         # handler, whose sleeps grow to 100 ms and would stall the UI and sync.
         # Every driver failure leaves as LocalStorageError; SQLite rolls back by
         # itself on "disk full", so the write is wholly absent either way.
-        with self._write_lock, _wrapped(self.path), self.db.atomic("IMMEDIATE"):
-            yield
+        with self._write_lock:
+            self._check_open()
+            with _wrapped(self.path), self.db.atomic("IMMEDIATE"):
+                yield
+
+    def _check_open(self) -> None:
+        # After close_all nothing touches the file again (peewee would
+        # otherwise open a fresh connection for a thread that asks).
+        if self._closed:
+            raise ClientClosed(f"the local database is closed: {self.path}")
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        self._check_open()
         with _wrapped(self.path):
             cursor: sqlite3.Cursor = self.db.execute_sql(sql, params)
         return cursor
@@ -251,11 +285,14 @@ class LocalDB(Settling, SnapshotReload):
         return int(self._sql(sql, params).fetchone()[0])
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._check_open()
         with _wrapped(self.path):
             self.db.connection().executemany(sql, rows)
 
     def close(self) -> None:
         """Close this thread's connection (it reopens on next use)."""
+        if self._closed:
+            return
         with _wrapped(self.path):
             if not self.db.is_closed():
                 self.db.close()
@@ -268,6 +305,7 @@ class LocalDB(Settling, SnapshotReload):
         assert isinstance(self.db, _SqliteFile)
         locked = self._write_lock.acquire(timeout=1.0)
         try:
+            self._closed = True
             self.db.close_all()
         finally:
             if locked:
@@ -502,23 +540,17 @@ class LocalDB(Settling, SnapshotReload):
         seqs = [c["seq"] for c in changes if isinstance(c.get("seq"), int)]
         if not seqs:
             return
-        low, high = min(seqs), max(seqs)
-        known: dict[int, tuple[str, str]] = {}
-        for table, op in (("records", "add"), ("tombstones", "delete")):
-            if not self._has(table, store):
-                continue
-            rows = self._sql(
-                f"SELECT seq, key FROM {table} WHERE store = ? AND seq BETWEEN ? AND ?",
-                (store, low, high),
-            )
-            known.update((seq, (op, key)) for seq, key in rows)
+        known = history.known_changes(self, store, seqs)
         if not known:
             return
         for change in changes:
-            mine = known.get(change.get("seq"))  # type: ignore[arg-type]
-            if mine is not None and mine != (change["op"], change["key"]):
+            seq = change.get("seq")
+            if not isinstance(seq, int):
+                continue
+            other = history.contradiction(known, seq, (change["op"], change["key"]))
+            if other is not None:
                 raise ResetRequired(
-                    f"store {store}: the server's change {change['seq']} is not the one this"
+                    f"store {store}: the server's change {seq} is not the one this"
                     " client saw there (the server's history changed)",
                     code="reset_required",
                 )

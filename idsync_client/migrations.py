@@ -10,6 +10,7 @@ newer than this code is refused, unchanged (:class:`UnsupportedSchema`).
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from peewee import SqliteDatabase
 from .errors import IdsyncError
 from .schema import SCHEMA_VERSION
 
-__all__ = ["STEPS", "UnsupportedSchema", "migrate", "read_version"]
+__all__ = ["STEPS", "UnsupportedSchema", "check_file", "migrate", "read_version"]
 
 Step = Callable[[SqliteDatabase], None]
 
@@ -50,12 +51,39 @@ STEPS: dict[int, Step] = {2: _step_2}
 
 def read_version(db: SqliteDatabase, path: Path) -> int | None:
     """The file's schema version; None for an empty file (no tables yet)."""
-    tables = {row[0] for row in db.execute_sql("SELECT name FROM sqlite_master")}
+    return _version(db.execute_sql, path)
+
+
+def check_file(path: Path) -> None:
+    """Refuse a file this code cannot open (not idsync's, or newer), reading only.
+
+    Runs before the file is opened for writing: a refused file stays
+    byte-identical, in its own journal mode, with no ``-wal``, ``-shm`` or
+    sidecar created. Without a ``-wal`` beside it, the whole database is in
+    the file and it is read as immutable (SQLite then creates nothing, not
+    even for a file in WAL mode); with one, read-only. sqlite3.Error when it
+    is not an SQLite database at all.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # a new file, or an empty one: created at open
+    has_wal = path.with_name(path.name + "-wal").exists()
+    uri = path.absolute().as_uri() + ("?mode=ro" if has_wal else "?immutable=1")
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        version = _version(conn.execute, path)
+    finally:
+        conn.close()
+    if version is not None:
+        check_supported(version, path)
+
+
+def _version(execute: Callable[[str], sqlite3.Cursor], path: Path) -> int | None:
+    tables = {row[0] for row in execute("SELECT name FROM sqlite_master")}
     if not tables:
         return None
     row = None
     if "meta" in tables:
-        row = db.execute_sql("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        row = execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is None or not str(row[0]).isdigit():
         raise UnsupportedSchema(f"{path} is not an idsync client file")
     return int(row[0])

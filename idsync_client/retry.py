@@ -92,13 +92,30 @@ class RetryPolicy:
         exc = state.outcome.exception() if state.outcome else None
         return self.delay(state.attempt_number, exc)
 
-    def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn``, retrying temporary failures; re-raise the last error."""
+    def call(
+        self,
+        fn: Callable[[], T],
+        interrupt: threading.Event | None = None,
+        max_attempts: int | None = None,
+    ) -> T:
+        """Run ``fn``, retrying temporary failures; re-raise the last error.
+
+        Once ``interrupt`` is set (the client is closing), no retry is made
+        and a wait between attempts ends at once. ``max_attempts`` lowers
+        this policy's number of attempts for this call.
+        """
+        attempts = min(self.max_attempts, max_attempts or self.max_attempts)
+        stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(attempts)
+        sleep = self.sleep
+        if interrupt is not None:
+            stop = stop | tenacity.stop_when_event_set(interrupt)
+            if sleep is time.sleep:  # an injected sleep (tests) is kept as it is
+                sleep = interrupt.wait  # type: ignore[assignment]
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(self._should_retry),
             wait=self._wait,
-            stop=tenacity.stop_after_attempt(self.max_attempts),
-            sleep=self.sleep,
+            stop=stop,
+            sleep=sleep,
             reraise=True,
         )
         result = retrying(fn)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from . import jsoncodec
+from . import history, jsoncodec
 from .localtables import RECORD_COLUMNS as _RECORD
 from .localtables import LocalTables
 from .localtables import record_from_row as _record
@@ -30,13 +30,17 @@ class Settled:
     ``pushed``: changes now in the server's log; ``rejected``: refused for
     good; ``conflicts``: some changes stayed in the outbox because the
     server knows their numbers from another copy of this file (renew the
-    client id and send them again); ``event``: what the app must hear.
+    client id and send them again); ``history_changed``: the server logged a
+    change at a sequence number where this file knows another change (it was
+    restored from an older copy: reload the store); ``event``: what the app
+    must hear.
     """
 
     event: ChangeEvent
     rejected: list[RejectedChange] = field(default_factory=list)
     pushed: int = 0
     conflicts: bool = False
+    history_changed: bool = False
 
 
 class Settling:
@@ -61,6 +65,9 @@ class Settling:
         these numbers: send them again under a new client id, in order).
         Changes sent again after a reset are settled quietly when the server
         already knows better (the key was deleted, or holds other content).
+        A change logged at a sequence number where this file knows another
+        change sets ``history_changed`` (it is settled all the same: the
+        server did log it).
         """
         by_n = {o.n: o for o in outcomes}
         result = Settled(ChangeEvent(store, "remote"))
@@ -70,6 +77,7 @@ class Settling:
         synced: list[tuple[int | None, str, str]] = []
         deleted: list[tuple[int | None, str, str]] = []
         with self.transaction():
+            result.history_changed = _history_changed(self, store, entries, by_n)
             for entry in entries:
                 outcome = by_n.get(entry.n)
                 if outcome is None:
@@ -143,6 +151,25 @@ class Settling:
         """Forget a rejected change; False if there was none with that id."""
         with self.transaction():
             return self._sql("DELETE FROM rejected WHERE id = ?", (rejected_id,)).rowcount > 0
+
+
+def _history_changed(
+    db: LocalTables, store: str, entries: Sequence[OutboxEntry], by_n: dict[int, Outcome]
+) -> bool:
+    """True when the server puts one of ``entries`` (``applied`` now, or a
+    ``duplicate`` of an earlier logging) at a sequence number where this
+    file knows another change.
+
+    The change itself at that seq is no contradiction: a pull on another
+    thread may have brought it before this answer is settled.
+    """
+    applied = [
+        (outcome.seq, (entry.op, entry.key))
+        for entry in entries
+        if (outcome := by_n.get(entry.n)) is not None and outcome.ok and outcome.seq is not None
+    ]
+    known = history.known_changes(db, store, [seq for seq, _ in applied])
+    return any(history.contradiction(known, seq, change) for seq, change in applied)
 
 
 def _settle_resent(db: LocalTables, entry: OutboxEntry, code: str, undone: list[Record]) -> bool:

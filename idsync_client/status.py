@@ -27,6 +27,10 @@ State = Literal[
 ]
 
 
+#: States a failed request turns to ``offline`` (see StatusTracker.link_down).
+_LINK_STATES = frozenset({"connecting", "syncing", "online"})
+
+
 @dataclass(frozen=True)
 class SyncStatus:
     """A snapshot of the sync state.
@@ -59,6 +63,12 @@ class SyncStatus:
         return self.state == "online"
 
 
+def _notify(listener: Callable[[SyncStatus], None], status: SyncStatus) -> None:
+    # Called inside the callback queue's guard: whatever the listener does
+    # wrong is logged there, never raised to the caller whose data committed.
+    listener(status)
+
+
 class StatusTracker:
     """Holds the current :class:`SyncStatus` and calls listeners when it changes."""
 
@@ -74,7 +84,13 @@ class StatusTracker:
         return self._status
 
     def listen(self, callback: Callable[[SyncStatus], None]) -> Callable[[], None]:
-        """Call ``callback(status)`` on each change; returns a function that stops it."""
+        """Call ``callback(status)`` on each change; returns a function that stops it.
+
+        TypeError if ``callback`` is not callable (refused here: a bad
+        listener found only at the next change would fail that change's caller).
+        """
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
         with self._lock:
             self._listeners.append(callback)
 
@@ -91,7 +107,14 @@ class StatusTracker:
         Listeners run through the callback queue: after the library's locks
         are released, in order.
         """
+        return self._change(changes)
+
+    def _change(
+        self, changes: dict[str, object], only_from: frozenset[str] | None = None
+    ) -> SyncStatus:
         with self._lock:
+            if only_from is not None and self._status.state not in only_from:
+                return self._status
             new = replace(self._status, **changes)  # type: ignore[arg-type]
             if new == self._status:
                 return new
@@ -99,8 +122,15 @@ class StatusTracker:
             listeners = list(self._listeners)
         with self.callbacks.held():  # every listener hears of it before what it causes
             for listener in listeners:
-                self.callbacks.call(partial(listener, new))
+                self.callbacks.call(partial(_notify, listener, new))
         return new
+
+    def link_down(self, message: str) -> None:
+        """A request found no server: the state says ``offline`` at once, while
+        retries go on. Only from a state that claims a live link or an attempt
+        (``connecting``, ``syncing``, ``online``): an idle, stopped or closed
+        client is not changed by a request that was still finishing."""
+        self._change({"state": "offline", "last_error": message}, _LINK_STATES)
 
     def reset_seen(self, count: int) -> None:
         """The server made this client reload ``count`` stores just now."""

@@ -23,6 +23,12 @@ def _index_items(index: Iterable[str], limits: Limits) -> tuple[str, ...]:
     return validate_index_items(list(index), limits, "invalid_change")
 
 
+def _attr_item(entity: str, name: str, limits: Limits) -> str:
+    # The attribute's index item must pass the server's checks (no control
+    # characters, not too long): refused here, before anything is written.
+    return validate_index_items([attributes.index_item(entity, name)], limits, "invalid_change")[0]
+
+
 class Store:
     """A named collection of records in a :class:`~idsync_client.Client`.
 
@@ -142,8 +148,13 @@ class Store:
         """Call ``callback(event)`` after local or remote changes to this store.
 
         With ``index``, only changes to records carrying that index item.
-        Callbacks run on the thread that made the change.
+        Callbacks run on the thread that made the change. TypeError if
+        ``callback`` is not callable; ProtocolViolation (a ValueError) if
+        ``index`` is not a valid index item (empty, a control character, too
+        long): no record could ever carry it.
         """
+        if index is not None:
+            index = validate_index_items([index], self._client.limits)[0]
         return self._client._hub.add(self.name, callback, index)
 
     # -- attribute records --------------------------------------------------
@@ -165,9 +176,12 @@ class Store:
     def set_attr(self, entity: str, name: str, value: Any) -> str:
         """Set attribute ``name`` of ``entity``: add the new value, delete the old ones.
 
-        Returns the key of the record holding the new value.
+        Returns the key of the record holding the new value. An entity or
+        name the server would refuse (a control character, an index item over
+        ``max_index_item_length``) raises
+        :class:`~idsync_client.protocol.ProtocolViolation` and writes nothing.
         """
-        item = attributes.index_item(entity, name)
+        item = _attr_item(entity, name, self._client.limits)
         db = self._client._local()
         with db.transaction():
             old = attributes.holders(db, self.name, item)
@@ -183,13 +197,13 @@ class Store:
 
     def get_attr(self, entity: str, name: str, default: Any = None) -> Any:
         """The value of attribute ``name`` of ``entity``, or ``default`` if unset."""
-        item = attributes.index_item(entity, name)
+        item = _attr_item(entity, name, self._client.limits)
         record = attributes.winner(attributes.holders(self._client._local(), self.name, item))
         return default if record is None else attributes.value_of(record)
 
     def delete_attr(self, entity: str, name: str) -> bool:
         """Unset an attribute; False if it had no value."""
-        item = attributes.index_item(entity, name)
+        item = _attr_item(entity, name, self._client.limits)
         db = self._client._local()
         with db.transaction():
             deleted = tuple(
@@ -202,6 +216,7 @@ class Store:
         """Every attribute of ``entity`` with its current value."""
         grouped: dict[str, list[Record]] = {}
         prefix = attributes.entity_prefix(entity)
+        validate_index_items([prefix], self._client.limits, "invalid_change")
         for record in self.find(prefix, prefix=True):
             for item in record.index:
                 if item.startswith(prefix):

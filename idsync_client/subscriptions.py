@@ -73,6 +73,11 @@ class CallbackQueue:
             self._local.draining = False
 
 
+def _deliver(callback: Callback, event: ChangeEvent) -> None:
+    # Called inside the callback queue's guard (see _notify in .status).
+    callback(event)
+
+
 @dataclass(eq=False)
 class Subscription:
     """A registered callback; :meth:`cancel` stops it."""
@@ -119,7 +124,7 @@ class SubscriptionHub:
     def add(self, store: str, callback: Callback, index_item: str | None = None) -> Subscription:
         """Register ``callback`` for changes of ``store`` (or of one index item in it)."""
         if not callable(callback):
-            raise TypeError("callback must be callable")
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
         sub = Subscription(store, index_item, callback, self)
         with self._lock:
             self._subs.append(sub)
@@ -141,4 +146,4 @@ class SubscriptionHub:
             for sub in subs:
                 narrowed = sub._filter(event)
                 if narrowed is not None:
-                    self.callbacks.call(partial(sub.callback, narrowed))
+                    self.callbacks.call(partial(_deliver, sub.callback, narrowed))

@@ -6,9 +6,10 @@ in threads. Every network call goes through the one retry policy.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -85,9 +86,26 @@ class SyncEngine:
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idsync-fetch")
         self._renewals = 0
         self.page_hooks: list[PageHook] = []
+        # Set by close(): retries stop, and their waits end at once.
+        self._closing = threading.Event()
+        self._thread = threading.local()
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        return self.policy.call(fn)
+        once = getattr(self._thread, "once", False)
+        return self.policy.call(fn, interrupt=self._closing, max_attempts=1 if once else None)
+
+    @contextlib.contextmanager
+    def one_attempt(self) -> Iterator[None]:
+        """Requests made on this thread inside are tried once, not retried.
+
+        For a caller with its own retry loop (background sync): the failure
+        reaches it, and the status, at once, instead of after the retries.
+        """
+        self._thread.once = True
+        try:
+            yield
+        finally:
+            self._thread.once = False
 
     def _ensure_store(self, store: str, exc: StoreNotFound) -> None:
         if not self.create_stores:
@@ -203,6 +221,13 @@ class SyncEngine:
             store, entries, outcomes, keep_conflicts=self._renewals < _MAX_RENEWALS
         )
         report.pushed += settled.pushed
+        if settled.history_changed:
+            # The server went back to an older history (restored from a copy)
+            # behind a cursor it still accepts: reload, and re-send what of
+            # ours it lost.
+            log.warning("store %s: the server logged a change where another was", store)
+            report.resent += self.reset(store)
+            report.resets += 1
         if settled.conflicts:
             # Another copy of this file sent these change numbers: the changes
             # stay in the outbox and go again, in order, under a fresh id.
@@ -232,6 +257,14 @@ class SyncEngine:
             lambda: self.transport.pull(store, cursor, wait, self.page_size)
         )
         return page
+
+    def _fetch_ahead(self, once: bool, store: str, cursor: str) -> PullAnswer:
+        """:meth:`_fetch` on the prefetch thread, tried once if the caller's are."""
+        self._thread.once = once
+        try:
+            return self._fetch(store, cursor, 0.0)
+        finally:
+            self._thread.once = False
 
     def pull(
         self,
@@ -274,7 +307,9 @@ class SyncEngine:
             if cancelled is not None and cancelled():
                 return report
             if page.more:
-                ahead = (page.cursor, self._prefetcher.submit(self._fetch, store, page.cursor, 0.0))
+                once = getattr(self._thread, "once", False)  # as on this thread
+                fetch = self._prefetcher.submit(self._fetch_ahead, once, store, page.cursor)
+                ahead = (page.cursor, fetch)
             try:
                 event = self.db.apply_pulled(store, page.changes, page.cursor, cursor)
             except ResetRequired:  # the page contradicts what this file saw: a new history
@@ -321,7 +356,9 @@ class SyncEngine:
         return resent
 
     def close(self) -> None:
-        """Stop the prefetch thread (a fetch under way is abandoned)."""
+        """Stop retrying (a wait between attempts ends now) and stop the
+        prefetch thread (a fetch under way is abandoned)."""
+        self._closing.set()
         self._prefetcher.shutdown(wait=False, cancel_futures=True)
 
     # -- a whole round ------------------------------------------------------

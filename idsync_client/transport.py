@@ -24,12 +24,14 @@ from urllib3.connection import HTTPConnection
 from . import jsoncodec
 from .errors import (
     AuthError,
+    ClientClosed,
     IdsyncError,
     PermanentError,
     StoreNotFound,
     TemporaryError,
     classify_status,
 )
+from .inflight import OpenSockets, pool_classes
 from .protocol import BACKOFF_HEADER, ERRORS, Limits, Outcome
 from .wire import FindAnswer, PullAnswer, PushAnswer, SnapshotAnswer, WaitAnswer, WireError
 
@@ -126,12 +128,25 @@ def _keepalive_options() -> list[tuple[int, int, int]]:
 
 class KeepAliveAdapter(HTTPAdapter):
     """An HTTPAdapter whose sockets use TCP keepalive, so a link that died
-    silently fails a waiting request instead of hanging until its timeout."""
+    silently fails a waiting request instead of hanging until its timeout.
+
+    Its connections' sockets are tracked: :meth:`cut` makes every request in
+    flight on it fail at once (the client is closing).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.open_sockets = OpenSockets()
+        super().__init__(*args, **kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        """Create the pool with keepalive socket options."""
+        """Create the pool with keepalive socket options and tracked connections."""
         kwargs["socket_options"] = [*HTTPConnection.default_socket_options, *_keepalive_options()]
         super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = pool_classes(self.open_sockets)
+
+    def cut(self) -> None:
+        """Fail every request in flight now, and every later one at connect."""
+        self.open_sockets.cut()
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -194,9 +209,13 @@ class HttpTransport:
         self.read_timeout = READ_TIMEOUT
         self.poll_margin = POLL_MARGIN
         self.contacts = 0
+        #: Called with a message after each request that found no server (the
+        #: connection failed, or no answer in time), while retries go on.
+        self.on_unreachable: Callable[[str], None] | None = None
         self._backoff_until = 0.0
         self._lock = threading.Lock()
         self._limits: Limits | None = None
+        self._closed = False
 
     def request(
         self,
@@ -209,6 +228,8 @@ class HttpTransport:
         read_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Send one request; return the decoded JSON object or raise a classified error."""
+        if self._closed:
+            raise ClientClosed("the client is closed")
         if body is not None:
             raw_body = jsoncodec.dumps(body)
         start = token = self.token
@@ -256,25 +277,36 @@ class HttpTransport:
                 data=raw_body.encode("utf-8") if raw_body is not None else None,
                 timeout=(self.connect_timeout, read_timeout or self.read_timeout),
             )
-        except requests.Timeout as exc:
-            raise TemporaryError(
-                f"the server did not answer in time ({exc})", timeout=True
-            ) from exc
         except requests.RequestException as exc:
-            raise TemporaryError(f"cannot reach the server ({exc})") from exc
+            raise self._unreachable(exc) from exc
         self._note_backoff(response)
         if classify_status(response.status_code) is not TemporaryError:
             with self._lock:
                 self.contacts += 1
         if response.status_code < 400:
             try:
-                answer = jsoncodec.loads(response.content)
+                # No validation follows for the values in an answer: refuse
+                # numbers no value can hold here (as a garbled answer).
+                answer = jsoncodec.loads(response.content, finite=True)
             except jsoncodec.JSONDecodeError as exc:
                 raise TemporaryError("the server sent a garbled answer") from exc
             if not isinstance(answer, dict):
                 raise TemporaryError("the server's answer is not a JSON object")
             return answer
         raise self._error(response)
+
+    def _unreachable(self, exc: requests.RequestException) -> IdsyncError:
+        """The error for a request that found no server; the listener hears of it."""
+        if self._closed:  # cut by close(): not a fact about the link
+            return ClientClosed("the client is closed")
+        if isinstance(exc, requests.Timeout):
+            error = TemporaryError(f"the server did not answer in time ({exc})", timeout=True)
+        else:
+            error = TemporaryError(f"cannot reach the server ({exc})")
+        listener = self.on_unreachable
+        if listener is not None:
+            listener(str(error))
+        return error
 
     def _note_backoff(self, response: requests.Response) -> None:
         hint = response.headers.get(BACKOFF_HEADER)
@@ -405,5 +437,10 @@ class HttpTransport:
         return self._limits
 
     def close(self) -> None:
-        """Close pooled connections."""
+        """Close the connections, cutting the requests in flight: each fails at
+        once on its own thread (ClientClosed), as does every later request."""
+        self._closed = True
+        for adapter in self.session.adapters.values():
+            if isinstance(adapter, KeepAliveAdapter):
+                adapter.cut()
         self.session.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
@@ -63,11 +64,14 @@ def client(tmp_path, sleeps):
         yield c
 
 
+# Like a real server, never two changes at one seq (a client takes a change
+# logged at a seq it knows another one at for a restored server).
+_SEQS = itertools.count(1)
+
+
 def ok_push(request):
     body = json.loads(request.body)
-    outcomes = [
-        {"n": c["n"], "status": "applied", "seq": i + 1} for i, c in enumerate(body["changes"])
-    ]
+    outcomes = [{"n": c["n"], "status": "applied", "seq": next(_SEQS)} for c in body["changes"]]
     return 200, {}, json.dumps({"outcomes": outcomes})
 
 
