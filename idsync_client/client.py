@@ -143,6 +143,16 @@ class Client:
                 self._background.add_store(name)
         return self._stores[name]
 
+    @property
+    def stores(self) -> list[str]:
+        """The names of the stores sync covers (opened here or synced before), sorted."""
+        return sorted(self._stores)
+
+    @property
+    def syncing_in_background(self) -> bool:
+        """Whether background sync is on (between :meth:`start` and :meth:`stop`)."""
+        return self._background is not None
+
     def _local(self) -> LocalDB:
         self._check_open()
         return self.db
