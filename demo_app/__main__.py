@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import requests
 
 from idsync_client import Client
+from idsync_server_ref.command import missing_server_modules
 from idsync_server_ref.config import DEFAULT_HOST, DEFAULT_PORT, default_database_path
 from idsync_server_ref.process import ServerProcess
 
@@ -99,6 +100,12 @@ def start_server(url: str) -> ServerProcess | None:
     parts = urlsplit(url)
     if parts.hostname not in ("127.0.0.1", "localhost"):
         raise SystemExit(f"idsync-notes: --with-server needs a local URL, not {url}")
+    missing = missing_server_modules()
+    if missing:
+        raise SystemExit(
+            f"idsync-notes: --with-server needs the server's dependencies ({', '.join(missing)});"
+            " install them with: pip install 'idsync[server]'"
+        )
     database = default_database_path()
     proc = ServerProcess(database, "--log-level", "INFO", port=parts.port or 80).start()
     print(f"idsync-notes: started the reference server at {proc.url} (database {database})")

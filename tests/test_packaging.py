@@ -69,6 +69,21 @@ def test_the_server_command_says_what_to_install_when_its_extra_is_missing() -> 
     assert "uvicorn" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_the_notes_app_says_what_to_install_for_with_server(tmp_path) -> None:
+    code = (
+        "import sys\n"
+        "for name in ('uvicorn', 'httptools', 'prometheus_client'): sys.modules[name] = None\n"
+        "from demo_app.__main__ import main\n"
+        "sys.exit(main(['--with-server', '--server', 'http://127.0.0.1:9']))\n"
+    )
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 1
+    assert "pip install 'idsync[server]'" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_the_light_server_modules_load_without_the_server_extra() -> None:
     # The notes app and the testing kit use these where only the client is installed.
     code = (
