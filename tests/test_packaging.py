@@ -146,15 +146,31 @@ def _sdist_members(sdist: Path) -> set[str]:
         return {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
 
 
-@pytest.mark.sdist
-def test_the_sdist_installs_and_its_tests_pass(tmp_path) -> None:
-    dist = tmp_path / "dist"
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sdist, built from this tree as a release would be."""
+    dist = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [sys.executable, "-m", "build", "--sdist", "--outdir", str(dist), str(ROOT)],
         check=True,
         timeout=600,
     )
-    [sdist] = dist.glob("idsync-*.tar.gz")
+    [built] = dist.glob("idsync-*.tar.gz")
+    return built
+
+
+def fresh_venv(folder: Path, requirement: str) -> Path:
+    """A new virtualenv in ``folder`` with ``requirement`` installed; its python."""
+    venv.create(folder, with_pip=True)
+    python = folder / ("Scripts" if os.name == "nt" else "bin") / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", requirement], check=True, timeout=900
+    )
+    return python
+
+
+@pytest.mark.sdist
+def test_the_sdist_installs_and_its_tests_pass(sdist, tmp_path) -> None:
     members = _sdist_members(sdist)
     for needed in (
         "LICENSE",
@@ -174,12 +190,7 @@ def test_the_sdist_installs_and_its_tests_pass(tmp_path) -> None:
     with tarfile.open(sdist) as archive:
         archive.extractall(tmp_path / "unpacked", filter="data")
     [tree] = (tmp_path / "unpacked").iterdir()
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    python = env_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", f"{sdist}[test]"], check=True, timeout=900
-    )
+    python = fresh_venv(tmp_path / "venv", f"{sdist}[test]")
     # The unpacked tree's tests, on the dependencies its metadata installed;
     # nothing of this checkout is on the path.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -196,3 +207,26 @@ def test_the_sdist_installs_and_its_tests_pass(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " passed" in done.stdout
+
+
+@pytest.mark.sdist
+def test_a_client_only_install_works_and_the_server_says_what_it_lacks(sdist, tmp_path) -> None:
+    python = fresh_venv(tmp_path / "venv", str(sdist))
+    code = (
+        "import importlib.util, sys\n"
+        "from idsync_client import Client\n"
+        "with Client(sys.argv[1]) as client:\n"
+        "    client.store('todo').add({'title': 'Buy milk'})\n"
+        "print([m for m in ('uvicorn', 'httptools', 'prometheus_client', 'psycopg')"
+        " if importlib.util.find_spec(m)])\n"
+    )
+    done = subprocess.run(
+        [str(python), "-c", code, str(tmp_path / "app.sqlite3")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    server = python.parent / ("idsync-server.exe" if os.name == "nt" else "idsync-server")
+    done = subprocess.run([str(server)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "pip install 'idsync[server]'" in done.stderr
