@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import requests
 
 from idsync_client import Client
+from idsync_server_ref.command import missing_server_modules
 from idsync_server_ref.config import DEFAULT_HOST, DEFAULT_PORT, default_database_path
 from idsync_server_ref.process import ServerProcess
 
@@ -36,38 +37,49 @@ def default_notes_path() -> Path:
     return default_database_path().with_name("notes-demo.sqlite3")
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``idsync-notes``."""
+    """The command line of ``idsync-notes``; every flag has an ``IDSYNC_*`` environment variable."""
     parser = argparse.ArgumentParser(
         prog="idsync-notes", description="An offline-first notes app on idsync."
     )
     parser.add_argument(
         "--server",
         default=os.environ.get("IDSYNC_SERVER", DEFAULT_SERVER),
-        help="server URL (default %(default)s); 'none' for local only",
+        help="server URL; 'none' for local only (IDSYNC_SERVER; default %(default)s)",
     )
     parser.add_argument(
         "--db",
         type=Path,
-        default=default_notes_path(),
-        help="local database file (default %(default)s)",
+        default=os.environ.get("IDSYNC_NOTES_DB") or default_notes_path(),
+        help="local database file, in the per-user data folder unless told"
+        " (IDSYNC_NOTES_DB; default %(default)s)",
     )
     parser.add_argument(
         "--token",
         default=os.environ.get("IDSYNC_TOKEN"),
         help="bearer token, when the server needs one (IDSYNC_TOKEN)",
     )
-    parser.add_argument("--store", default="notes", help="store name (default %(default)s)")
+    parser.add_argument(
+        "--store",
+        default=os.environ.get("IDSYNC_NOTES_STORE", "notes"),
+        help="store name (IDSYNC_NOTES_STORE; default %(default)s)",
+    )
     parser.add_argument(
         "--title",
-        default=None,
-        help="window title (default: 'idsync notes' and the local file's name, so that"
-        " two windows are told apart)",
+        default=os.environ.get("IDSYNC_NOTES_TITLE"),
+        help="window title (IDSYNC_NOTES_TITLE; default: 'idsync notes' and the local"
+        " file's name, so that two windows are told apart)",
     )
     parser.add_argument(
         "--with-server",
         action="store_true",
-        help="also start a reference server on the server URL's port",
+        default=_env_flag("IDSYNC_NOTES_WITH_SERVER"),
+        help="also start a reference server on the server URL's port"
+        " (IDSYNC_NOTES_WITH_SERVER=1)",
     )
     return parser
 
@@ -88,6 +100,12 @@ def start_server(url: str) -> ServerProcess | None:
     parts = urlsplit(url)
     if parts.hostname not in ("127.0.0.1", "localhost"):
         raise SystemExit(f"idsync-notes: --with-server needs a local URL, not {url}")
+    missing = missing_server_modules()
+    if missing:
+        raise SystemExit(
+            f"idsync-notes: --with-server needs the server's dependencies ({', '.join(missing)});"
+            " install them with: pip install 'idsync[server]'"
+        )
     database = default_database_path()
     proc = ServerProcess(database, "--log-level", "INFO", port=parts.port or 80).start()
     print(f"idsync-notes: started the reference server at {proc.url} (database {database})")

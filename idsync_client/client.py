@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from . import arguments
 from .attributes import AttributeCleanUp
@@ -32,7 +33,10 @@ from .status import StatusTracker, SyncStatus
 from .store import Store
 from .subscriptions import CallbackQueue, SubscriptionHub
 from .sync import SyncEngine, SyncReport
-from .transport import HttpTransport
+from .transport import CONNECT_TIMEOUT, READ_TIMEOUT, HttpTransport
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("idsync.client")
 
@@ -48,6 +52,12 @@ class Client:
     docs/client.md). ``retry`` replaces the retry policy (tests inject one
     with a fake sleep). ``long_poll`` is how long background sync's wait
     for news (one request for all stores) holds on the server.
+    ``session``: a :class:`requests.Session` to send requests with (its
+    adapters, headers, proxies and certificates are used as they are);
+    without one, proxies and CA bundle are read from the environment once
+    (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``, ...).
+    ``timeouts``: ``(connect, read)`` seconds for each request (a long-poll
+    waits its wait plus a margin).
 
     Use it as a context manager, or call :meth:`close`.
 
@@ -68,6 +78,8 @@ class Client:
         long_poll: float = 10.0,
         batch_size: int = 1000,
         limits: Limits | None = None,
+        session: requests.Session | None = None,
+        timeouts: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
     ) -> None:
         # Every argument is checked before anything touches the disk.
         arguments.check_client(
@@ -83,13 +95,18 @@ class Client:
         arguments.token_or_supplier(token)
         self.path = Path(path)
         self.limits = limits or Limits()
+        # Checks its arguments before the local file is opened.
+        self.transport = (
+            None
+            if server is None
+            else HttpTransport(server, token, session=session, timeouts=timeouts)
+        )
         self.db = LocalDB(self.path, synchronous=synchronous)
         self._callbacks = CallbackQueue()
         self._hub = SubscriptionHub(self._callbacks)
         self._stores: dict[str, Store] = {}
         self._closed = False
         self._lock = ProcessLock(self.path.with_name(self.path.name + ".sync-lock"))
-        self.transport = HttpTransport(server, token) if server is not None else None
         if self.transport is not None:
             self.transport.on_unreachable = self._unreachable
         self._flushes: list[threading.Thread] = []
@@ -142,6 +159,16 @@ class Client:
             if self._background is not None:
                 self._background.add_store(name)
         return self._stores[name]
+
+    @property
+    def stores(self) -> list[str]:
+        """The names of the stores sync covers (opened here or synced before), sorted."""
+        return sorted(self._stores)
+
+    @property
+    def syncing_in_background(self) -> bool:
+        """Whether background sync is on (between :meth:`start` and :meth:`stop`)."""
+        return self._background is not None
 
     def _local(self) -> LocalDB:
         self._check_open()

@@ -11,6 +11,22 @@ from typing import IO
 from .errors import LocalStorageError
 
 
+def _lock_without_waiting(handle: IO[bytes]) -> None:
+    """Lock ``handle``'s file for this process; OSError if another process holds it."""
+    if sys.platform == "win32":  # pragma: no cover - exercised with a stand-in msvcrt
+        import msvcrt
+
+        # msvcrt locks bytes from the current position, and a file opened
+        # for appending stands at its end, whose offset is the length of the
+        # previous holder's PID: every process must lock the same byte, 0.
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 class ProcessLock:
     """A non-blocking exclusive lock on ``path`` (created if missing).
 
@@ -44,14 +60,7 @@ class ProcessLock:
             return True
         handle = open(self.path, "a+b")  # noqa: SIM115 - kept open while held
         try:
-            if sys.platform == "win32":  # pragma: no cover
-                import msvcrt
-
-                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_without_waiting(handle)
         except OSError:
             handle.close()
             return False

@@ -18,9 +18,21 @@
             net.slow(0.2)                        # every request takes 0.2 s more
             client.sync()
 
+    def test_two_devices_converge(tmp_path):
+        with server_and_client(tmp_path) as (server, laptop), \\
+             Client(tmp_path / "phone.db", server.url) as phone:
+            phone.store("notes")                 # a client syncs the stores it opened
+            phone.start()
+            key = laptop.store("notes").add({"t": 1})
+            wait_until_synced([laptop, phone])   # both at the server's head
+            assert phone.store("notes").get(key) is not None
+
 Faults apply to the requests of that one client, at the HTTP layer (a
 ``requests`` transport adapter), so the real server and the real client code
 run unchanged. ``Network.log`` records what happened to each request.
+
+Apps can also enable the fixtures ``idsync_server`` and ``idsync_client``
+with ``pytest_plugins = ["idsync_client.pytest_plugin"]``.
 
 ``ServerProcess`` lives in the server package
 (``from idsync_server_ref.process import ServerProcess``); it is re-exported
@@ -32,22 +44,23 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import requests
 
 from . import jsoncodec
-from .protocol import ERRORS
-from .transport import KeepAliveAdapter
+from .client import Client
+from .errors import IdsyncError, StoreNotFound
+from .protocol import ERRORS, Cursor
+from .transport import HttpTransport, KeepAliveAdapter
 
 if TYPE_CHECKING:
     from idsync_server_ref.process import ServerProcess
 
-    from .client import Client
-
-__all__ = ["Fault", "Network", "ServerProcess"]
+__all__ = ["Fault", "Network", "ServerProcess", "server_and_client", "wait_until_synced"]
 
 
 def __getattr__(name: str) -> Any:
@@ -209,3 +222,129 @@ class Network:
             }
         ).encode()
         return response
+
+
+# -- waiting for convergence ---------------------------------------------------
+
+
+def _clients(clients: Client | Iterable[Client]) -> list[Client]:
+    group = [clients] if isinstance(clients, Client) else list(clients)
+    if not group:
+        raise ValueError("no client to wait for")
+    for client in group:
+        if not isinstance(client, Client):
+            raise TypeError(f"expected a Client, got {type(client).__name__}")
+        if client.transport is None:
+            raise ValueError(f"client {client.path.name} has no server to sync with")
+        if not client.syncing_in_background:
+            raise ValueError(
+                f"client {client.path.name} is not syncing in the background: call"
+                " client.start() first (client.sync() itself returns when it is done)"
+            )
+    return group
+
+
+def _lagging(
+    client: Client, probe: HttpTransport, heads: dict[tuple[str, str], Cursor | str]
+) -> list[str]:
+    """What keeps ``client`` from being synced now; empty when it is."""
+    name = client.path.name
+    lagging = []
+    pending = client.db.pending_count()
+    if pending:
+        lagging.append(f"{name}: {pending} change(s) pending")
+    for store in client.stores:
+        key = (probe.base_url, store)
+        if key not in heads:
+            try:
+                answer = probe.request("GET", f"/v1/stores/{store}")
+                heads[key] = Cursor.decode(answer["head_cursor"])
+            except StoreNotFound:
+                heads[key] = "not on the server yet"
+            except (IdsyncError, KeyError, ValueError) as exc:
+                heads[key] = f"server's head unknown ({exc})"
+        head = heads[key]
+        if isinstance(head, str):
+            lagging.append(f"{name}, store {store!r}: {head}")
+            continue
+        local = client.db.cursor(store)
+        mine = Cursor.decode(local) if local else None
+        if mine is None:
+            lagging.append(f"{name}, store {store!r}: never pulled (server at seq {head.seq})")
+        elif mine.epoch != head.epoch:
+            lagging.append(f"{name}, store {store!r}: on another history than the server's")
+        elif mine.seq < head.seq:
+            lagging.append(f"{name}, store {store!r}: pulled to seq {mine.seq} of {head.seq}")
+    return lagging
+
+
+def wait_until_synced(
+    clients: Client | Iterable[Client], timeout: float = 10.0, *, interval: float = 0.02
+) -> None:
+    """Wait until the clients are synced with their server, or raise TimeoutError.
+
+    Synced means that, at one check: no client has a change pending in its
+    outbox (rejected changes are not pending), and for every store of every
+    client (``client.stores``) the server has the store and the client's
+    cursor is on the server's history (same epoch) at or past the server's
+    head sequence, asked of the server in that check. So each client holds
+    every change any client had pushed by then, and clients synced together
+    hold the same records. A store a client has not opened (nor synced
+    before) is not its to sync: open it on every client that should have it.
+
+    The clients must be syncing in the background (``client.start()``):
+    this only waits, nudging them (``client.kick()``) every ``interval``
+    seconds, and asks the server for its heads on a connection of its own,
+    so a :class:`Network`'s planned faults are not used up by the asking.
+    ``TimeoutError`` after ``timeout`` seconds names what was still pending
+    or behind; ``ValueError`` for a client without a server or not started.
+    """
+    group = _clients(clients)
+    if timeout <= 0 or interval <= 0:
+        raise ValueError("timeout and interval must be > 0")
+    probes: dict[str, HttpTransport] = {}
+    checks: list[tuple[Client, HttpTransport]] = []
+    for client in group:
+        assert client.transport is not None
+        url = client.transport.base_url
+        checks.append((client, probes.setdefault(url, HttpTransport(url, client.transport.token))))
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()  # never set: a bounded wait between checks
+    try:
+        while True:
+            heads: dict[tuple[str, str], Cursor | str] = {}
+            lagging = [line for client, probe in checks for line in _lagging(client, probe, heads)]
+            if not lagging:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"not synced after {timeout:g} s: " + "; ".join(lagging))
+            for client in group:
+                client.kick()
+            pause.wait(interval)
+    finally:
+        for probe in probes.values():
+            probe.close()
+
+
+@contextlib.contextmanager
+def server_and_client(
+    folder: str | Path, *, start: bool = True, server_args: Iterable[str] = (), **client_options: Any
+) -> Iterator[tuple[ServerProcess, Client]]:
+    """A reference server and a client connected to it, in one line; both stopped after.
+
+    ``with server_and_client(tmp_path) as (server, client):`` starts a server
+    on a free port of 127.0.0.1 with its database ``server.sqlite3`` in
+    ``folder``, and opens ``client.sqlite3`` there as a :class:`Client` of it,
+    syncing in the background unless ``start=False``. ``server_args`` are
+    ``idsync-server`` flags; ``client_options`` go to :class:`Client`.
+    """
+    from idsync_server_ref.process import ServerProcess
+
+    folder = Path(folder)
+    with (
+        ServerProcess(folder / "server.sqlite3", *server_args) as server,
+        Client(folder / "client.sqlite3", server.url, **client_options) as client,
+    ):
+        if start:
+            client.start()
+        yield server, client

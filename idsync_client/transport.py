@@ -11,6 +11,7 @@ remaining wait.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -169,22 +170,52 @@ def _permanent_kind(
     return kind
 
 
+def environment_settings(base_url: str) -> tuple[dict[str, str], str | bool]:
+    """The proxies and CA bundle that requests would take from the environment
+    for ``base_url``: ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` unless
+    ``NO_PROXY`` covers the URL's host, and ``REQUESTS_CA_BUNDLE`` or
+    ``CURL_CA_BUNDLE`` (else True: the default CA store)."""
+    proxies = {
+        scheme: url
+        for scheme, url in requests.utils.get_environ_proxies(base_url).items()
+        if scheme in ("http", "https", "all") and url
+    }
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    return proxies, bundle or True
+
+
+def _check_timeouts(timeouts: tuple[float, float]) -> tuple[float, float]:
+    try:
+        connect, read = timeouts
+        valid = connect > 0 and read > 0
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(f"timeouts must be (connect, read) seconds, both > 0, got {timeouts!r}")
+    return float(connect), float(read)
+
+
 class HttpTransport:
     """A :class:`Transport` over HTTP to one server; each endpoint method keeps
     the contract of the :class:`Transport` method of the same name.
 
     ``session`` is a :class:`requests.Session`, exposed so that adapters can
-    be mounted on it (the testing kit does).
+    be mounted on it (the testing kit does). A session passed in is used as
+    it is: its adapters, headers, proxies, ``verify``, certificates and
+    ``trust_env``. Without one, the transport makes its own and reads the
+    environment once, here (proxies for ``base_url``, honouring
+    ``NO_PROXY``, and ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``), rather than
+    on every request as requests' ``trust_env`` would (~0.2 ms each).
 
     ``token`` is the bearer token, or a callable that supplies one: it is
     called while there is no token, and once more after a request is
     refused with 401 (the request is then sent again with the new token,
     once); a token is kept once the server accepts it.
 
-    ``connect_timeout`` and ``read_timeout`` bound each request; a long-poll
-    waits ``wait + poll_margin`` for its answer. ``contacts`` counts the
-    answers the server gave (any answer but a temporary failure): the
-    status says "online" only after one.
+    ``timeouts`` is ``(connect, read)`` in seconds and bounds each request;
+    a long-poll waits ``wait + poll_margin`` for its answer. ``contacts``
+    counts the answers the server gave (any answer but a temporary
+    failure): the status says "online" only after one.
     """
 
     def __init__(
@@ -192,21 +223,24 @@ class HttpTransport:
         base_url: str,
         token: str | Callable[[], str | None] | None = None,
         session: requests.Session | None = None,
+        timeouts: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
     ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"server URL must start with http:// or https://, got {base_url!r}")
+        if session is not None and not isinstance(session, requests.Session):
+            raise TypeError("session must be a requests.Session")
+        self.connect_timeout, self.read_timeout = _check_timeouts(timeouts)
         self.base_url = base_url.rstrip("/")
         #: Supplies a fresh token after a 401 (None: the token is fixed).
         self.token_supplier = token if callable(token) else None
         self.token: str | None = None if callable(token) else token
-        self.session = session or requests.Session()
         if session is None:
-            self.session.mount("http://", KeepAliveAdapter())
-            self.session.mount("https://", KeepAliveAdapter())
-        # No proxy or netrc look-ups on every request: they cost ~0.2 ms each.
-        self.session.trust_env = False
-        self.connect_timeout = CONNECT_TIMEOUT
-        self.read_timeout = READ_TIMEOUT
+            session = requests.Session()
+            session.mount("http://", KeepAliveAdapter())
+            session.mount("https://", KeepAliveAdapter())
+            session.proxies, session.verify = environment_settings(self.base_url)
+            session.trust_env = False  # read once above, not on every request
+        self.session = session
         self.poll_margin = POLL_MARGIN
         self.contacts = 0
         #: Called with a message after each request that found no server (the

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import platformdirs
 
 from idsync_client.protocol import Limits
 
@@ -16,14 +16,11 @@ DEFAULT_RATE = 50.0
 
 
 def default_database_path() -> Path:
-    """Where the server keeps its SQLite file when not told: a per-user data folder."""
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "idsync" / "server.sqlite3"
+    """Where the server keeps its SQLite file when not told: the per-user data
+    folder of the platform (``$XDG_DATA_HOME/idsync`` or ``~/.local/share/idsync``
+    on Linux, ``~/Library/Application Support/idsync`` on macOS,
+    ``%LOCALAPPDATA%\\idsync`` on Windows), as platformdirs knows it."""
+    return platformdirs.user_data_path("idsync", appauthor=False) / "server.sqlite3"
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ def test_readme_example_runs(server, tmp_path, monkeypatch, capsys) -> None:
 def test_client_doc_examples_run(server, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     blocks = _python_blocks((ROOT / "docs" / "client.md").read_text())
-    first, kit = blocks[0], blocks[-1]
+    first = blocks[0]
+    [kit] = [block for block in blocks if "def test_my_app_survives_a_bad_network" in block]
     exec(first.replace("http://127.0.0.1:8765", server.url), {})
     namespace: dict = {}
     exec(kit, namespace)
@@ -110,3 +111,36 @@ def test_readme_example_status_is_not_idle_after_start(server, tmp_path, monkeyp
     exec(example.replace("http://127.0.0.1:8765", server.url), {})
     out = capsys.readouterr().out
     assert "SyncStatus(state=" in out and "state='idle'" not in out
+
+
+def _client_doc_block(defining: str) -> str:
+    blocks = _python_blocks((ROOT / "docs" / "client.md").read_text())
+    [block] = [block for block in blocks if defining in block]
+    return block
+
+
+def test_client_doc_waiting_example_runs(tmp_path) -> None:
+    namespace: dict = {}
+    exec(_client_doc_block("def test_two_devices_converge"), namespace)
+    namespace["test_two_devices_converge"](tmp_path)
+
+
+def test_client_doc_pytest_plugin_example_runs(tmp_path) -> None:
+    from idsync_client.testing import server_and_client
+
+    block = _client_doc_block("def test_my_app_syncs")
+    namespace: dict = {}
+    exec(block, namespace)
+    assert namespace["pytest_plugins"] == ["idsync_client.pytest_plugin"]
+    with server_and_client(tmp_path) as (server, client):
+        namespace["test_my_app_syncs"](server, client)
+        assert client.db.pending_count() == 0
+
+
+def test_client_doc_session_example_runs(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(_client_doc_block('"my-app/2.0"'), namespace)
+    session = namespace["session"]
+    assert namespace["client"].transport.session is session
+    assert session.headers["User-Agent"] == "my-app/2.0"
