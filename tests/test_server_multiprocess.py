@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import requests
 
@@ -24,6 +23,8 @@ from idsync_client import Client, RetryPolicy, TemporaryError
 from idsync_server_ref.process import ServerProcess
 
 from .conftest import Api, add
+
+psycopg = pytest.importorskip("psycopg", reason="the postgresql extra (psycopg) is not installed")
 
 #: A generous bound for "a wake-up crosses processes at once".
 WAKE_BOUND = 2.0
