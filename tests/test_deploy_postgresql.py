@@ -127,6 +127,10 @@ def _sync_through(url: str, path: Path, store: str, value: dict[str, Any]) -> Cl
     return client
 
 
+@pytest.mark.skipif(
+    not all(shutil.which(x) for x in ("psql", "pg_dump", "pg_restore")),
+    reason="needs PostgreSQL's client programs (psql, pg_dump, pg_restore)",
+)
 def test_the_several_processes_section_runs_on_postgresql(pg_cluster, tmp_path) -> None:
     _run_lines(block("pg-create"), pg_cluster, tmp_path)
     starter = _start_documented(pg_cluster)
