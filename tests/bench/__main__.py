@@ -1,7 +1,9 @@
-"""``python -m tests.bench [--quick] [--large] [--no-kinto]``: run the benchmarks.
+"""``python -m tests.bench [--quick] [--large] [--no-kinto] [--postgres]``: run the benchmarks.
 
 Prints a table (workload, idsync, Kinto, ceiling, ratios) and writes it as
 JSON, Markdown and a PNG chart under ``--out`` (default ``bench-results/``).
+``--postgres`` adds a second table: PostgreSQL behind one and three server
+processes beside SQLite (``tests/bench/postgres.py``), Kinto on PostgreSQL.
 Figures are measured in this run, on this machine; nothing is asserted.
 """
 
@@ -23,7 +25,7 @@ from idsync_server_ref.process import ServerProcess
 
 from . import idle_clients
 from . import workloads as w
-from .report import Row, render_chart, render_markdown
+from .report import BackendRow, Row, render_backends, render_chart, render_markdown
 
 
 def machine_info() -> dict[str, Any]:
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples = 50 if args.quick else 200
     work = Path(tempfile.mkdtemp(prefix="idsync-bench-"))
     rows: list[Row] = []
+    backend_rows: list[BackendRow] = []
+    kinto: dict[str, float] = {}
     note = print if not args.silent else (lambda *a, **k: None)
     try:
         note(f"bench: N={n:,}, peer size {peer_n:,}, work folder {work}")
@@ -82,7 +86,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         server_db = work / "server.sqlite3"
         with ServerProcess(server_db) as server:
-            kinto = {}
             if not args.no_kinto:
                 try:
                     from .kinto_peer import measure_kinto
@@ -171,6 +174,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     Row("initial sync peak RSS", "MB", initial["peak_rss_mb"], size=size),
                     Row("no-op sync", "ms", inc["noop_ms"], size=size),
                 ]
+        if args.postgres:
+            from . import postgres
+
+            try:
+                figures = postgres.measure(work, n, samples, note)
+            except RuntimeError as exc:  # no PostgreSQL here: say so, run the rest
+                note(f"bench: PostgreSQL unavailable: {exc}")
+            else:
+                peer = kinto if args.kinto_postgres else {}
+                backend_rows = postgres.rows(figures, n, samples, peer, peer_n)
         rows += idle_rows(work, args.idle or (300 if args.quick else 5_000), note)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -184,6 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "kinto_backend": "postgresql" if args.kinto_postgres else "memory",
         },
         "rows": [row.as_dict() for row in rows],
+        "postgres_rows": [row.as_dict() for row in backend_rows],
     }
 
 
@@ -219,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run Kinto on a throwaway PostgreSQL cluster (initdb, pg_ctl)",
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also push, initial sync and live latency on PostgreSQL behind 1 and 3 server"
+        " processes, beside SQLite, on a throwaway cluster; implies --kinto-postgres",
+    )
     parser.add_argument("--n", type=int, help="records (default 100,000; 10,000 quick)")
     parser.add_argument(
         "--idle", type=int, help="idle live clients held at once (default 5,000; 300 quick)"
@@ -227,10 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--silent", action="store_true", help="print only the table")
     args = parser.parse_args(argv)
+    args.kinto_postgres = args.kinto_postgres or args.postgres
     results = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [Row.from_dict(r) for r in results["rows"]]
     table = render_markdown(rows, results["machine"], results["params"])
+    if results["postgres_rows"]:
+        kinto_n = results["params"]["peer_n"] if any(
+            r["kinto"] for r in results["postgres_rows"]
+        ) else None
+        backends = [BackendRow(**r) for r in results["postgres_rows"]]
+        table += "\n" + render_backends(backends, kinto_n)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (args.out / "results.md").write_text(table)
     chart = render_chart(rows, args.out / "results.png")

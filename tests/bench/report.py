@@ -44,6 +44,52 @@ class Row:
         )
 
 
+@dataclass
+class BackendRow:
+    """One workload on SQLite and on PostgreSQL behind one and three processes."""
+
+    workload: str
+    unit: str
+    size: int
+    sqlite: float | None
+    pg1: float | None
+    pg3: float | None
+    kinto: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+def _over(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else value / base
+
+
+def render_backends(rows: list[BackendRow], kinto_n: int | None) -> str:
+    """The PostgreSQL table in Markdown, with the ratios to SQLite."""
+    lines = [
+        "| workload | records | unit | SQLite, 1 process | PostgreSQL, 1 process |"
+        " PostgreSQL, 3 processes | PG 1/SQLite | PG 3/SQLite | Kinto on PostgreSQL |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.workload} | {row.size:,} | {row.unit} | {_fmt(row.sqlite)} | "
+            f"{_fmt(row.pg1)} | {_fmt(row.pg3)} | {_ratio(_over(row.pg1, row.sqlite))} | "
+            f"{_ratio(_over(row.pg3, row.sqlite))} | {_fmt(row.kinto)} |"
+        )
+    lines.append("")
+    lines.append(
+        "Rates are better higher, latencies lower. "
+        + (
+            f"Kinto's figures are at {kinto_n:,} records."
+            if kinto_n
+            else "Kinto did not run on PostgreSQL."
+        )
+    )
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(value: float | None) -> str:
     if value is None:
         return "–"

@@ -221,8 +221,13 @@ def incremental_and_noop(folder: Path, url: str, store: str) -> dict[str, float]
     return {"incremental_1000_ms": incremental, "noop_ms": statistics.median(noop)}
 
 
-def live_latency(folder: Path, url: str, store: str, samples: int) -> dict[str, float]:
-    """A write by A seen by B through the long-poll: p50 and p99 in ms."""
+def live_latency(
+    folder: Path, url: str, store: str, samples: int, reader_url: str | None = None
+) -> dict[str, float]:
+    """A write by A seen by B through the long-poll: p50 and p99 in ms.
+
+    B talks to ``reader_url`` when given (another process on the same database).
+    """
     arrived = threading.Event()
     seen_at: dict[str, float] = {}
 
@@ -234,7 +239,7 @@ def live_latency(folder: Path, url: str, store: str, samples: int) -> dict[str, 
 
     with (
         Client(folder / f"live-a-{store}.db", url) as a,
-        Client(folder / f"live-b-{store}.db", url) as b,
+        Client(folder / f"live-b-{store}.db", reader_url or url) as b,
     ):
         b.store(store).subscribe(on_change)
         a.store(store)
