@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import uuid
 
@@ -140,3 +143,53 @@ def test_reporter_without_total_and_after_unsubscribe() -> None:
     reporter.page("s", "pull", 10, True, None)
     reporter.close()  # delivers what was queued, then ends
     assert len(seen) == 3
+
+
+# -- python -m idsync_client sync ------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("IDSYNC_")}
+    return subprocess.run(
+        [sys.executable, "-m", "idsync_client", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base, **(env or {})},
+    )
+
+
+def test_cli_syncs_once_with_a_progress_line_per_page(server, large_store, tmp_path) -> None:
+    db = tmp_path / "cli.db"
+    done = run_cli("sync", "--db", str(db), "--server", server.url, "--store", large_store)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines == [
+        f"{large_store}: pull 5,000/20,000 (25%)",
+        f"{large_store}: pull 10,000/20,000 (50%)",
+        f"{large_store}: pull 15,000/20,000 (75%)",
+        f"{large_store}: pull 20,000/20,000 (100%) done",
+    ]
+    assert f"{large_store}: 20,000 records" in done.stdout
+    assert "pulled 20,000" in done.stdout
+    # Again, from the environment, with the stores the file knows: no progress.
+    again = run_cli("sync", env={"IDSYNC_DB": str(db), "IDSYNC_SERVER": server.url})
+    assert again.returncode == 0, again.stderr
+    assert again.stderr == "" and "pulled 0" in again.stdout
+
+
+def test_cli_help_and_errors(tmp_path) -> None:
+    shown = run_cli("sync", "--help")
+    assert shown.returncode == 0
+    for name in ("IDSYNC_DB", "IDSYNC_SERVER", "IDSYNC_TOKEN", "IDSYNC_STORES"):
+        assert name in shown.stdout
+    missing = run_cli("sync", "--db", str(tmp_path / "x.db"))
+    assert missing.returncode == 2 and "--server" in missing.stderr
+    db = tmp_path / "none.db"
+    nothing = run_cli("sync", "--db", str(db), "--server", "http://127.0.0.1:9")
+    assert nothing.returncode == 2 and "no store to sync" in nothing.stderr
+    unreachable = run_cli(
+        "sync", "--db", str(db), "--server", "http://127.0.0.1:9", "--store", "s",
+        env={"IDSYNC_DB": "unused"},
+    )
+    assert unreachable.returncode == 1 and "sync failed" in unreachable.stderr
