@@ -64,6 +64,9 @@ class SyncProgress:
 def store_totals(transport: Any) -> TotalOf:
     """A :data:`TotalOf` that asks ``transport`` for the store's description.
 
+    A pull's total is ``head_seq`` minus the start cursor's sequence (at
+    most ``log_length``); a snapshot's is ``live_records``.
+
     Works with a transport that has a ``request`` method (the HTTP one);
     with another, or when the request fails, the total is unknown (None).
     """
@@ -81,11 +84,17 @@ def store_totals(transport: Any) -> TotalOf:
         value = info.get(key) if isinstance(info, dict) else None
         if not isinstance(value, int) or isinstance(value, bool):
             return None
-        if phase == "pull" and start:
-            try:
-                value -= Cursor.decode(start).seq
-            except ProtocolViolation:
-                return None
+        if phase == "pull":
+            if start:
+                try:
+                    value -= Cursor.decode(start).seq
+                except ProtocolViolation:
+                    return None
+            # The log may hold fewer entries than the sequence numbers
+            # say (entries dropped below the horizon, or superseded ones).
+            length = info.get("log_length")
+            if isinstance(length, int) and not isinstance(length, bool):
+                value = min(value, length)
         return max(0, value)
 
     return total_of
