@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from idsync_client import Client, ConflictEvent, Record, RejectedChange, SyncStatus
+from idsync_client.progress import SyncProgress
 
 NOTE_ITEM = "kind:note"
 MAX_TAG_LENGTH = 40
@@ -199,6 +200,25 @@ def describe_status(status: SyncStatus) -> StatusLine:
     )
 
 
+@dataclass(frozen=True)
+class ProgressLine:
+    """The progress bar's text and fill (None: the total is not known yet)."""
+
+    text: str
+    fraction: float | None
+
+
+def describe_progress(progress: SyncProgress) -> ProgressLine:
+    """The progress bar's text for a download under way."""
+    what = "Loading notes" if progress.phase == "snapshot" else "Downloading notes"
+    if progress.total is None:
+        return ProgressLine(f"{what}: {progress.received:,} received", None)
+    percent = round(100 * (progress.fraction or 0.0))
+    return ProgressLine(
+        f"{what}: {progress.received:,} of {progress.total:,} ({percent}%)", progress.fraction
+    )
+
+
 class NotesModel:
     """Notes on an idsync client: everything the window does, without the window.
 
@@ -213,6 +233,8 @@ class NotesModel:
         self._subscription = self.store.subscribe(lambda event: self.updates.put("notes"))
         self._stop_status = client.on_status(lambda status: self.updates.put("status"))
         self._stop_conflicts = self.store.on_conflict(self._on_conflict)
+        self._progress: SyncProgress | None = None
+        self._stop_progress = client.on_progress(self._on_progress)
         self._conflicts: list[ConflictNotice] = []
         self._conflict_lock = threading.Lock()
         self._conflict_ids = iter(range(1, 1 << 62))
@@ -409,6 +431,18 @@ class NotesModel:
             self.client.start()
         self.updates.put("status")
 
+    def _on_progress(self, progress: SyncProgress) -> None:
+        # On the client's delivery thread: keep the latest, the UI reads it.
+        if progress.store != self.store.name:
+            return
+        self._progress = None if progress.done else progress
+        self.updates.put("progress")
+
+    def progress_line(self) -> ProgressLine | None:
+        """The download under way (a first sync of a large store), None when there is none."""
+        progress = self._progress
+        return None if progress is None else describe_progress(progress)
+
     def rejected(self) -> list[RejectedChange]:
         """Changes the server refused."""
         return self.client.rejected()
@@ -419,7 +453,7 @@ class NotesModel:
         self.updates.put("status")
 
     def drain_updates(self) -> set[str]:
-        """What changed since last asked: ``notes``, ``status``, ``conflicts``."""
+        """What changed since last asked: ``notes``, ``status``, ``conflicts``, ``progress``."""
         kinds: set[str] = set()
         while True:
             try:
@@ -432,6 +466,7 @@ class NotesModel:
         self._subscription.cancel()
         self._stop_status()
         self._stop_conflicts()
+        self._stop_progress()
         self.client.close()
 
 

@@ -141,6 +141,13 @@ class NotesWindow:
         self.offline_check.pack(side=tk.RIGHT)
         self.rejected_button = ttk.Button(bar, text="Rejected (0)", command=self.show_rejected)
         self.rejected_button.pack(side=tk.RIGHT, padx=4)
+        # A row of its own above the bar, shown only during a long download
+        # (packed by refresh_progress).
+        self.progress_row = ttk.Frame(self.root, padding=(6, 2))
+        self.progress_bar = ttk.Progressbar(self.progress_row, length=220, maximum=1.0)
+        self.progress_bar.pack(side=tk.LEFT)
+        self.progress_label = ttk.Label(self.progress_row)
+        self.progress_label.pack(side=tk.LEFT, padx=8)
         # The last error gets a line of its own, above the bar: it can be long.
         self.error_label = ttk.Label(self.root, foreground="#a00", padding=(8, 0))
         self.error_label.pack(side=tk.BOTTOM, fill=tk.X)
@@ -185,6 +192,8 @@ class NotesWindow:
                 self._guarded(self._refresh_editor_if_clean)
             if "conflicts" in kinds:
                 self._guarded(self.refresh_conflicts)
+            if "progress" in kinds:
+                self._guarded(self.refresh_progress)
             if kinds:
                 self._guarded(self.refresh_status)
             self._guarded(self._refresh_server_log)
@@ -217,6 +226,24 @@ class NotesWindow:
         self.sync_label.configure(text=line.last_sync)
         self.error_label.configure(text=line.error or self._message)
         self.rejected_button.configure(text=f"Rejected ({len(self.model.rejected())})")
+
+    def refresh_progress(self) -> None:
+        """Show the download under way in the status bar, or hide the bar."""
+        line = self.model.progress_line()
+        if line is None:
+            self.progress_bar.stop()
+            self.progress_row.pack_forget()
+            return
+        if line.fraction is None:  # no total yet: a bar that moves back and forth
+            if self.progress_bar.cget("mode") != "indeterminate":
+                self.progress_bar.configure(mode="indeterminate")
+                self.progress_bar.start(50)
+        else:
+            self.progress_bar.stop()
+            self.progress_bar.configure(mode="determinate", value=line.fraction)
+        self.progress_label.configure(text=line.text)
+        if not self.progress_row.winfo_manager():  # not shown yet
+            self.progress_row.pack(side=tk.BOTTOM, fill=tk.X, before=self.error_label)
 
     def refresh_conflicts(self) -> None:
         """Show the oldest conflict notice (with Restore), or hide the bar."""

@@ -26,6 +26,7 @@ from .errors import (
 )
 from .localdb import LocalDB
 from .processlock import ProcessLock
+from .progress import ProgressReporter, SyncProgress, store_totals
 from .protocol import Limits, validate_store_name
 from .records import ChangeEvent, RejectedChange
 from .retry import RetryPolicy
@@ -131,6 +132,9 @@ class Client:
             )
         )
         self._attributes = AttributeCleanUp(self.db, self._hub)
+        self._progress = ProgressReporter(store_totals(self.transport))
+        if self._engine is not None:
+            self._engine.progress = self._progress
         if self._engine is not None:
             self._engine.page_hooks.append(self._attributes)
         for name in self.db.known_stores():
@@ -377,6 +381,18 @@ class Client:
         """
         return self._status.listen(callback)
 
+    def on_progress(self, callback: Callable[[SyncProgress], None]) -> Callable[[], None]:
+        """Call ``callback(progress)`` after each page of a long download (a first
+        sync, a reload from a snapshot); returns an unsubscribe.
+
+        Each :class:`SyncProgress` names the store, the phase, what was received
+        and the total when known; the last one of a download has ``done``.
+        Callbacks run on a delivery thread of their own, in order, never under
+        the library's locks (while the round goes on, not after it). TypeError
+        if ``callback`` is not callable; a callback that raises is logged.
+        """
+        return self._progress.listen(callback)
+
     def rejected(self) -> list[RejectedChange]:
         """Changes the server refused for good, oldest first, until dismissed."""
         return self._local().rejected()
@@ -421,6 +437,7 @@ class Client:
                 thread.join(max(0.0, deadline - time.monotonic()))
         self._lock.release()
         self.db.close_all()
+        self._progress.close()
         self._status.update(state="closed")
 
     def __enter__(self) -> Client:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import jsoncodec
 from .errors import PermanentError, ResetRequired, StoreNotFound
 from .localdb import LocalDB
+from .progress import ProgressReporter
 from .protocol import Limits, Outcome
 from .records import ChangeEvent, OutboxEntry, RejectedChange
 from .retry import RetryPolicy
@@ -86,6 +87,8 @@ class SyncEngine:
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idsync-fetch")
         self._renewals = 0
         self.page_hooks: list[PageHook] = []
+        #: Told of each applied page of a pull or a reload (progress of long downloads).
+        self.progress: ProgressReporter | None = None
         # Set by close(): retries stop, and their waits end at once.
         self._closing = threading.Event()
         self._thread = threading.local()
@@ -325,6 +328,8 @@ class SyncEngine:
             self.hub.publish(event)
             for hook in self.page_hooks:
                 hook(store, event)
+            if self.progress is not None:
+                self.progress.page(store, "pull", len(page.changes), page.more, cursor)
             if not page.more:
                 return report
 
@@ -346,6 +351,8 @@ class SyncEngine:
             at, after = page.at, page.after
             if not page.more:
                 break
+            if self.progress is not None:
+                self.progress.page(store, "snapshot", len(page.records), True, None)
         assert at is not None
         event, resent = self.db.stage_install(store, at)
         if resent:
@@ -353,6 +360,8 @@ class SyncEngine:
                 "store %s: %d changes of this client were missing on the server", store, resent
             )
         self.hub.publish(event)
+        if self.progress is not None:  # done once the records are installed
+            self.progress.page(store, "snapshot", len(page.records), False, None)
         return resent
 
     def close(self) -> None:

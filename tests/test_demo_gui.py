@@ -353,3 +353,43 @@ def test_the_app_opens_its_window_and_stops_cleanly_on_sigterm(display, tmp_path
             proc.wait(timeout=10)
     with Client(db) as client:  # closed cleanly: the file opens at once
         assert client.status.state == "local"
+
+
+def test_a_first_sync_of_a_large_store_shows_a_progress_bar(display, tmp_path) -> None:
+    import requests
+
+    server = ServerProcess(tmp_path / "server.db").start()
+    window: NotesWindow | None = None
+    try:
+        # 20,000 records: four pages of the client's 5,000.
+        with requests.Session() as http:
+            http.trust_env = False
+            assert http.post(f"{server.url}/v1/stores", json={"name": "notes"}).ok
+            for start in range(0, 20000, 1000):
+                changes = [
+                    {"n": n, "op": "add", "key": f"k{n}", "index": [], "value": {"n": n}}
+                    for n in range(start + 1, start + 1001)
+                ]
+                body = {"client_id": "seed", "changes": changes}
+                assert http.post(f"{server.url}/v1/stores/notes/push", json=body).ok
+        window = open_window(tmp_path / "big.db", server.url, "first sync", 0)
+        bar, row = window.progress_bar, window.progress_row
+        assert not row.winfo_manager()  # nothing to show before sync starts
+        window.model.client.start()
+        assert pump(
+            [window.root],
+            lambda: bool(row.winfo_manager()) and 0 < float(bar.cget("value")) < 1,
+        ), window.progress_label.cget("text")
+        assert window.progress_label.cget("text").startswith("Downloading notes: ")
+        assert " of 20,000 (" in window.progress_label.cget("text")
+        shot = screenshot(window.root, display, "04-first-sync-progress")
+        assert shot.stat().st_size > 5000
+        assert pump(
+            [window.root],
+            lambda: not row.winfo_manager() and window.state_label.cget("text") == "Online",
+        )
+        assert window.model.client.db.count("notes") == 20000
+    finally:
+        if window is not None:
+            window.close()
+        server.stop()

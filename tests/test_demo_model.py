@@ -296,3 +296,53 @@ def test_dismissing_a_notice_keeps_the_other_value(tmp_path, server, store) -> N
     finally:
         a.close()
         b.close()
+
+
+# -- progress of a first sync -------------------------------------------------
+
+
+def test_progress_in_words() -> None:
+    from demo_app.model import describe_progress
+    from idsync_client.progress import SyncProgress
+
+    line = describe_progress(SyncProgress("notes", "pull", 5000, 20000))
+    assert line.text == "Downloading notes: 5,000 of 20,000 (25%)"
+    assert line.fraction == 0.25
+    line = describe_progress(SyncProgress("notes", "snapshot", 1000, None))
+    assert line.text == "Loading notes: 1,000 received"
+    assert line.fraction is None
+
+
+def test_the_model_follows_a_first_sync_of_a_large_store(tmp_path, server, store) -> None:
+    import threading
+
+    from .conftest import Api, add
+
+    api = Api(server.url)
+    for start in range(0, 12000, 1000):
+        api.push(store, "seed", [add(n) for n in range(start + 1, start + 1001)])
+    m = NotesModel(
+        Client(tmp_path / "p.db", server.url, retry=RetryPolicy(sleep=lambda s: None)), store
+    )
+    lines: list[object] = []
+    done = threading.Event()
+
+    def after_the_model(progress) -> None:
+        # Listeners run in the order they registered: the model has seen this one.
+        lines.append(m.progress_line())
+        if progress.done:
+            done.set()
+
+    m.client.on_progress(after_the_model)
+    try:
+        m.client.sync()
+        assert done.wait(5)
+        assert "progress" in m.drain_updates()
+        assert lines[-1] is None  # hidden once done
+        shown = lines[:-1]
+        assert len(shown) >= 2
+        fractions = [line.fraction for line in shown]
+        assert fractions == sorted(fractions) and 0 < fractions[0] < 1
+        assert shown[0].text == "Downloading notes: 5,000 of 12,000 (42%)"
+    finally:
+        m.close()

@@ -1,0 +1,215 @@
+"""Progress of a long download (a first sync, a reload): per store, per page.
+
+The sync engine calls :meth:`ProgressReporter.page` after each page it has
+applied; the reporter turns that into :class:`SyncProgress` values for the
+app. Only downloads of more than one page are reported: a one-page pull (the
+usual live update) says nothing. The total comes from the server's store
+description (``GET /v1/stores/{store}``), asked once per download and only
+when someone listens.
+
+Listeners run on one delivery thread of their own, in the order the pages
+were applied, never on a thread that holds the library's locks: a sync round
+holds its callbacks back until it ends (see :class:`.subscriptions.CallbackQueue`),
+and progress heard only at the end would be no progress at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import IdsyncError
+from .protocol import Cursor, ProtocolViolation
+
+log = logging.getLogger("idsync.client")
+
+Phase = Literal["snapshot", "pull"]
+
+#: ``(store, phase, start cursor) -> total or None``: how many records
+#: (snapshot) or changes (pull) the download should bring.
+TotalOf = Callable[[str, Phase, "str | None"], "int | None"]
+
+
+@dataclass(frozen=True)
+class SyncProgress:
+    """Where a download of one store stands.
+
+    ``phase``: ``snapshot`` (loading the live records) or ``pull`` (changes
+    after a cursor). ``received``: records or changes applied so far.
+    ``total``: what the download should bring in all, when the server said
+    (never below ``received``; equal to it once ``done``). ``done``: the last
+    page is applied.
+    """
+
+    store: str
+    phase: Phase
+    received: int
+    total: int | None
+    done: bool = False
+
+    @property
+    def fraction(self) -> float | None:
+        """``received / total`` between 0 and 1, None while the total is unknown."""
+        if self.total is None:
+            return None
+        if self.total <= 0:
+            return 1.0
+        return min(1.0, self.received / self.total)
+
+
+def store_totals(transport: Any) -> TotalOf:
+    """A :data:`TotalOf` that asks ``transport`` for the store's description.
+
+    A pull's total is ``head_seq`` minus the start cursor's sequence (at
+    most ``log_length``); a snapshot's is ``live_records``.
+
+    Works with a transport that has a ``request`` method (the HTTP one);
+    with another, or when the request fails, the total is unknown (None).
+    """
+
+    def total_of(store: str, phase: Phase, start: str | None) -> int | None:
+        request = getattr(transport, "request", None)
+        if request is None:
+            return None
+        try:
+            info = request("GET", f"/v1/stores/{store}")
+        except IdsyncError as exc:
+            log.info("store %s: no total for the progress: %s", store, exc)
+            return None
+        key = "live_records" if phase == "snapshot" else "head_seq"
+        value = info.get(key) if isinstance(info, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        if phase == "pull":
+            if start:
+                try:
+                    value -= Cursor.decode(start).seq
+                except ProtocolViolation:
+                    return None
+            # The log may hold fewer entries than the sequence numbers
+            # say (entries dropped below the horizon, or superseded ones).
+            length = info.get("log_length")
+            if isinstance(length, int) and not isinstance(length, bool):
+                value = min(value, length)
+        return max(0, value)
+
+    return total_of
+
+
+@dataclass
+class _Run:
+    phase: Phase
+    received: int
+    total: int | None
+
+
+_STOP = object()
+
+
+class ProgressReporter:
+    """Collects page counts from the sync engine and tells listeners.
+
+    Safe to use from several threads; :meth:`close` ends delivery.
+    """
+
+    def __init__(self, total_of: TotalOf | None = None) -> None:
+        self._total_of = total_of
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[SyncProgress], None]] = []
+        self._runs: dict[str, _Run] = {}
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def listen(self, callback: Callable[[SyncProgress], None]) -> Callable[[], None]:
+        """Call ``callback(progress)`` after each page of a long download;
+        returns a function that stops it. TypeError if not callable."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        with self._lock:
+            self._listeners.append(callback)
+
+        def stop() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return stop
+
+    def page(self, store: str, phase: Phase, count: int, more: bool, start: str | None) -> None:
+        """The engine applied a page of ``count`` items; ``more`` when others follow.
+
+        ``start``: the cursor the download started from (pull), for the total.
+        Never raises: progress must not break sync.
+        """
+        try:
+            self._page(store, phase, count, more, start)
+        except Exception:
+            log.exception("progress report failed")
+
+    def _page(self, store: str, phase: Phase, count: int, more: bool, start: str | None) -> None:
+        with self._lock:
+            if not self._listeners or self._closed:
+                self._runs.pop(store, None)
+                return
+            run = self._runs.get(store)
+            if run is not None and run.phase != phase:
+                run = None  # a reload cut a pull short (or the other way round)
+            if run is None and not more:
+                self._runs.pop(store, None)
+                return  # a one-page download: nothing worth a progress bar
+            fresh = run is None
+        if fresh:
+            # Asked outside the lock: it is a request to the server.
+            total = self._total_of(store, phase, start) if self._total_of else None
+            run = _Run(phase, 0, total)
+        assert run is not None
+        with self._lock:
+            run.received += count
+            if run.total is not None:
+                run.total = max(run.total, run.received)
+            if more:
+                self._runs[store] = run
+            else:
+                self._runs.pop(store, None)
+                run.total = run.received
+            self._send(SyncProgress(store, phase, run.received, run.total, done=not more))
+
+    def _send(self, progress: SyncProgress) -> None:
+        # Under self._lock: starting the thread once, queueing in page order.
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._deliver, name="idsync-progress", daemon=True
+            )
+            self._thread.start()
+        self._queue.put(progress)
+
+    def _deliver(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, SyncProgress)
+            with self._lock:
+                listeners = list(self._listeners)
+            for listener in listeners:
+                try:
+                    listener(item)
+                except Exception:
+                    log.exception("a progress callback failed")
+
+    def close(self, timeout: float = 0.5) -> None:
+        """Stop delivering; reports queued before are delivered first (for at
+        most ``timeout`` seconds). Safe to call twice, and from a listener."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        self._queue.put(_STOP)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
