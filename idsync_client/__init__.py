@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         SyncLocked,
         TemporaryError,
     )
+    from .progress import SyncProgress
     from .protocol import Limits, ProtocolViolation
     from .records import ChangeEvent, ConflictEvent, KeyInUse, Record, RejectedChange
     from .retry import RetryBudget, RetryPolicy
@@ -61,6 +62,7 @@ _HOMES: dict[str, str] = {
     "StoreNotFound": "errors",
     "Subscription": "subscriptions",
     "SyncLocked": "errors",
+    "SyncProgress": "progress",
     "SyncReport": "sync",
     "SyncStatus": "status",
     "TemporaryError": "errors",
@@ -88,6 +90,7 @@ __all__ = [
     "StoreNotFound",
     "Subscription",
     "SyncLocked",
+    "SyncProgress",
     "SyncReport",
     "SyncStatus",
     "TemporaryError",
