@@ -167,8 +167,10 @@ def describe_error(error: str | None) -> str:
         return OFFLINE_SENTENCE
     if "in time" in error:
         return "The server is slow to answer. Retrying."
-    if "HTTP 401" in error or "HTTP 403" in error:
-        return "The server refused the access token. Check it and restart."
+    if "HTTP 401" in error:
+        return "The server refused the access token. Sign in again with a valid token."
+    if "HTTP 403" in error:
+        return "You have no access to this notes store (or may only read it)."
     if "HTTP 5" in error:
         return "The server has a problem. Retrying."
     return error
@@ -419,6 +421,18 @@ class NotesModel:
     def status_line(self) -> StatusLine:
         """The status bar's texts now."""
         return describe_status(self.client.status)
+
+    @property
+    def needs_sign_in(self) -> bool:
+        """True while the server refuses the token: sync waits for :meth:`sign_in`."""
+        return self.client.status.state == "auth_error"
+
+    def sign_in(self, token: str) -> None:
+        """Use ``token`` from now on; sync paused by a refused token resumes."""
+        token = token.strip()
+        if not token:
+            raise ValueError("enter the access token you were given")
+        self.client.set_token(token)
 
     def set_working_offline(self, offline: bool) -> None:
         """The "work offline" toggle: stop or start background sync."""

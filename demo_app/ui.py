@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import tkinter as tk
 from collections.abc import Callable
-from tkinter import messagebox, ttk
+from tkinter import messagebox, simpledialog, ttk
 
 from .model import NotesModel, describe_rejection
 
@@ -128,11 +128,11 @@ class NotesWindow:
     def _build_status_bar(self) -> None:
         bar = ttk.Frame(self.root, padding=(6, 2), relief=tk.SUNKEN)
         bar.pack(side=tk.BOTTOM, fill=tk.X)
-        self.state_label = ttk.Label(bar, width=18)
+        self.state_label = ttk.Label(bar, width=14)
         self.state_label.pack(side=tk.LEFT)
-        self.pending_label = ttk.Label(bar, width=20)
+        self.pending_label = ttk.Label(bar, width=17)
         self.pending_label.pack(side=tk.LEFT)
-        self.sync_label = ttk.Label(bar, width=18)
+        self.sync_label = ttk.Label(bar, width=15)
         self.sync_label.pack(side=tk.LEFT)
         self.offline_var = tk.BooleanVar(master=self.root, value=self.model.working_offline)
         self.offline_check = ttk.Checkbutton(
@@ -141,6 +141,8 @@ class NotesWindow:
         self.offline_check.pack(side=tk.RIGHT)
         self.rejected_button = ttk.Button(bar, text="Rejected (0)", command=self.show_rejected)
         self.rejected_button.pack(side=tk.RIGHT, padx=4)
+        # Shown only while the server refuses the token (packed by refresh_status).
+        self.sign_in_button = ttk.Button(bar, text="Sign in…", command=self.sign_in)
         # A row of its own above the bar, shown only during a long download
         # (packed by refresh_progress).
         self.progress_row = ttk.Frame(self.root, padding=(6, 2))
@@ -226,6 +228,25 @@ class NotesWindow:
         self.sync_label.configure(text=line.last_sync)
         self.error_label.configure(text=line.error or self._message)
         self.rejected_button.configure(text=f"Rejected ({len(self.model.rejected())})")
+        if self.model.needs_sign_in:
+            # Packed first so that it keeps its width when the bar is crowded.
+            self.sign_in_button.pack(side=tk.RIGHT, padx=4, before=self.state_label)
+        else:
+            self.sign_in_button.pack_forget()
+
+    def sign_in(self, token: str | None = None) -> None:
+        """Ask for an access token (unless given) and sync with it from now on."""
+        if token is None:
+            token = simpledialog.askstring(
+                "Sign in", "Access token (idsync-server token create):", show="*", parent=self.root
+            )
+        if token is None:
+            return  # cancelled
+        try:
+            self.model.sign_in(token)
+        except ValueError as exc:
+            self._message = str(exc)
+        self.refresh_status()
 
     def refresh_progress(self) -> None:
         """Show the download under way in the status bar, or hide the bar."""

@@ -20,6 +20,8 @@ from demo_app.ui import NotesWindow
 from idsync_client import Client, RetryPolicy
 from idsync_server_ref.process import ServerProcess
 
+from .test_server_auth import make_users
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "gui"
 
 pytestmark = pytest.mark.gui
@@ -393,3 +395,29 @@ def test_a_first_sync_of_a_large_store_shows_a_progress_bar(display, tmp_path) -
         if window is not None:
             window.close()
         server.stop()
+
+
+def test_the_window_asks_to_sign_in_and_then_syncs(tmp_path, display) -> None:
+    """A refused token shows "Sign in…"; signing in syncs the waiting note."""
+    tokens = make_users(tmp_path / "server.sqlite3")
+    with ServerProcess(tmp_path / "server.sqlite3", "--rate-limit", "0") as server:
+        client = Client(tmp_path / "w.db", server.url, token=tokens["revoked"], long_poll=2)
+        root = tk.Tk()
+        window = NotesWindow(root, NotesModel(client, store="alice.notes"), title="signed out")
+        try:
+            client.start()
+            window.model.create_note("Waiting for a sign-in")
+            assert pump([root], lambda: window.sign_in_button.winfo_ismapped())
+            assert "Sign in" in window.error_label.cget("text")
+            screenshot(root, display, "20-sign-in-needed")
+            window.sign_in(tokens["owner"])
+            assert pump(
+                [root],
+                lambda: (
+                    not window.sign_in_button.winfo_ismapped()
+                    and window.pending_label.cget("text") == "All changes synced"
+                ),
+            ), window.error_label.cget("text")
+        finally:
+            window.close()  # closes the model, the client and the window
+            client.close()
