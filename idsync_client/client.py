@@ -324,6 +324,14 @@ class Client:
         self._status.update(pending=pending)
         return pending == 0
 
+    def vacuum(self) -> int:
+        """Give the local file's free space back to the file system; returns
+        the bytes freed. Safe while syncing (writes wait meanwhile); the first
+        call on a file made by an older release rebuilds it once (a full
+        ``VACUUM``, which needs free disk space about the file's size)."""
+        self._check_open()
+        return self.db.vacuum()
+
     def recreate_store(self, name: str) -> SyncReport:
         """Create the dropped store ``name`` again on the server and sync it.
 

@@ -166,3 +166,49 @@ def test_background_sync_resets_after_compaction_and_tells_the_app(tmp_path) -> 
             assert set(local(laptop, name)) == {keys[1], keys[2], keys[3], mine}
         finally:
             laptop.close()
+
+
+def _count(client: Client, table: str) -> int:
+    return int(client.db._sql(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def test_the_local_file_stays_bounded_and_shrinks_after_vacuum(
+    tmp_path, server, api: Api, store
+) -> None:
+    path = tmp_path / "busy.db"
+    with Client(path, server.url, retry=fast_policy(), synchronous="NORMAL") as client:
+        assert client.db._sql("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+        notes = client.store(store)
+        keys = notes.add_many({"value": {"text": "x" * 200, "i": i}} for i in range(5000))
+        client.sync()
+        for key in keys:
+            notes.delete(key)
+        assert _count(client, "deleted_records") == 5000  # kept until acknowledged
+        client.sync()
+        assert len(notes) == 0 and live(api, store) == {}
+        # Settled bookkeeping is gone; what stays is one tombstone per deleted
+        # key (a deleted key is never used again).
+        assert _count(client, "outbox") == 0
+        assert _count(client, "deleted_records") == 0
+        assert _count(client, "snapshot_stage") == 0
+        assert _count(client, "tombstones") == 5000
+        before = client.db.file_bytes()
+        freed = client.vacuum()
+        after = client.db.file_bytes()
+        print(f"local file: {before} bytes before vacuum, {after} after ({freed} freed)")
+        assert freed == before - after
+        assert after < before / 2
+        client.store(store).add({"still": "works"})
+        client.sync()
+
+
+def test_vacuum_switches_a_file_of_the_previous_release(tmp_path) -> None:
+    fixture = Path(__file__).parent / "fixtures" / "v1" / "client.sqlite"
+    path = tmp_path / "old.sqlite"
+    path.write_bytes(fixture.read_bytes())
+    with Client(path) as client:
+        assert client.db._sql("PRAGMA auto_vacuum").fetchone()[0] == 0
+        count = sum(len(client.store(name)) for name in client.stores)
+        client.vacuum()
+        assert client.db._sql("PRAGMA auto_vacuum").fetchone()[0] == 2
+        assert sum(len(client.store(name)) for name in client.stores) == count
