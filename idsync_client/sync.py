@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from . import jsoncodec
-from .errors import PermanentError, ResetRequired, StoreDropped, StoreNotFound
+from .errors import (
+    AuthError,
+    IdsyncError,
+    PermanentError,
+    ResetRequired,
+    StoreDropped,
+    StoreNotFound,
+)
 from .localdb import LocalDB
 from .protocol import Limits, Outcome
 from .records import ChangeEvent, OutboxEntry, RejectedChange
@@ -203,10 +210,12 @@ class SyncEngine:
         if ask is None:
             return False
         try:
-            figures = self._call(lambda: ask(store))
-        except StoreDropped:
+            # Asked once, not retried: the figures only save work, and the
+            # pull that follows goes through the retry policy anyway.
+            figures = ask(store)
+        except (StoreDropped, AuthError):
             raise
-        except PermanentError:  # missing (created by the pull) or an older server
+        except IdsyncError:  # missing (created by the pull), an older server, no answer
             return False
         cheaper: bool = figures.log_length > SNAPSHOT_FACTOR * figures.live_records + SNAPSHOT_SLACK
         return cheaper
