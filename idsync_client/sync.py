@@ -220,13 +220,17 @@ class SyncEngine:
         cheaper: bool = figures.log_length > SNAPSHOT_FACTOR * figures.live_records + SNAPSHOT_SLACK
         return cheaper
 
-    def _first_sync(self, store: str, report: SyncReport) -> None:
-        """Before the first pull of ``store``: start from a snapshot when that
-        is cheaper than replaying the log (pending local changes are kept)."""
-        if self.db.cursor(store) is not None or not self._snapshot_is_cheaper(store):
-            return
+    def _first_sync_from_snapshot(
+        self, store: str, cursor: str | None, page: PullAnswer, report: SyncReport
+    ) -> bool:
+        """On the first page of a first sync that does not hold the whole log:
+        load a snapshot instead (the page is dropped) when that is cheaper
+        than replaying the log. Pending local changes are kept. True if it did."""
+        if cursor is not None or not page.more or not self._snapshot_is_cheaper(store):
+            return False
         log.info("store %s: first sync from a snapshot", store)
         report.resent += self.reset(store)
+        return True
 
     # -- push ---------------------------------------------------------------
 
@@ -395,7 +399,6 @@ class SyncEngine:
         closing), a page that arrives is not applied.
         """
         report = report or SyncReport()
-        self._first_sync(store, report)
         ahead: tuple[str, Future[PullAnswer]] | None = None
         while True:
             cursor = self.db.cursor(store)
@@ -421,6 +424,8 @@ class SyncEngine:
             wait = 0.0
             if cancelled is not None and cancelled():
                 return report
+            if self._first_sync_from_snapshot(store, cursor, page, report):
+                continue
             if page.more:
                 once = getattr(self._thread, "once", False)  # as on this thread
                 fetch = self._prefetcher.submit(self._fetch_ahead, once, store, page.cursor)

@@ -55,6 +55,8 @@ def test_a_first_sync_of_a_long_log_loads_a_snapshot(tmp_path, server, api: Api,
     figures = api.call("GET", f"/v1/stores/{store}").json()
     assert figures["live_records"] == 1 and figures["log_length"] >= 2000
     with Client(tmp_path / "new.db", server.url, retry=fast_policy()) as client:
+        # Pages of 500: the first page does not hold the whole log.
+        client._engine.page_size = 500  # type: ignore[union-attr]
         pending = client.store(store).add({"written": "before the first sync"})
         report = client.sync()
         print(f"first sync of a {figures['log_length']}-entry log: pulled {report.pulled}")
@@ -72,9 +74,21 @@ def test_a_first_sync_of_a_long_log_loads_a_snapshot(tmp_path, server, api: Api,
 def test_a_first_sync_of_a_short_log_replays_it(tmp_path, server, api: Api, store) -> None:
     edits_of_one_value(api, store, 100)
     with Client(tmp_path / "new.db", server.url, retry=fast_policy()) as client:
+        client._engine.page_size = 50  # type: ignore[union-attr]
         client.store(store)
         report = client.sync()
-        assert report.pulled == 101
+        assert report.pulled == 101  # 101 entries, 1 live: under the rule's 1000 slack
+
+
+def test_a_first_sync_that_fits_one_page_replays_it(tmp_path, server, api: Api, store) -> None:
+    """One page holds the whole log: replaying costs no more requests than a
+    snapshot, and the figures are not even asked."""
+    edits_of_one_value(api, store, 2000)
+    with Client(tmp_path / "new.db", server.url, retry=fast_policy()) as client:
+        client.store(store)
+        report = client.sync()
+        assert report.pulled == 2001
+        assert local(client, store) == live(api, store)
         assert local(client, store) == live(api, store)
 
 
