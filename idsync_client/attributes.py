@@ -33,6 +33,8 @@ from .subscriptions import SubscriptionHub
 ConflictCallback = Callable[[ConflictEvent], None]
 
 PREFIX = "@attr:"
+#: The index prefix of entity-deleted markers: ``@deleted:<entity>``.
+DELETED_PREFIX = "@deleted:"
 
 
 def index_item(entity: str, name: str) -> str:
@@ -49,6 +51,47 @@ def entity_prefix(entity: str) -> str:
     """The index prefix that finds every attribute of ``entity``."""
     index_item(entity, "x")  # validates the entity
     return f"{PREFIX}{entity}/"
+
+
+def deleted_item(entity: str) -> str:
+    """The index item of the markers saying ``entity`` was deleted."""
+    index_item(entity, "x")  # validates the entity
+    return f"{DELETED_PREFIX}{entity}"
+
+
+def is_deleted(db: LocalDB, store: str, entity: str) -> bool:
+    """True when this client knows a marker saying ``entity`` was deleted."""
+    return bool(db.find(store, deleted_item(entity), False, 0, 1))
+
+
+def deleted_entities(db: LocalDB, store: str) -> set[str]:
+    """Every entity of ``store`` a marker says was deleted."""
+    found = db.find(store, DELETED_PREFIX, True, 0, 1_000_000)
+    return {
+        item[len(DELETED_PREFIX) :]
+        for _, record in found
+        for item in record.index
+        if item.startswith(DELETED_PREFIX)
+    }
+
+
+def entity_of(record: Record) -> str | None:
+    """The entity an attribute record belongs to (None for other records)."""
+    for item in record.index:
+        if item.startswith(PREFIX):
+            return item[len(PREFIX) :].partition("/")[0]
+    return None
+
+
+def delete_attributes(db: LocalDB, store: str, entity: str) -> list[Record]:
+    """Delete every attribute record of ``entity`` (in the caller's transaction)."""
+    found = db.find(store, entity_prefix(entity), True, 0, 1_000_000)
+    return [db.delete(store, record.key) for _, record in found]
+
+
+def marker_value(entity: str, by: str) -> dict[str, Any]:
+    """The value of the record that marks ``entity`` deleted."""
+    return {"entity": entity, "deleted": True, "by": by}
 
 
 def winner(records: list[Record]) -> Record | None:
@@ -145,6 +188,11 @@ class AttributeCleanUp:
             # A snapshot reload brings values no page event lists: check the
             # whole store again at the next page after one.
             self.hub.add(store, self._after_change)
+        with self.db.transaction():
+            removed = self._remove_deleted_entities(store, event, first)
+        if removed:
+            with self.hub.callbacks.held():
+                self.hub.publish(ChangeEvent(store, "remote", deleted=tuple(removed)))
         touched = {
             item
             for record in (*event.added, *event.deleted)
@@ -177,6 +225,27 @@ class AttributeCleanUp:
             for conflict in conflicts:
                 for callback in listeners:
                     self.hub.callbacks.call(partial(callback, conflict))
+
+    def _remove_deleted_entities(
+        self, store: str, event: ChangeEvent, everything: bool
+    ) -> list[Record]:
+        """Delete the attribute records of deleted entities: those a marker in
+        the page names, those the page brought for an entity this client
+        knows deleted (another device set them before it saw the delete),
+        and, with ``everything``, all of the store's."""
+        entities = {
+            item[len(DELETED_PREFIX) :]
+            for record in event.added
+            for item in record.index
+            if item.startswith(DELETED_PREFIX)
+        }
+        arrived = {entity_of(record) for record in event.added} - {None}
+        known = deleted_entities(self.db, store) if arrived or everything else set()
+        entities |= known if everything else {e for e in arrived if e in known}
+        removed: list[Record] = []
+        for entity in sorted(e for e in entities if e is not None):
+            removed += delete_attributes(self.db, store, entity)
+        return removed
 
     def _after_change(self, event: ChangeEvent) -> None:
         if event.reset:

@@ -43,6 +43,7 @@ from .errors import (
     LocalStorageError,
     PermanentError,
     ResetRequired,
+    StoreDropped,
     StoreNotFound,
     TemporaryError,
 )
@@ -122,6 +123,16 @@ class BackgroundSync:
                 return
             self._stores.add(store)
             self._due.add(store)
+            self._joined = True
+        self._wake_live.set()
+
+    def pull_soon(self, store: str) -> None:
+        """Pull ``store`` at the next round (a store re-created after a drop)."""
+        with self._guard:
+            if store not in self._stores or self._stop.is_set():
+                return
+            self._due.add(store)
+            self._aside.pop(store, None)
             self._joined = True
         self._wake_live.set()
 
@@ -226,7 +237,7 @@ class BackgroundSync:
     def _push_all(self) -> SyncReport:
         report = SyncReport()
         with self._guard:  # a store may join meanwhile
-            stores = sorted(self._stores)
+            stores = sorted(self._stores - self.engine.dropped_stores())
         refused: PermanentError | None = None
         for store in stores:
             try:
@@ -264,6 +275,7 @@ class BackgroundSync:
             for store in back:
                 del self._aside[store]
             self._due.update(back)
+            self._due -= self.engine.dropped_stores()  # not synced until re-created
             due = sorted(self._due)
         failure: IdsyncError | None = None
         for store in due:
@@ -305,7 +317,7 @@ class BackgroundSync:
         then left to end by itself and its answer dropped).
         """
         with self._guard:
-            stores = sorted(self._stores - set(self._aside))
+            stores = sorted(self._stores - set(self._aside) - self.engine.dropped_stores())
         db, transport = self.engine.db, self.engine.transport
         if not stores:
             self._wake_live.wait(self.idle_interval)
@@ -372,6 +384,9 @@ class BackgroundSync:
 
     def _recover(self, store: str, exc: IdsyncError, report: SyncReport) -> None:
         """Act on one store's error from a wait; raise what cannot be acted on."""
+        if isinstance(exc, StoreDropped):
+            self.engine.note_dropped(store, exc)  # left out of every round from now on
+            raise exc
         if isinstance(exc, ResetRequired):
             report.resent += self.engine.reset(store)
             report.resets += 1

@@ -137,6 +137,7 @@ class Client:
             self._engine.progress = self._progress
         if self._engine is not None:
             self._engine.page_hooks.append(self._attributes)
+            self._engine.on_dropped = self._dropped
         for name in self.db.known_stores():
             self._stores[name] = Store(self, name)
         self._long_poll = long_poll
@@ -197,6 +198,10 @@ class Client:
         if not self._closed:
             self._status.link_down(message)
 
+    def _dropped(self, store: str) -> None:
+        engine = self._require_engine()
+        self._status.update(dropped=tuple(sorted(engine.dropped_stores())))
+
     def _counts(self) -> tuple[int, int]:
         return self.db.pending_count(), len(self.db.rejected())
 
@@ -239,7 +244,7 @@ class Client:
         self._status.update(state="syncing")
         refused: PermanentError | None = None
         try:
-            for name in sorted(self._stores):
+            for name in sorted(self._stores.keys() - engine.dropped_stores()):
                 try:
                     report = engine.sync(name)
                 except (AuthError, ResetRequired):
@@ -295,7 +300,7 @@ class Client:
                     if self._lock.acquire():
                         report = SyncReport()
                         try:
-                            for name in sorted(self._stores):
+                            for name in sorted(self._stores.keys() - engine.dropped_stores()):
                                 engine.push(name, report)
                         finally:
                             if self._background is None:
@@ -322,6 +327,40 @@ class Client:
             return False
         self._status.update(pending=pending)
         return pending == 0
+
+    def vacuum(self) -> int:
+        """Give the local file's free space back to the file system; returns
+        the bytes freed. Safe while syncing (writes wait meanwhile); the first
+        call on a file made by an older release rebuilds it once (a full
+        ``VACUUM``, which needs free disk space about the file's size)."""
+        self._check_open()
+        return self.db.vacuum()
+
+    def recreate_store(self, name: str) -> SyncReport:
+        """Create the dropped store ``name`` again on the server and sync it.
+
+        The server starts it afresh (a new epoch); this client reloads it and
+        sends its pending changes and its own earlier changes, so the store
+        comes back with this client's records (other devices' records are
+        gone with the drop). Also fine for a store that was not dropped.
+        Raises what a sync raises (TemporaryError, AuthError, SyncLocked, ...).
+        """
+        engine = self._require_engine()
+        store = self.store(name).name
+        with self._callbacks.held(), self._sync_lock:
+            if not self._lock.acquire():
+                raise SyncLocked(f"another process is syncing {self.path}")
+            try:
+                report = engine.recreate_store(store)
+            finally:
+                if self._background is None:
+                    self._lock.release()
+                self._status.update(dropped=tuple(sorted(engine.dropped_stores())))
+            pending, rejected = self._counts()
+            self._status.update(pending=pending, rejected=rejected)
+        if self._background is not None:
+            self._background.pull_soon(store)
+        return report
 
     def start(self) -> None:
         """Start syncing in the background (threads); returns at once.

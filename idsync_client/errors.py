@@ -6,7 +6,8 @@
     ├── TemporaryError          retry with backoff (network, timeouts, 408, 429, 5xx but 501)
     ├── PermanentError          never retried (other 4xx, 501, validation)
     │   ├── AuthError           401: sync pauses until credentials change
-    │   ├── ResetRequired       410: the engine reloads a snapshot
+    │   ├── ResetRequired       410 reset_required: the engine reloads a snapshot
+    │   ├── StoreDropped        410 store_dropped: that store stops syncing
     │   └── StoreNotFound       404 store_not_found
     ├── LocalStorageError       the local file cannot be read or written (disk full, ...)
     ├── SyncLocked              another process is syncing this local file
@@ -78,6 +79,22 @@ class StoreNotFound(PermanentError):
     """The store does not exist on the server."""
 
 
+class StoreDropped(PermanentError):
+    """The store was dropped on the server (410 ``store_dropped``).
+
+    Never a reset and never re-created by sync: the client stops syncing
+    that store (its pending changes stay in the file) until the app calls
+    :meth:`~idsync_client.Client.recreate_store`. ``epoch`` is the epoch
+    the dropped store had (``details.epoch``), None if the server did not say.
+    """
+
+    @property
+    def epoch(self) -> str | None:
+        """The epoch the store had when it was dropped."""
+        value = self.details.get("epoch")
+        return value if isinstance(value, str) else None
+
+
 class LocalStorageError(IdsyncError):
     """The local database file or its sync-lock file failed (disk full, read-only,
     missing, corrupt, ...).
@@ -121,6 +138,11 @@ CLASSIFICATION: list[RetryRule] = [
     RetryRule("401", False, "sync pauses until set_token()"),
     RetryRule("403", False, "that store is refused; the others sync on"),
     RetryRule("410 reset_required", False, "reload the snapshot, keep pending changes"),
+    RetryRule(
+        "410 store_dropped",
+        False,
+        "that store stops syncing (pending changes kept) until recreate_store()",
+    ),
     RetryRule(
         "413 (any body, JSON or not)",
         False,

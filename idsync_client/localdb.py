@@ -159,9 +159,12 @@ class LocalDB(Settling, SnapshotReload):
                 original=exc,
             ) from exc
         # The same settings, on a database that can close every thread's connection.
+        # Incremental auto-vacuum first: it takes effect only on a file with
+        # no tables yet (a new one); an older file switches at vacuum().
+        pragmas = [("auto_vacuum", "incremental"), *base._pragmas]  # type: ignore[attr-defined]
         self.db: peewee.SqliteDatabase = _SqliteFile(
             base.database,
-            pragmas=base._pragmas,  # type: ignore[attr-defined]
+            pragmas=pragmas,
             timeout=base._timeout,  # type: ignore[attr-defined]
             check_same_thread=False,
         )
@@ -288,6 +291,36 @@ class LocalDB(Settling, SnapshotReload):
         self._check_open()
         with _wrapped(self.path):
             self.db.connection().executemany(sql, rows)
+
+    def vacuum(self) -> int:
+        """Give the file's free pages back to the file system; returns the bytes freed.
+
+        A file in incremental auto-vacuum mode (every file this release
+        creates) frees them at once; an older file is rebuilt once by a full
+        ``VACUUM``, which also switches it to incremental mode. Holds the
+        write lock meanwhile (other writes of this process wait).
+        """
+        with self._write_lock:
+            self._check_open()
+            before = self.file_bytes()
+            with _wrapped(self.path):
+                mode = int(self.db.execute_sql("PRAGMA auto_vacuum").fetchone()[0])
+                if mode == 2:  # incremental
+                    self.db.execute_sql("PRAGMA incremental_vacuum").fetchall()
+                else:
+                    self.db.execute_sql("PRAGMA auto_vacuum = incremental")
+                    self.db.execute_sql("VACUUM")
+                # The WAL holds the truncated pages until a checkpoint.
+                self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            return max(0, before - self.file_bytes())
+
+    def file_bytes(self) -> int:
+        """The size of the file with its write-ahead log, in bytes."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
 
     def close(self) -> None:
         """Close this thread's connection (it reopens on next use)."""

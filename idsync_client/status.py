@@ -45,8 +45,13 @@ class SyncStatus:
     ``last_error`` is the last failure (server or local file), cleared by
     the next round that succeeds. ``resets`` counts the times the server
     asked this client to reload a store (its history changed, e.g. restored
-    from a backup); ``last_reset`` is when the last one happened (epoch
-    seconds): pending local changes were kept and sent again.
+    from a backup, or a cursor older than the server's retention);
+    ``last_reset`` is when the last one happened (epoch seconds): pending
+    local changes were kept and sent again.
+
+    ``dropped`` names the stores the server dropped: they are no longer
+    synced (their pending changes stay in the local file) until
+    ``client.recreate_store(name)``.
     """
 
     state: State = "idle"
@@ -56,6 +61,7 @@ class SyncStatus:
     last_sync: float | None = None
     resets: int = 0
     last_reset: float | None = None
+    dropped: tuple[str, ...] = ()
 
     @property
     def online(self) -> bool:

@@ -29,6 +29,10 @@ def _attr_item(entity: str, name: str, limits: Limits) -> str:
     return validate_index_items([attributes.index_item(entity, name)], limits, "invalid_change")[0]
 
 
+def _deleted_item(entity: str, limits: Limits) -> str:
+    return validate_index_items([attributes.deleted_item(entity)], limits, "invalid_change")[0]
+
+
 class Store:
     """A named collection of records in a :class:`~idsync_client.Client`.
 
@@ -184,6 +188,8 @@ class Store:
         item = _attr_item(entity, name, self._client.limits)
         db = self._client._local()
         with db.transaction():
+            if attributes.is_deleted(db, self.name, entity):
+                raise ValueError(f"entity {entity!r} was deleted")
             old = attributes.holders(db, self.name, item)
             value_json = encode_value(
                 attributes.record_value(entity, name, value, db.client_id, old),
@@ -194,6 +200,31 @@ class Store:
             deleted = tuple(db.delete(self.name, record.key) for record in old)
         self._client._changed(ChangeEvent(self.name, "local", added=(added,), deleted=deleted))
         return added.key
+
+    def delete_entity(self, entity: str) -> bool:
+        """Delete ``entity`` and all its attributes in one local transaction.
+
+        Adds a marker record (index item ``@deleted:<entity>``) that every
+        client honours: attribute records of the entity that arrive later
+        (set by a device that had not seen the delete) are deleted by
+        whichever client sees them. The entity cannot get attributes again
+        (``set_attr`` raises ValueError). Returns False if it had no
+        attributes and was already deleted.
+        """
+        item = _deleted_item(entity, self._client.limits)
+        db = self._client._local()
+        with db.transaction():
+            deleted = tuple(attributes.delete_attributes(db, self.name, entity))
+            added: tuple[Record, ...] = ()
+            if not attributes.is_deleted(db, self.name, entity):
+                value_json = encode_value(
+                    attributes.marker_value(entity, db.client_id),
+                    self._client.limits,
+                    "invalid_change",
+                )
+                added = (db.add(self.name, attributes.new_key(), (item,), value_json),)
+        self._client._changed(ChangeEvent(self.name, "local", added=added, deleted=deleted))
+        return bool(added or deleted)
 
     def get_attr(self, entity: str, name: str, default: Any = None) -> Any:
         """The value of attribute ``name`` of ``entity``, or ``default`` if unset."""
@@ -213,10 +244,12 @@ class Store:
         return bool(deleted)
 
     def attrs(self, entity: str) -> dict[str, Any]:
-        """Every attribute of ``entity`` with its current value."""
+        """Every attribute of ``entity`` with its current value (none once deleted)."""
         grouped: dict[str, list[Record]] = {}
         prefix = attributes.entity_prefix(entity)
         validate_index_items([prefix], self._client.limits, "invalid_change")
+        if attributes.is_deleted(self._client._local(), self.name, entity):
+            return {}
         for record in self.find(prefix, prefix=True):
             for item in record.index:
                 if item.startswith(prefix):
@@ -227,8 +260,8 @@ class Store:
         }
 
     def entities(self) -> list[str]:
-        """Every entity that has at least one attribute in this store."""
+        """Every entity that has at least one attribute in this store and was not deleted."""
         found: set[str] = set()
         for record in self.find(attributes.PREFIX, prefix=True):
             found.add(record.value["entity"])
-        return sorted(found)
+        return sorted(found - attributes.deleted_entities(self._client._local(), self.name))

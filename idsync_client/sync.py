@@ -7,15 +7,23 @@ in threads. Every network call goes through the one retry policy.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from . import jsoncodec
-from .errors import PermanentError, ResetRequired, StoreNotFound
+from .errors import (
+    AuthError,
+    IdsyncError,
+    PermanentError,
+    ResetRequired,
+    StoreDropped,
+    StoreNotFound,
+)
 from .localdb import LocalDB
 from .progress import ProgressReporter
 from .protocol import Limits, Outcome
@@ -34,6 +42,35 @@ log = logging.getLogger("idsync.client")
 PageHook = Callable[[str, ChangeEvent], None]
 
 _SPLIT_CODES = ("batch_too_large", "body_too_large")
+
+#: A first sync loads a snapshot instead of replaying the log when the log is
+#: longer than ``SNAPSHOT_FACTOR * live_records + SNAPSHOT_SLACK`` entries:
+#: replaying would download mostly superseded changes.
+SNAPSHOT_FACTOR = 2
+SNAPSHOT_SLACK = 1000
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _stops_when_dropped(
+    method: Callable[Concatenate[SyncEngine, str, _P], _R],
+) -> Callable[Concatenate[SyncEngine, str, _P], _R]:
+    """Refuse a store known to be dropped (no request is sent), and note a
+    store the server answers ``store_dropped`` for."""
+
+    @functools.wraps(method)
+    def run(self: SyncEngine, store: str, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        known = self.dropped_error(store)
+        if known is not None:
+            raise known
+        try:
+            return method(self, store, *args, **kwargs)
+        except StoreDropped as exc:
+            self.note_dropped(store, exc)
+            raise
+
+    return run
 #: Client ids renewed in a row on change_number_conflict before such a
 #: conflict counts as a rejection (a fresh id cannot conflict: only a broken
 #: server makes this limit matter).
@@ -92,6 +129,12 @@ class SyncEngine:
         # Set by close(): retries stop, and their waits end at once.
         self._closing = threading.Event()
         self._thread = threading.local()
+        # Stores the server said were dropped (see note_dropped), read by
+        # several threads.
+        self._dropped: dict[str, StoreDropped] = {}
+        self._dropped_lock = threading.Lock()
+        #: Called with a store's name when it is found dropped.
+        self.on_dropped: Callable[[str], None] | None = None
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         once = getattr(self._thread, "once", False)
@@ -116,11 +159,85 @@ class SyncEngine:
         self.create_store(store)
 
     def create_store(self, store: str) -> None:
-        """Create ``store`` on the server (a store that exists is fine), with retries."""
+        """Create ``store`` on the server (a store that exists is fine), with retries.
+
+        Never re-creates a dropped store: StoreDropped (see :meth:`recreate_store`).
+        """
         self._call(lambda: self.transport.create_store(store))
+
+    # -- dropped stores -----------------------------------------------------
+
+    def note_dropped(self, store: str, exc: StoreDropped) -> None:
+        """Stop syncing ``store``: the server dropped it. Its pending changes
+        stay in the local file; push, pull and reset of it raise ``exc``
+        without asking the server, until :meth:`recreate_store`."""
+        with self._dropped_lock:
+            if store in self._dropped:
+                return
+            self._dropped[store] = exc
+        log.warning("store %s was dropped on the server: it is no longer synced", store)
+        if self.on_dropped is not None:
+            self.on_dropped(store)
+
+    def dropped_stores(self) -> frozenset[str]:
+        """The stores found dropped on the server (not synced)."""
+        with self._dropped_lock:
+            return frozenset(self._dropped)
+
+    def dropped_error(self, store: str) -> StoreDropped | None:
+        """The error that said ``store`` was dropped; None if it was not."""
+        with self._dropped_lock:
+            return self._dropped.get(store)
+
+    def recreate_store(self, store: str) -> SyncReport:
+        """Create ``store`` again on the server (``"recreate": true``, a new
+        epoch), reload it, and send this client's pending changes and its own
+        acknowledged changes the new store lacks. Also fine for a store that
+        exists (then it is only synced)."""
+        self._call(lambda: self.transport.create_store(store, recreate=True))
+        with self._dropped_lock:
+            self._dropped.pop(store, None)
+        report = SyncReport()
+        report.resent += self.reset(store)
+        report.resets += 1
+        self.push(store, report)
+        return report
+
+    # -- first sync ---------------------------------------------------------
+
+    def _snapshot_is_cheaper(self, store: str) -> bool:
+        """True when the store's log is much longer than its live set (the rule
+        at SNAPSHOT_FACTOR). False when the server cannot say."""
+        # A transport written before store_figures existed cannot say: replay.
+        ask = getattr(self.transport, "store_figures", None)
+        if ask is None:
+            return False
+        try:
+            # Asked once, not retried: the figures only save work, and the
+            # pull that follows goes through the retry policy anyway.
+            figures = ask(store)
+        except (StoreDropped, AuthError):
+            raise
+        except IdsyncError:  # missing (created by the pull), an older server, no answer
+            return False
+        cheaper: bool = figures.log_length > SNAPSHOT_FACTOR * figures.live_records + SNAPSHOT_SLACK
+        return cheaper
+
+    def _first_sync_from_snapshot(
+        self, store: str, cursor: str | None, page: PullAnswer, report: SyncReport
+    ) -> bool:
+        """On the first page of a first sync that does not hold the whole log:
+        load a snapshot instead (the page is dropped) when that is cheaper
+        than replaying the log. Pending local changes are kept. True if it did."""
+        if cursor is not None or not page.more or not self._snapshot_is_cheaper(store):
+            return False
+        log.info("store %s: first sync from a snapshot", store)
+        report.resent += self.reset(store)
+        return True
 
     # -- push ---------------------------------------------------------------
 
+    @_stops_when_dropped
     def push(self, store: str, report: SyncReport | None = None) -> SyncReport:
         """Upload every pending change of ``store``, oldest first, in batches.
 
@@ -269,6 +386,7 @@ class SyncEngine:
         finally:
             self._thread.once = False
 
+    @_stops_when_dropped
     def pull(
         self,
         store: str,
@@ -309,6 +427,8 @@ class SyncEngine:
             wait = 0.0
             if cancelled is not None and cancelled():
                 return report
+            if self._first_sync_from_snapshot(store, cursor, page, report):
+                continue
             if page.more:
                 once = getattr(self._thread, "once", False)  # as on this thread
                 fetch = self._prefetcher.submit(self._fetch_ahead, once, store, page.cursor)
@@ -333,6 +453,7 @@ class SyncEngine:
             if not page.more:
                 return report
 
+    @_stops_when_dropped
     def reset(self, store: str) -> int:
         """Reload the store from a snapshot, keeping every pending local change.
 

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -28,13 +28,22 @@ from .errors import (
     ClientClosed,
     IdsyncError,
     PermanentError,
+    StoreDropped,
     StoreNotFound,
     TemporaryError,
     classify_status,
 )
 from .inflight import OpenSockets, pool_classes
 from .protocol import BACKOFF_HEADER, ERRORS, Limits, Outcome
-from .wire import FindAnswer, PullAnswer, PushAnswer, SnapshotAnswer, WaitAnswer, WireError
+from .wire import (
+    FindAnswer,
+    MalformedAnswer,
+    PullAnswer,
+    PushAnswer,
+    SnapshotAnswer,
+    WaitAnswer,
+    WireError,
+)
 
 #: Seconds to open a connection.
 CONNECT_TIMEOUT = 5.0
@@ -43,6 +52,13 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
 #: Added to a long-poll's wait to make its read timeout.
 POLL_MARGIN = 5.0
+
+
+class StoreFigures(NamedTuple):
+    """How long a store's log is and how many records are live in it."""
+
+    log_length: int
+    live_records: int
 
 
 class Transport(Protocol):
@@ -66,8 +82,15 @@ class Transport(Protocol):
     #: How many answers the server gave (any answer but a temporary failure).
     contacts: int
 
-    def create_store(self, store: str) -> None:
-        """Create ``store``; a store that exists already is not an error."""
+    def create_store(self, store: str, recreate: bool = False) -> None:
+        """Create ``store``; a store that exists already is not an error.
+        StoreDropped if the name was dropped, unless ``recreate`` is true
+        (the store then starts again, empty, with a new epoch)."""
+        ...
+
+    def store_figures(self, store: str) -> StoreFigures:
+        """The store's size figures (``GET /v1/stores/{store}``). Optional: the
+        engine replays the log on a first sync of a transport without it."""
         ...
 
     def push(self, store: str, client_id: str, changes_json: list[str]) -> list[Outcome]:
@@ -166,6 +189,8 @@ def _permanent_kind(
     """The permanent error class for an answer's status and code."""
     if code == "store_not_found":
         return StoreNotFound
+    if code == "store_dropped":
+        return StoreDropped  # a 410 that is not a reset: the store is gone for good
     assert issubclass(kind, PermanentError)
     return kind
 
@@ -379,13 +404,25 @@ class HttpTransport:
     def _store_path(self, store: str, tail: str = "") -> str:
         return f"/v1/stores/{store}{tail}"
 
-    def create_store(self, store: str) -> None:
-        """Create the store; an existing store is fine."""
+    def create_store(self, store: str, recreate: bool = False) -> None:
+        """Create the store; an existing store is fine. A dropped store is
+        refused (StoreDropped) unless ``recreate`` is true."""
+        body: dict[str, Any] = {"name": store}
+        if recreate:
+            body["recreate"] = True
         try:
-            self.request("POST", "/v1/stores", body={"name": store})
+            self.request("POST", "/v1/stores", body=body)
         except PermanentError as exc:
             if exc.code != "store_exists":
                 raise
+
+    def store_figures(self, store: str) -> StoreFigures:
+        """The store's ``log_length`` and ``live_records`` (``GET /v1/stores/{store}``)."""
+        answer = self.request("GET", self._store_path(store))
+        log_length, live = answer.get("log_length"), answer.get("live_records")
+        if not isinstance(log_length, int) or not isinstance(live, int):
+            raise MalformedAnswer("store", "log_length and live_records must be integers")
+        return StoreFigures(log_length, live)
 
     def push(self, store: str, client_id: str, changes_json: list[str]) -> list[Outcome]:
         """Upload changes (each already JSON text); one outcome per change, in order."""
