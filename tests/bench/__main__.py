@@ -23,7 +23,7 @@ from typing import Any
 
 from idsync_server_ref.process import ServerProcess
 
-from . import idle_clients
+from . import history, idle_clients
 from . import workloads as w
 from .report import BackendRow, Row, render_backends, render_chart, render_markdown
 
@@ -185,6 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 peer = kinto if args.kinto_postgres else {}
                 backend_rows = postgres.rows(figures, n, samples, peer, peer_n)
         rows += idle_rows(work, args.idle or (300 if args.quick else 5_000), note)
+        rows += history_rows(work, 1_000, 10_000 if args.quick else 100_000, note)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
@@ -219,6 +220,21 @@ def idle_rows(work: Path, idle: int, note: Any) -> list[Row]:
         Row("client sync p50, alone", "ms", slow["sync_p50_alone_ms"], size=0),
         Row("client sync p50, trickling connections", "ms", slow["sync_p50_trickle_ms"], size=500),
         Row("client sync p99, trickling connections", "ms", slow["sync_p99_trickle_ms"], size=500),
+    ]
+
+
+def history_rows(work: Path, live: int, edits: int, note: Any) -> list[Row]:
+    """Rows of the long-lived store, before and after compaction (``history.py``)."""
+    note(f"bench: a long-lived store ({live:,} live records, {edits:,} edits) ...")
+    h = history.long_lived_store(work, live, edits)
+    return [
+        Row("long-lived store: log entries, before compaction", "entries", h["log_before"], size=edits),
+        Row("long-lived store: log entries, after", "entries", h["log_after"], size=edits),
+        Row("long-lived store: compaction", "ms", h["compact_ms"], size=edits),
+        Row("long-lived store: server file, before", "MB", h["size_before_mb"], size=edits),
+        Row("long-lived store: server file, after (+ vacuum)", "MB", h["size_after_mb"], size=edits),
+        Row("long-lived store: new device's sync, before", "ms", h["sync_before_ms"], size=edits),
+        Row("long-lived store: new device's sync, after", "ms", h["sync_after_ms"], size=edits),
     ]
 
 
