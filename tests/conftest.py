@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,16 @@ class Api:
             cursor = page["cursor"]
             if not page["more"]:
                 return changes, cursor
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> bool:
+    """Poll ``condition`` until it holds or ``seconds`` pass; its last value."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
 
 
 def add(n: int, key: str | None = None, value: Any = None, index: list[str] | None = None) -> dict:

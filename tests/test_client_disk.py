@@ -11,8 +11,6 @@ import os
 import random
 import sqlite3
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import peewee
@@ -20,20 +18,13 @@ import pytest
 
 from idsync_client import Client, IdsyncError, LocalStorageError, RetryPolicy
 
+from .conftest import wait_for
+
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 
 
 def fast_policy() -> RetryPolicy:
     return RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.05, rng=random.Random(1))
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def fill_up(client: Client, permanent: bool = False) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,20 +16,11 @@ from idsync_client.testing import Network, ServerProcess
 from idsync_client.transport import HttpTransport
 from idsync_client.wire import PullAnswer, SnapshotAnswer, WaitAnswer, WireError
 
-from .conftest import Api
+from .conftest import Api, wait_for
 
 
 def fast_policy() -> RetryPolicy:
     return RetryPolicy(max_attempts=2, sleep=lambda s: None)
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def add_change(n: int, key: str) -> dict[str, Any]:

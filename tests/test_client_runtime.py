@@ -13,18 +13,11 @@ import pytest
 from idsync_client import Client, ClientClosed, RetryPolicy, SyncReport
 from idsync_client.testing import Network
 
+from .conftest import wait_for
+
 
 def fast_policy() -> RetryPolicy:
     return RetryPolicy(max_attempts=3, sleep=lambda s: None)
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def run_bounded(fn: Callable[[], object], seconds: float = 20.0) -> object:

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import responses
@@ -14,18 +14,11 @@ import responses
 from idsync_client import Client, PermanentError, RetryPolicy, TemporaryError
 from idsync_client.transport import HttpTransport
 
+from .conftest import wait_for
+
 
 def fast_policy() -> RetryPolicy:
     return RetryPolicy(max_attempts=2, sleep=lambda s: None)
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture
