@@ -25,6 +25,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from .listeners import Listeners, require_callable
 from .localdb import LocalDB
 from .protocol import prefix_upper_bound
 from .records import ChangeEvent, ConflictEvent, Record
@@ -162,23 +163,13 @@ class AttributeCleanUp:
         self.db = db
         self.hub = hub
         self._checked: set[str] = set()
-        self._listeners: list[tuple[str, ConflictCallback]] = []
+        self._listeners: Listeners[tuple[str, ConflictCallback]] = Listeners()
         self._lock = threading.Lock()
 
     def listen(self, store: str, callback: ConflictCallback) -> Callable[[], None]:
         """Call ``callback(event)`` for each conflict in ``store``; returns an unsubscribe."""
-        if not callable(callback):
-            raise TypeError("callback must be callable")
-        entry = (store, callback)
-        with self._lock:
-            self._listeners.append(entry)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if entry in self._listeners:
-                    self._listeners.remove(entry)
-
-        return unsubscribe
+        require_callable(callback)
+        return self._listeners.add((store, callback))
 
     def __call__(self, store: str, event: ChangeEvent) -> None:
         with self._lock:
@@ -220,8 +211,7 @@ class AttributeCleanUp:
                 self._settle_item(store, item, gone.get(item), deleted, conflicts)
         with self.hub.callbacks.held():
             self.hub.publish(ChangeEvent(store, "remote", deleted=tuple(deleted)))
-            with self._lock:
-                listeners = [cb for name, cb in self._listeners if name == store]
+            listeners = [cb for name, cb in self._listeners.current() if name == store]
             for conflict in conflicts:
                 for callback in listeners:
                     self.hub.callbacks.call(partial(callback, conflict))

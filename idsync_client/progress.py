@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import IdsyncError
+from .listeners import Listeners, require_callable
 from .protocol import Cursor, ProtocolViolation
 
 log = logging.getLogger("idsync.client")
@@ -119,7 +120,7 @@ class ProgressReporter:
     def __init__(self, total_of: TotalOf | None = None) -> None:
         self._total_of = total_of
         self._lock = threading.Lock()
-        self._listeners: list[Callable[[SyncProgress], None]] = []
+        self._listeners: Listeners[Callable[[SyncProgress], None]] = Listeners()
         self._runs: dict[str, _Run] = {}
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -128,17 +129,8 @@ class ProgressReporter:
     def listen(self, callback: Callable[[SyncProgress], None]) -> Callable[[], None]:
         """Call ``callback(progress)`` after each page of a long download;
         returns a function that stops it. TypeError if not callable."""
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
-        with self._lock:
-            self._listeners.append(callback)
-
-        def stop() -> None:
-            with self._lock:
-                if callback in self._listeners:
-                    self._listeners.remove(callback)
-
-        return stop
+        require_callable(callback)
+        return self._listeners.add(callback)
 
     def page(self, store: str, phase: Phase, count: int, more: bool, start: str | None) -> None:
         """The engine applied a page of ``count`` items; ``more`` when others follow.
@@ -194,9 +186,7 @@ class ProgressReporter:
             if item is _STOP:
                 return
             assert isinstance(item, SyncProgress)
-            with self._lock:
-                listeners = list(self._listeners)
-            for listener in listeners:
+            for listener in self._listeners.current():
                 try:
                     listener(item)
                 except Exception:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal
 
+from .listeners import Listeners, require_callable
 from .subscriptions import CallbackQueue
 
 log = logging.getLogger("idsync.client")
@@ -81,7 +82,7 @@ class StatusTracker:
     def __init__(self, initial: SyncStatus, callbacks: CallbackQueue | None = None) -> None:
         self._status = initial
         self._lock = threading.Lock()
-        self._listeners: list[Callable[[SyncStatus], None]] = []
+        self._listeners: Listeners[Callable[[SyncStatus], None]] = Listeners()
         self.callbacks = callbacks or CallbackQueue()
 
     @property
@@ -95,17 +96,8 @@ class StatusTracker:
         TypeError if ``callback`` is not callable (refused here: a bad
         listener found only at the next change would fail that change's caller).
         """
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
-        with self._lock:
-            self._listeners.append(callback)
-
-        def stop() -> None:
-            with self._lock:
-                if callback in self._listeners:
-                    self._listeners.remove(callback)
-
-        return stop
+        require_callable(callback)
+        return self._listeners.add(callback)
 
     def update(self, **changes: object) -> SyncStatus:
         """Change some fields; listeners hear of it if anything differs.
@@ -125,7 +117,7 @@ class StatusTracker:
             if new == self._status:
                 return new
             self._status = new
-            listeners = list(self._listeners)
+        listeners = self._listeners.current()
         with self.callbacks.held():  # every listener hears of it before what it causes
             for listener in listeners:
                 self.callbacks.call(partial(_notify, listener, new))

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
+from .listeners import require_callable
 from .records import ChangeEvent, Record
 
 log = logging.getLogger("idsync.client")
@@ -123,8 +124,7 @@ class SubscriptionHub:
 
     def add(self, store: str, callback: Callback, index_item: str | None = None) -> Subscription:
         """Register ``callback`` for changes of ``store`` (or of one index item in it)."""
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        require_callable(callback)
         sub = Subscription(store, index_item, callback, self)
         with self._lock:
             self._subs.append(sub)
