@@ -109,7 +109,6 @@ def start_server(url: str) -> ServerProcess | None:
     database = default_database_path()
     proc = ServerProcess(database, "--log-level", "INFO", port=parts.port or 80).start()
     print(f"idsync-notes: started the reference server at {proc.url} (database {database})")
-    print("idsync-notes: its log is in the window's 'Server log' (top right)")
     return proc
 
 
@@ -186,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if stopping.is_set():
             return 0
         if has_display():
+            if proc is not None:
+                print("idsync-notes: the server's log is in the window's 'Server log' (top right)")
             return run_window(args, server, proc)
         print("idsync-notes: no display (DISPLAY is not set), so the notes window cannot open.")
         if proc is None:
