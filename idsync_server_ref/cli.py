@@ -113,15 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rate-limit",
-        type=float,
+        type=number,
         default=_env("rate_limit", None),
         help="requests per second per token, and per address for refused tokens; 0 turns"
         " it off (IDSYNC_RATE_LIMIT; default: off without users, 50 with users)",
     )
     parser.add_argument(
         "--rate-burst",
-        type=int,
-        default=int(_env("rate_burst", 200)),
+        type=whole_number,
+        default=_env("rate_burst", 200),
         help="requests a token may send at once before the rate applies"
         " (IDSYNC_RATE_BURST; default %(default)s)",
     )
@@ -252,7 +252,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         metrics=args.metrics,
         log_format=args.log_format,
         insecure_no_auth=args.insecure_no_auth,
-        rate_limit=float(args.rate_limit) if args.rate_limit is not None else None,
+        rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
     )
 

@@ -209,6 +209,8 @@ def _run_server(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         ("IDSYNC_METRICS", "maybe", "not on or off"),
         ("IDSYNC_LOG_FORMAT", "xml", "log format"),
         ("IDSYNC_MAX_STORAGE_QUEUE", "0", "max_storage_queue"),
+        ("IDSYNC_RATE_BURST", "lots", "not a whole number"),
+        ("IDSYNC_RATE_LIMIT", "-5", "not a number"),
     ],
 )
 def test_bad_settings_exit_2_with_a_clear_message(

@@ -61,7 +61,6 @@ from .base import (
     CompactionReport,
     FindPage,
     Page,
-    ResetRequired,
     SnapshotPage,
     Storage,
     StorageBusy,
@@ -77,6 +76,7 @@ from .migrations import migrate
 from .postgresql_history import CONTENT
 from .postgresql_listen import CHANNEL, ListenerThread
 from .push_rules import KnownRecord, PushBatch
+from .store_rows import check_cursor, store_info
 
 # SQLSTATEs after which retrying soon can succeed: lock_not_available,
 # serialization_failure, deadlock_detected.
@@ -92,20 +92,6 @@ _STORE_INFO = (
 _TABLES = ("stores", "changes", "records", "index_items", "client_changes")
 
 
-def _store_info(row: Sequence[Any], bytes_on_disk: int | None = None) -> StoreInfo:
-    name, epoch, head, horizon, live, length, created_at, tag, retention = row
-    return StoreInfo(
-        name,
-        epoch,
-        head,
-        horizon,
-        live,
-        length,
-        created_at,
-        tag_text(tag),
-        None if retention is None else int(retention),
-        bytes_on_disk,
-    )
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -234,7 +220,7 @@ class PostgresqlStorage(Storage):
         row = self._sql(f"{_STORE_INFO} WHERE s.name = %s", (name,)).fetchone()
         if row is None:
             raise self._missing(name)
-        return _store_info(row, int(self._bytes_per_entry() * row[5]))
+        return store_info(row, int(self._bytes_per_entry() * row[5]))
 
     def _bytes_per_entry(self) -> float:
         """The server tables' size (with indexes and TOAST) over their log entries."""
@@ -243,22 +229,6 @@ class PostgresqlStorage(Storage):
             f"SELECT {sizes}, (SELECT coalesce(sum(log_length), 0) FROM stores)"
         ).fetchone()
         return float(total) / float(entries) if entries else 0.0
-
-    @staticmethod
-    def _check_cursor(cursor: Cursor, epoch: str, head: int, horizon: int, tag: str) -> None:
-        """Accept only a cursor issued on this history; ``tag`` is the entry's at its seq."""
-        if cursor.epoch != epoch:
-            raise ResetRequired("the cursor is from another epoch")
-        if cursor.seq < horizon:
-            raise ResetRequired("the cursor is behind the compaction horizon")
-        if cursor.seq > head:
-            raise ResetRequired(f"cursor seq {cursor.seq} is past the head {head}")
-        if cursor.seq > 0 and not cursor.tag:
-            raise ResetRequired("the cursor names no log entry (issued by an older server)")
-        if cursor.tag != tag:
-            raise ResetRequired(
-                f"the cursor names another log entry than the one at seq {cursor.seq}"
-            )
 
     # -- stores -------------------------------------------------------------
 
@@ -282,7 +252,7 @@ class PostgresqlStorage(Storage):
         with self._read():
             rows = self._sql(f'{_STORE_INFO} ORDER BY s.name COLLATE "C"').fetchall()
             per_entry = self._bytes_per_entry()
-        return [_store_info(row, int(per_entry * row[5])) for row in rows]
+        return [store_info(row, int(per_entry * row[5])) for row in rows]
 
     def get_store(self, name: str) -> StoreInfo:
         with self._read():
@@ -448,7 +418,7 @@ class PostgresqlStorage(Storage):
         with self._read():
             store_id, epoch, head, horizon, tag = self._store_at(name, after.seq if after else 0)
             after = after or Cursor(epoch, 0)
-            self._check_cursor(after, epoch, head, horizon, tag)
+            check_cursor(after, epoch, head, horizon, tag)
             rows = self._sql(
                 "SELECT seq, tag, op, key, index_json, value_json FROM changes"
                 " WHERE store_id = %s AND seq > %s ORDER BY seq LIMIT %s",
@@ -473,7 +443,7 @@ class PostgresqlStorage(Storage):
         with self._read():
             store_id, epoch, head, horizon, tag = self._store_at(name, at.seq if at else None)
             at = at or Cursor(epoch, head, tag)
-            self._check_cursor(at, epoch, head, horizon, tag)
+            check_cursor(at, epoch, head, horizon, tag)
             rows = self._sql(
                 f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.store_id = %s AND r.added_seq > %s AND r.added_seq <= %s"

@@ -33,7 +33,6 @@ from .base import (
     CompactionReport,
     FindPage,
     Page,
-    ResetRequired,
     SnapshotPage,
     Storage,
     StorageBusy,
@@ -48,6 +47,7 @@ from .listeners import Listeners
 from .migrations import migrate
 from .push_rules import KnownRecord, PushBatch
 from .sqlite_history import CHUNK, CONTENT
+from .store_rows import check_cursor, store_info
 
 _CHANGE_JSON = (
     'CASE op WHEN \'add\' THEN \'{"seq":\' || seq || \',"op":"add","key":\' || json_quote(key)'
@@ -64,20 +64,6 @@ _STORE_INFO = (
 )
 
 
-def _store_info(row: Sequence[Any], bytes_on_disk: int | None = None) -> StoreInfo:
-    name, epoch, head, horizon, live, length, created_at, tag, retention = row
-    return StoreInfo(
-        name,
-        epoch,
-        head,
-        horizon,
-        live,
-        length,
-        created_at,
-        tag_text(tag),
-        retention,
-        bytes_on_disk,
-    )
 
 
 class SqliteStorage(Storage):
@@ -202,7 +188,7 @@ class SqliteStorage(Storage):
         row = self._sql(f"{_STORE_INFO} WHERE s.name = ?", (name,)).fetchone()
         if row is None:
             raise self._missing(name)
-        return _store_info(row, self._bytes_per_entry() * row[5])
+        return store_info(row, int(self._bytes_per_entry() * row[5]))
 
     def _bytes_per_entry(self) -> float:
         """The database's used bytes over its log entries: a store's share is per entry."""
@@ -211,24 +197,6 @@ class SqliteStorage(Storage):
         free = self._sql("PRAGMA freelist_count").fetchone()[0]
         entries = self._sql("SELECT coalesce(sum(log_length), 0) FROM stores").fetchone()[0]
         return (pages - free) * page_size / entries if entries else 0.0
-
-    @staticmethod
-    def _check_cursor(cursor: Cursor, epoch: str, head: int, horizon: int, tag: str) -> None:
-        """Accept only a cursor issued on this history; ``tag`` is the entry's at its seq."""
-        if cursor.epoch != epoch:
-            raise ResetRequired("the cursor is from another epoch")
-        if cursor.seq < horizon:
-            raise ResetRequired("the cursor is behind the compaction horizon")
-        if cursor.seq > head:
-            # Only a server that lost history (restored from an older copy)
-            # can have issued it.
-            raise ResetRequired(f"cursor seq {cursor.seq} is past the head {head}")
-        if cursor.seq > 0 and not cursor.tag:
-            raise ResetRequired("the cursor names no log entry (issued by an older server)")
-        if cursor.tag != tag:
-            raise ResetRequired(
-                f"the cursor names another log entry than the one at seq {cursor.seq}"
-            )
 
     # -- stores -------------------------------------------------------------
 
@@ -252,7 +220,7 @@ class SqliteStorage(Storage):
         with self._read():
             rows = self._sql(f"{_STORE_INFO} ORDER BY s.name").fetchall()
             per_entry = self._bytes_per_entry()
-        return [_store_info(row, int(per_entry * row[5])) for row in rows]
+        return [store_info(row, int(per_entry * row[5])) for row in rows]
 
     def get_store(self, name: str) -> StoreInfo:
         with self._read():
@@ -401,7 +369,7 @@ class SqliteStorage(Storage):
         with self._read():
             store_id, epoch, head, horizon, tag = self._store_at(name, after.seq if after else 0)
             after = after or Cursor(epoch, 0)
-            self._check_cursor(after, epoch, head, horizon, tag)
+            check_cursor(after, epoch, head, horizon, tag)
             # SQLite writes each change's JSON itself: the stored JSON text is
             # spliced, never decoded and re-encoded.
             rows = self._sql(
@@ -428,7 +396,7 @@ class SqliteStorage(Storage):
         with self._read():
             store_id, epoch, head, horizon, tag = self._store_at(name, at.seq if at else None)
             at = at or Cursor(epoch, head, tag)
-            self._check_cursor(at, epoch, head, horizon, tag)
+            check_cursor(at, epoch, head, horizon, tag)
             rows = self._sql(
                 f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.store_id = ? AND r.added_seq > ? AND r.added_seq <= ?"

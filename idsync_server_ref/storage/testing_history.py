@@ -285,7 +285,7 @@ class HistoryContract:
         storage.push("notes", "c1", [add(i, f"k{i}", {"text": "x" * 500}) for i in range(1, 50)])
         info = storage.get_store("notes")
         assert info.retention_seconds is None
-        assert info.bytes_on_disk is not None and info.bytes_on_disk > 49 * 500
+        assert isinstance(info.bytes_on_disk, int) and info.bytes_on_disk > 49 * 500
         wire = info.to_wire()
         assert wire["bytes_on_disk"] == info.bytes_on_disk and "retention_seconds" in wire
         listed = {s.name: s for s in storage.list_stores()}
