@@ -132,7 +132,9 @@ class Client:
             )
         )
         self._attributes = AttributeCleanUp(self.db, self._hub)
-        self._progress = ProgressReporter(store_totals(self.transport))
+        self._progress = ProgressReporter(
+            None if self._engine is None else store_totals(self._engine.store_figures)
+        )
         if self._engine is not None:
             self._engine.progress = self._progress
         if self._engine is not None:

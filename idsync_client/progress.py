@@ -20,11 +20,14 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from .errors import IdsyncError
 from .listeners import Listeners, require_callable
 from .protocol import Cursor, ProtocolViolation
+
+if TYPE_CHECKING:
+    from .transport import StoreFigures
 
 log = logging.getLogger("idsync.client")
 
@@ -62,41 +65,34 @@ class SyncProgress:
         return min(1.0, self.received / self.total)
 
 
-def store_totals(transport: Any) -> TotalOf:
-    """A :data:`TotalOf` that asks ``transport`` for the store's description.
+def store_totals(figures_of: Callable[[str], StoreFigures | None]) -> TotalOf:
+    """A :data:`TotalOf` from the store's figures (``figures_of(store)``).
 
     A pull's total is ``head_seq`` minus the start cursor's sequence (at
-    most ``log_length``); a snapshot's is ``live_records``.
-
-    Works with a transport that has a ``request`` method (the HTTP one);
-    with another, or when the request fails, the total is unknown (None).
+    most ``log_length``: entries dropped below the horizon or superseded
+    leave fewer entries than sequence numbers); a snapshot's is
+    ``live_records``. Unknown (None) when the figures are.
     """
 
     def total_of(store: str, phase: Phase, start: str | None) -> int | None:
-        request = getattr(transport, "request", None)
-        if request is None:
-            return None
         try:
-            info = request("GET", f"/v1/stores/{store}")
+            figures = figures_of(store)
         except IdsyncError as exc:
             log.info("store %s: no total for the progress: %s", store, exc)
             return None
-        key = "live_records" if phase == "snapshot" else "head_seq"
-        value = info.get(key) if isinstance(info, dict) else None
-        if not isinstance(value, int) or isinstance(value, bool):
+        if figures is None:
             return None
-        if phase == "pull":
-            if start:
-                try:
-                    value -= Cursor.decode(start).seq
-                except ProtocolViolation:
-                    return None
-            # The log may hold fewer entries than the sequence numbers
-            # say (entries dropped below the horizon, or superseded ones).
-            length = info.get("log_length")
-            if isinstance(length, int) and not isinstance(length, bool):
-                value = min(value, length)
-        return max(0, value)
+        if phase == "snapshot":
+            return max(0, figures.live_records)
+        if figures.head_seq is None:
+            return None
+        value = figures.head_seq
+        if start:
+            try:
+                value -= Cursor.decode(start).seq
+            except ProtocolViolation:
+                return None
+        return max(0, min(value, figures.log_length))
 
     return total_of
 

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from .subscriptions import SubscriptionHub
 from .wire import PullAnswer, SnapshotAnswer
 
 if TYPE_CHECKING:
-    from .transport import Transport
+    from .transport import StoreFigures, Transport
 
 log = logging.getLogger("idsync.client")
 
@@ -48,6 +49,9 @@ _SPLIT_CODES = ("batch_too_large", "body_too_large")
 #: replaying would download mostly superseded changes.
 SNAPSHOT_FACTOR = 2
 SNAPSHOT_SLACK = 1000
+
+#: Seconds the figures asked for by a first sync serve its progress report too.
+FIGURES_KEPT = 5.0
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -124,6 +128,7 @@ class SyncEngine:
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idsync-fetch")
         self._renewals = 0
         self.page_hooks: list[PageHook] = []
+        self._figures: dict[str, tuple[float, StoreFigures]] = {}
         #: Told of each applied page of a pull or a reload (progress of long downloads).
         self.progress: ProgressReporter | None = None
         # Set by close(): retries stop, and their waits end at once.
@@ -205,21 +210,39 @@ class SyncEngine:
 
     # -- first sync ---------------------------------------------------------
 
-    def _snapshot_is_cheaper(self, store: str) -> bool:
-        """True when the store's log is much longer than its live set (the rule
-        at SNAPSHOT_FACTOR). False when the server cannot say."""
-        # A transport written before store_figures existed cannot say: replay.
+    def _ask_figures(self, store: str) -> StoreFigures | None:
+        """The store's figures, asked once (not retried: they only save work);
+        None when the server cannot say. A dropped store or refused
+        credentials raise."""
+        # A transport written before store_figures existed cannot say.
         ask = getattr(self.transport, "store_figures", None)
         if ask is None:
-            return False
+            return None
         try:
-            # Asked once, not retried: the figures only save work, and the
-            # pull that follows goes through the retry policy anyway.
-            figures = ask(store)
+            figures: StoreFigures = ask(store)
         except (StoreDropped, AuthError):
             raise
         except IdsyncError:  # missing (created by the pull), an older server, no answer
+            return None
+        return figures
+
+    def store_figures(self, store: str) -> StoreFigures | None:
+        """The store's figures: those a first sync just asked for (within
+        :data:`FIGURES_KEPT` seconds), else asked now; None when unknown."""
+        kept = self._figures.pop(store, None)
+        if kept is not None and time.monotonic() - kept[0] < FIGURES_KEPT:
+            return kept[1]
+        return self._ask_figures(store)
+
+    def _snapshot_is_cheaper(self, store: str) -> bool:
+        """True when the store's log is much longer than its live set (the rule
+        at SNAPSHOT_FACTOR). False when the server cannot say."""
+        figures = self._ask_figures(store)
+        if figures is None:
             return False
+        # Kept for a moment: the progress of the download that follows needs
+        # the same figures, and need not ask again.
+        self._figures[store] = (time.monotonic(), figures)
         cheaper: bool = figures.log_length > SNAPSHOT_FACTOR * figures.live_records + SNAPSHOT_SLACK
         return cheaper
 

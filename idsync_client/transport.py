@@ -55,10 +55,11 @@ POLL_MARGIN = 5.0
 
 
 class StoreFigures(NamedTuple):
-    """How long a store's log is and how many records are live in it."""
+    """How long a store's log is, how many records are live in it, and its head."""
 
     log_length: int
     live_records: int
+    head_seq: int | None = None
 
 
 class Transport(Protocol):
@@ -417,12 +418,13 @@ class HttpTransport:
                 raise
 
     def store_figures(self, store: str) -> StoreFigures:
-        """The store's ``log_length`` and ``live_records`` (``GET /v1/stores/{store}``)."""
+        """The store's ``log_length``, ``live_records`` and ``head_seq`` (``GET /v1/stores/{store}``)."""
         answer = self.request("GET", self._store_path(store))
-        log_length, live = answer.get("log_length"), answer.get("live_records")
-        if not isinstance(log_length, int) or not isinstance(live, int):
-            raise MalformedAnswer("store", "log_length and live_records must be integers")
-        return StoreFigures(log_length, live)
+        figures = [answer.get(k) for k in ("log_length", "live_records", "head_seq")]
+        numbers = [v for v in figures if isinstance(v, int) and not isinstance(v, bool)]
+        if len(numbers) != len(figures):
+            raise MalformedAnswer("store", "log_length, live_records and head_seq must be integers")
+        return StoreFigures(*numbers)
 
     def push(self, store: str, client_id: str, changes_json: list[str]) -> list[Outcome]:
         """Upload changes (each already JSON text); one outcome per change, in order."""

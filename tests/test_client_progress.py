@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from typing import Any
 
 import pytest
 
@@ -64,11 +65,23 @@ def test_first_pull_reports_each_page_up_to_the_total(server, large_store, tmp_p
     with Client(tmp_path / "c.db", server.url, retry=RetryPolicy(sleep=lambda s: None)) as client:
         client.store(large_store)
         seen, finished = collect(client)
+        transport = client.transport
+        assert transport is not None
+        asked: list[str] = []
+        request = transport.request
+
+        def counting(method: str, path: str, **kwargs: Any) -> Any:
+            asked.append(f"{method} {path}")
+            return request(method, path, **kwargs)
+
+        transport.request = counting  # type: ignore[method-assign]
         report = client.sync()
         assert report.pulled == RECORDS
         assert finished.wait(5)
         check_run(seen, large_store, "pull")
         assert len(seen) == RECORDS // 5000  # the engine's page size
+        # The first sync's figures (snapshot or log?) serve the progress too.
+        assert asked.count(f"GET /v1/stores/{large_store}") == 1, asked
 
         seen.clear()  # caught up: a one-page pull says nothing
         client.sync()
