@@ -348,9 +348,10 @@ class LocalDB(Settling, SnapshotReload):
 
     def _key_in_use(self, store: str, key: str) -> bool:
         return bool(
-            self._sql("SELECT 1 FROM records WHERE store = ? AND key = ?", (store, key)).fetchone()
-            or self._sql(
-                "SELECT 1 FROM tombstones WHERE store = ? AND key = ?", (store, key)
+            self._sql(
+                "SELECT 1 FROM records WHERE store = ? AND key = ?"
+                " UNION ALL SELECT 1 FROM tombstones WHERE store = ? AND key = ? LIMIT 1",
+                (store, key, store, key),
             ).fetchone()
         )
 

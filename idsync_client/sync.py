@@ -203,8 +203,7 @@ class SyncEngine:
         with self._dropped_lock:
             self._dropped.pop(store, None)
         report = SyncReport()
-        report.resent += self.reset(store)
-        report.resets += 1
+        self._reload(store, report)
         self.push(store, report)
         return report
 
@@ -246,6 +245,11 @@ class SyncEngine:
         cheaper: bool = figures.log_length > SNAPSHOT_FACTOR * figures.live_records + SNAPSHOT_SLACK
         return cheaper
 
+    def _reload(self, store: str, report: SyncReport) -> None:
+        """A reset the server asked for (or a changed history): counted as one."""
+        report.resent += self.reset(store)
+        report.resets += 1
+
     def _first_sync_from_snapshot(
         self, store: str, cursor: str | None, page: PullAnswer, report: SyncReport
     ) -> bool:
@@ -272,12 +276,11 @@ class SyncEngine:
         report = report or SyncReport()
         with self._push_lock:
             while True:
-                if not self.db.pending_count(store):
-                    return report
-                limits = self.transport.limits()  # asked once, when there is something to push
-                entries = self.db.pending(store, min(self.batch_size, limits.max_batch))
+                entries = self.db.pending(store, self.batch_size)
                 if not entries:
                     return report
+                limits = self.transport.limits()  # asked once, when there is something to push
+                entries = entries[: limits.max_batch]
                 batch = self._fitting(store, entries, limits, report)
                 if batch:
                     self._push_batch(store, batch, report)
@@ -369,8 +372,7 @@ class SyncEngine:
             # behind a cursor it still accepts: reload, and re-send what of
             # ours it lost.
             log.warning("store %s: the server logged a change where another was", store)
-            report.resent += self.reset(store)
-            report.resets += 1
+            self._reload(store, report)
         if settled.conflicts:
             # Another copy of this file sent these change numbers: the changes
             # stay in the outbox and go again, in order, under a fresh id.
@@ -434,8 +436,7 @@ class SyncEngine:
                 else:
                     page = self._fetch(store, cursor, wait)
             except ResetRequired:
-                report.resent += self.reset(store)
-                report.resets += 1
+                self._reload(store, report)
                 continue
             except StoreNotFound as exc:
                 self._ensure_store(store, exc)
@@ -462,8 +463,7 @@ class SyncEngine:
                 if ahead is not None:
                     ahead[1].cancel()
                     ahead = None
-                report.resent += self.reset(store)
-                report.resets += 1
+                self._reload(store, report)
                 continue
             if event is None:
                 continue  # another thread applied this page first
@@ -521,6 +521,5 @@ class SyncEngine:
         report = SyncReport()
         self.push(store, report)
         self.pull(store, report=report)
-        if self.db.pending_count(store):
-            self.push(store, report)
+        self.push(store, report)  # what the pull produced (attribute clean-ups); none: no request
         return report
