@@ -177,7 +177,9 @@ def test_unsubscribe_and_bad_callbacks(tmp_path, server, store) -> None:
         with pytest.raises(TypeError):
             a.store(store).on_conflict("not callable")  # type: ignore[arg-type]
         seen: list[ConflictEvent] = []
+        kept: list[ConflictEvent] = []  # the control: this one stays subscribed
         stop = a.store(store).on_conflict(seen.append)
+        a.store(store).on_conflict(kept.append)
         stop()
         stop()  # twice is harmless
         a.store(store).set_attr("n1", "title", "mine")
@@ -187,6 +189,7 @@ def test_unsubscribe_and_bad_callbacks(tmp_path, server, store) -> None:
             b.sync()
         a.sync()
         assert seen == [] and a.store(store).get_attr("n1", "title") == "theirs"
+        assert [(e.winning_value, e.losing_value) for e in kept] == [("theirs", "mine")]
 
 
 def test_the_conflict_example_in_the_docs_runs(tmp_path, server, monkeypatch, capsys) -> None:

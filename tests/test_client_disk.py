@@ -52,6 +52,11 @@ def test_a_full_local_file_raises_local_storage_error_and_writes_nothing(tmp_pat
         writes = [
             lambda: notes.add(big, index=["tag:a", "tag:b"]),
             lambda: notes.add_many([{"value": big, "index": ["tag:a"]} for _ in range(3)]),
+            # Small rows that still fit come first: only a rollback removes them.
+            lambda: notes.add_many(
+                [{"value": i, "index": ["tag:a"]} for i in range(10)]
+                + [{"value": big, "index": ["tag:a"]}]
+            ),
             lambda: notes.set_attr("n1", "title", big),
         ]
         for write in writes:

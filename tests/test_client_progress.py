@@ -127,13 +127,19 @@ def test_a_failing_callback_is_logged_and_sync_goes_on(
         assert "a progress callback failed" in caplog.text
 
 
-def test_registration_checks_and_unsubscribe(tmp_path) -> None:
-    with Client(tmp_path / "c.db") as client:
+def test_registration_checks_and_unsubscribe(server, large_store, tmp_path) -> None:
+    with Client(tmp_path / "c.db", server.url, retry=RetryPolicy(sleep=lambda s: None)) as client:
         with pytest.raises(TypeError, match="callable"):
             client.on_progress("not a function")  # type: ignore[arg-type]
-        stop = client.on_progress(lambda p: None)
+        removed: list[SyncProgress] = []
+        stop = client.on_progress(removed.append)
+        seen, finished = collect(client)  # the control: still listening
         stop()
         stop()  # twice is fine
+        client.store(large_store)
+        client.sync()
+        assert finished.wait(5) and seen
+        assert removed == []
 
 
 def test_reporter_without_total_and_after_unsubscribe() -> None:
