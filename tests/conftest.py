@@ -17,6 +17,15 @@ from idsync_server_ref.process import ServerProcess
 _store_numbers = itertools.count(1)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--gauntlet",
+        choices=("short", "full"),
+        default="short",
+        help="size of the reliability campaigns in tests/reliability (default: short)",
+    )
+
+
 class Api:
     """A thin HTTP helper over one server: JSON in, (status, JSON) out."""
 
