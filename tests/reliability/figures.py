@@ -76,7 +76,9 @@ def write(recorded: list[CampaignFigures], scale: str) -> Path:
     """Write the table as JSON and Markdown under ARTIFACTS; the Markdown path."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "figures.json").write_text(
-        json.dumps({"scale": scale, "pid": os.getpid(), "rows": [asdict(r) for r in recorded]}, indent=2)
+        json.dumps(
+            {"scale": scale, "pid": os.getpid(), "rows": [asdict(r) for r in recorded]}, indent=2
+        )
     )
     path = ARTIFACTS / "figures.md"
     path.write_text(f"Scale: {scale}\n\n{table(recorded)}\n")
