@@ -36,6 +36,26 @@ def _env(name: str, default: Any) -> Any:
     return os.environ.get(f"IDSYNC_{name.upper()}", default)
 
 
+def setting(
+    group: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    default: Any,
+    text: str,
+    **kwargs: Any,
+) -> None:
+    """Add ``--flag``, read from ``IDSYNC_FLAG`` when set, its help naming both.
+
+    ``default`` None leaves the default out of the help (``text`` says it).
+    """
+    name = flag.lstrip("-").split()[0]
+    variable = "IDSYNC_" + name.replace("-", "_").upper()
+    shown = "" if default is None else "; default %(default)s"
+    help_text = f"{text} ({variable}{shown})" if text else f"({variable}{shown})"
+    group.add_argument(
+        *flag.split(), default=_env(name.replace("-", "_"), default), help=help_text, **kwargs
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``idsync-server``."""
     parser = argparse.ArgumentParser(
@@ -44,64 +64,55 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=admin.EPILOG
         + ". Accounts: idsync-server user|token|access --help (docs/security.md).",
     )
-    parser.add_argument(
-        "--host",
-        default=_env("host", DEFAULT_HOST),
-        help="address to listen on (IDSYNC_HOST; default %(default)s)",
+    setting(parser, "--host", DEFAULT_HOST, "address to listen on")
+    setting(parser, "--port", DEFAULT_PORT, "port; 0 picks a free one", type=port_number)
+    setting(
+        parser,
+        "--database --db",
+        str(default_database_path()),
+        "SQLite file, sqlite:///path or postgresql://user@host:port/dbname",
     )
-    parser.add_argument(
-        "--port",
-        type=port_number,
-        default=_env("port", DEFAULT_PORT),
-        help="port; 0 picks a free one (IDSYNC_PORT; default %(default)s)",
-    )
-    parser.add_argument(
-        "--database",
-        "--db",
-        default=str(_env("database", default_database_path())),
-        help="SQLite file, sqlite:///path or postgresql://user@host:port/dbname"
-        " (IDSYNC_DATABASE; default %(default)s)",
-    )
-    parser.add_argument(
+    setting(
+        parser,
         "--threads",
+        8,
+        "storage threads: database work runs there, waiting long-polls hold none",
         type=whole_number,
-        default=_env("threads", 8),
-        help="storage threads: database work runs there, waiting long-polls hold none "
-        "(IDSYNC_THREADS; default %(default)s)",
     )
-    parser.add_argument(
+    setting(
+        parser,
         "--max-connections",
+        10_000,
+        "open connections past this get 503 server_busy",
         type=whole_number,
-        default=_env("max_connections", 10_000),
-        help="open connections past this get 503 server_busy "
-        "(IDSYNC_MAX_CONNECTIONS; default %(default)s)",
     )
-    parser.add_argument(
+    setting(
+        parser,
         "--header-timeout",
+        10.0,
+        "seconds a request's headers may take to arrive",
         type=number,
-        default=_env("header_timeout", 10.0),
-        help="seconds a request's headers may take to arrive "
-        "(IDSYNC_HEADER_TIMEOUT; default %(default)s)",
     )
-    parser.add_argument(
+    setting(
+        parser,
         "--body-timeout",
+        60.0,
+        "seconds a request's body may take to arrive after its headers",
         type=number,
-        default=_env("body_timeout", 60.0),
-        help="seconds a request's body may take to arrive after its headers "
-        "(IDSYNC_BODY_TIMEOUT; default %(default)s)",
     )
-    parser.add_argument(
+    setting(
+        parser,
         "--busy-timeout-ms",
+        5000,
+        "how long a write waits for the database lock before 503",
         type=whole_number,
-        default=_env("busy_timeout_ms", 5000),
-        help="how long a write waits for the database lock before 503 "
-        "(IDSYNC_BUSY_TIMEOUT_MS; default %(default)s)",
     )
-    parser.add_argument(
+    setting(
+        parser,
         "--auth-token",
-        default=_env("auth_token", None),
-        help="deprecated: one shared token for a server without users; require"
-        " 'Authorization: Bearer TOKEN' (IDSYNC_AUTH_TOKEN). Prefer users: see"
+        None,
+        "deprecated: one shared token for a server without users; require"
+        " 'Authorization: Bearer TOKEN'. Prefer users: see"
         " 'idsync-server user --help' and docs/security.md",
     )
     parser.add_argument(
@@ -111,45 +122,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow listening beyond 127.0.0.1 with no users and no token: anyone who"
         " reaches the server reads and writes every store (IDSYNC_INSECURE_NO_AUTH)",
     )
-    parser.add_argument(
+    setting(
+        parser,
         "--rate-limit",
+        None,
+        "requests per second per token, and per address for refused tokens; 0 turns"
+        " it off; off by default without users, 50 with users",
         type=number,
-        default=_env("rate_limit", None),
-        help="requests per second per token, and per address for refused tokens; 0 turns"
-        " it off (IDSYNC_RATE_LIMIT; default: off without users, 50 with users)",
     )
-    parser.add_argument(
+    setting(
+        parser,
         "--rate-burst",
+        200,
+        "requests a token may send at once before the rate applies",
         type=whole_number,
-        default=_env("rate_burst", 200),
-        help="requests a token may send at once before the rate applies"
-        " (IDSYNC_RATE_BURST; default %(default)s)",
     )
-    parser.add_argument(
+    setting(
+        parser,
         "--backoff-threshold",
+        24,
+        "send the back-off hint when more requests are being worked on;"
+        " waiting long-polls do not count",
         type=whole_number,
-        default=_env("backoff_threshold", 24),
-        help="send the back-off hint when more requests are being worked on "
-        "(waiting long-polls do not count; IDSYNC_BACKOFF_THRESHOLD; default %(default)s)",
     )
-    parser.add_argument(
-        "--log-level",
-        default=_env("log_level", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="(IDSYNC_LOG_LEVEL; default %(default)s)",
-    )
+    setting(parser, "--log-level", "INFO", "", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_operations_arguments(parser)
     compaction.add_flags(parser)
     limits = parser.add_argument_group("limits (see docs/protocol.md)")
     defaults = Limits()
     for name in _LIMIT_FLAGS:
         default = getattr(defaults, name)
-        limits.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=whole_number if isinstance(default, int) else number,
-            default=_env(name, default),
-            help=f"(IDSYNC_{name.upper()}; default %(default)s)",
-        )
+        kind = whole_number if isinstance(default, int) else number
+        setting(limits, f"--{name.replace('_', '-')}", default, "", type=kind)
     return parser
 
 
@@ -190,27 +194,28 @@ def on_off(text: str) -> bool:
 
 def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags for running the server in production: queue bound, metrics, logs, version."""
-    parser.add_argument(
+    setting(
+        parser,
         "--max-storage-queue",
+        256,
+        "when this many storage calls already wait for a storage thread, a new"
+        " request that needs storage gets 503 storage_busy at once",
         type=whole_number,
-        default=_env("max_storage_queue", 256),
-        help="when this many storage calls already wait for a storage thread, a new "
-        "request that needs storage gets 503 storage_busy at once "
-        "(IDSYNC_MAX_STORAGE_QUEUE; default %(default)s)",
     )
-    parser.add_argument(
+    setting(
+        parser,
         "--metrics",
+        "on",
+        "serve Prometheus metrics at /metrics, behind the token when one is set",
         type=on_off,
-        default=_env("metrics", "on"),
         metavar="on|off",
-        help="serve Prometheus metrics at /metrics, behind the token when one is set "
-        "(IDSYNC_METRICS; default %(default)s)",
     )
-    parser.add_argument(
+    setting(
+        parser,
         "--log-format",
+        "text",
+        "text lines or one JSON object per line",
         choices=LOG_FORMATS,
-        default=_env("log_format", "text"),
-        help="text lines or one JSON object per line (IDSYNC_LOG_FORMAT; default %(default)s)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {server_version()}")
 
