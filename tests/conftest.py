@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+from idsync_client import RetryPolicy
 from idsync_server_ref.process import ServerProcess
 
 _store_numbers = itertools.count(1)
@@ -63,6 +64,11 @@ class Api:
             cursor = page["cursor"]
             if not page["more"]:
                 return changes, cursor
+
+
+def fast_policy(max_attempts: int = 3) -> RetryPolicy:
+    """A retry policy for tests: few attempts and no sleeping between them."""
+    return RetryPolicy(max_attempts=max_attempts, sleep=lambda s: None)
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> bool:

@@ -9,14 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from idsync_client import Client, RetryPolicy
+from idsync_client import Client
 from idsync_client.testing import ServerProcess
 
-from .conftest import Api
-
-
-def fast_policy() -> RetryPolicy:
-    return RetryPolicy(max_attempts=5, sleep=lambda s: None)
+from .conftest import Api, fast_policy
 
 
 def copy_file(src: Path, dst: Path, with_sidecar: bool = True) -> None:
@@ -45,13 +41,13 @@ def live_keys(api: Api, store: str) -> set[str]:
 def test_copied_profile_takes_a_new_client_id_and_both_copies_lose_nothing(
     tmp_path, server, api, store
 ) -> None:
-    first = Client(tmp_path / "a" / "profile.db", server.url, retry=fast_policy())
+    first = Client(tmp_path / "a" / "profile.db", server.url, retry=fast_policy(5))
     notes = first.store(store)
     shared = [notes.add({"shared": i}, index=["tag:s"]) for i in range(3)]
     first.sync()
     pending_before_copy = notes.add({"pending when copied": True})
     copy_file(tmp_path / "a" / "profile.db", tmp_path / "b" / "profile.db")
-    second = Client(tmp_path / "b" / "profile.db", server.url, retry=fast_policy())
+    second = Client(tmp_path / "b" / "profile.db", server.url, retry=fast_policy(5))
     try:
         assert second.client_id != first.client_id, "the copy took a fresh client id"
         theirs = second.store(store)
@@ -93,7 +89,7 @@ def test_backup_restored_in_place_resends_under_a_new_client_id(tmp_path, server
     open (same inode, same marker): the server's change_number_conflict is,
     and the changes go again under a fresh client id instead of being dropped."""
     path = tmp_path / "live" / "profile.db"
-    client = Client(path, server.url, retry=fast_policy())
+    client = Client(path, server.url, retry=fast_policy(5))
     notes = client.store(store)
     kept = notes.add({"before backup": True})
     doomed = notes.add({"to delete": True})
@@ -104,7 +100,7 @@ def test_backup_restored_in_place_resends_under_a_new_client_id(tmp_path, server
     client.sync()
     client.close()
     copy_file(tmp_path / "backup" / "profile.db", path)  # restored over the same inode
-    restored = Client(path, server.url, retry=fast_policy())
+    restored = Client(path, server.url, retry=fast_policy(5))
     try:
         old_id = restored.client_id
         assert old_id == original_id, "the open cannot tell this restore from the file"
@@ -130,7 +126,7 @@ def test_delete_refused_for_good_brings_the_record_back(tmp_path) -> None:
     key = "k" * 40
     with ServerProcess(database) as srv:
         port = srv.port
-        client = Client(tmp_path / "c.db", srv.url, retry=fast_policy())
+        client = Client(tmp_path / "c.db", srv.url, retry=fast_policy(5))
         notes = client.store("notes")
         notes.add({"keep": "me"}, index=["tag:x"], key=key)
         other = notes.add({"also": "synced"}, key="short")
@@ -159,7 +155,7 @@ def test_delete_of_a_record_the_server_never_had_stays_deleted(tmp_path, code) -
     """key_not_found: there is nothing to bring back; the delete holds."""
     with ServerProcess(tmp_path / "s.db") as srv:
         api = Api(srv.url)
-        with Client(tmp_path / "c.db", srv.url, retry=fast_policy()) as client:
+        with Client(tmp_path / "c.db", srv.url, retry=fast_policy(5)) as client:
             notes = client.store("notes")
             key = notes.add({"v": 1})
             client.sync()

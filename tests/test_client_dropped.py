@@ -10,14 +10,10 @@ from collections.abc import Callable
 
 import pytest
 
-from idsync_client import Client, ResetRequired, RetryPolicy, StoreDropped
+from idsync_client import Client, ResetRequired, StoreDropped
 from idsync_client.transport import HttpTransport
 
-from .conftest import Api
-
-
-def fast_policy() -> RetryPolicy:
-    return RetryPolicy(max_attempts=3, sleep=lambda s: None)
+from .conftest import Api, fast_policy
 
 
 def fresh(api: Api) -> str:

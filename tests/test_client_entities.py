@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from idsync_client import Client, RetryPolicy
+from idsync_client import Client
 
-from .conftest import Api
-
-
-def fast_policy() -> RetryPolicy:
-    return RetryPolicy(max_attempts=3, sleep=lambda s: None)
+from .conftest import Api, fast_policy
 
 
 def live_attribute_records(api: Api, store: str, entity: str) -> list[dict]:

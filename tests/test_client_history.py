@@ -9,16 +9,12 @@ import time
 import uuid
 from pathlib import Path
 
-from idsync_client import Client, RetryPolicy
+from idsync_client import Client
 from idsync_client.sync import SNAPSHOT_FACTOR, SNAPSHOT_SLACK
 from idsync_server_ref.process import ServerProcess
 from idsync_server_ref.storage import SqliteStorage
 
-from .conftest import Api, add, delete
-
-
-def fast_policy() -> RetryPolicy:
-    return RetryPolicy(max_attempts=3, sleep=lambda s: None)
+from .conftest import Api, add, delete, fast_policy
 
 
 def live(api: Api, store: str) -> dict[str, object]:

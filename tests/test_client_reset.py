@@ -12,14 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from idsync_client import Client, RetryPolicy
+from idsync_client import Client
 from idsync_client.testing import ServerProcess
 
-from .conftest import Api
-
-
-def fast_policy() -> RetryPolicy:
-    return RetryPolicy(max_attempts=3, sleep=lambda s: None)
+from .conftest import Api, fast_policy
 
 
 @pytest.fixture

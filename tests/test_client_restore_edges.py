@@ -12,15 +12,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from idsync_client import Client, RetryPolicy
+from idsync_client import Client
 from idsync_client.errors import ResetRequired
 from idsync_client.localdb import LocalDB
 from idsync_client.protocol import Outcome
 from idsync_client.testing import ServerProcess
 
-
-def fast_policy() -> RetryPolicy:
-    return RetryPolicy(max_attempts=3, sleep=lambda s: None)
+from .conftest import fast_policy
 
 
 def _backup(src_path: Path, dst_path: Path) -> None:

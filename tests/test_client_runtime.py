@@ -10,14 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from idsync_client import Client, ClientClosed, RetryPolicy, SyncReport
+from idsync_client import Client, ClientClosed, SyncReport
 from idsync_client.testing import Network
 
-from .conftest import wait_for
-
-
-def fast_policy() -> RetryPolicy:
-    return RetryPolicy(max_attempts=3, sleep=lambda s: None)
+from .conftest import fast_policy, wait_for
 
 
 def run_bounded(fn: Callable[[], object], seconds: float = 20.0) -> object:
@@ -47,7 +43,9 @@ def make_client(tmp_path, server):
 
 
 def remote_add(api, store: str, key: str, value: object = 1) -> None:
-    api.push(store, f"writer-{key}", [{"n": 1, "op": "add", "key": key, "index": [], "value": value}])
+    api.push(
+        store, f"writer-{key}", [{"n": 1, "op": "add", "key": key, "index": [], "value": value}]
+    )
 
 
 def sync_threads() -> list[threading.Thread]:
@@ -133,7 +131,9 @@ def test_a_callback_on_a_sync_thread_may_write(make_client, api, store) -> None:
     assert keys == {"question", "answer"}
 
 
-def test_a_callback_that_raises_kills_nothing_and_others_still_hear(make_client, api, store) -> None:
+def test_a_callback_that_raises_kills_nothing_and_others_still_hear(
+    make_client, api, store
+) -> None:
     client = make_client("a", long_poll=2)
     notes = client.store(store)
     heard: list[str] = []

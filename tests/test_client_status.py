@@ -11,14 +11,10 @@ from collections.abc import Iterator
 import pytest
 import responses
 
-from idsync_client import Client, PermanentError, RetryPolicy, TemporaryError
+from idsync_client import Client, PermanentError, TemporaryError
 from idsync_client.transport import HttpTransport
 
-from .conftest import wait_for
-
-
-def fast_policy() -> RetryPolicy:
-    return RetryPolicy(max_attempts=2, sleep=lambda s: None)
+from .conftest import fast_policy, wait_for
 
 
 @pytest.fixture
@@ -87,7 +83,7 @@ def test_requests_use_tcp_keepalive(server) -> None:
 
 
 def test_a_black_holed_link_is_never_online_and_soon_offline(tmp_path, black_hole) -> None:
-    with Client(tmp_path / "c.db", black_hole, retry=fast_policy(), long_poll=0.5) as client:
+    with Client(tmp_path / "c.db", black_hole, retry=fast_policy(2), long_poll=0.5) as client:
         quick(client).store("notes")
         states: list[str] = []
         client.on_status(lambda status: states.append(status.state))
@@ -99,7 +95,7 @@ def test_a_black_holed_link_is_never_online_and_soon_offline(tmp_path, black_hol
 
 
 def test_sync_against_a_black_hole_fails_fast_and_says_offline(tmp_path, black_hole) -> None:
-    with Client(tmp_path / "c.db", black_hole, retry=fast_policy()) as client:
+    with Client(tmp_path / "c.db", black_hole, retry=fast_policy(2)) as client:
         quick(client).store("notes").add({"a": 1})
         started = time.monotonic()
         with pytest.raises(TemporaryError):
@@ -117,7 +113,7 @@ def test_a_permanent_error_does_not_leave_syncing(tmp_path) -> None:
         status=400,
         json={"error": {"code": "invalid_request", "message": "no", "retryable": False}},
     )
-    with Client(tmp_path / "c.db", url, retry=fast_policy()) as client:
+    with Client(tmp_path / "c.db", url, retry=fast_policy(2)) as client:
         client.store("notes").add({"a": 1})
         with pytest.raises(PermanentError):
             client.sync()
@@ -126,14 +122,14 @@ def test_a_permanent_error_does_not_leave_syncing(tmp_path) -> None:
 
 
 def test_a_round_without_requests_does_not_claim_online(tmp_path, black_hole) -> None:
-    with Client(tmp_path / "c.db", black_hole, retry=fast_policy()) as client:
+    with Client(tmp_path / "c.db", black_hole, retry=fast_policy(2)) as client:
         report = client.sync()  # no store opened: nothing to ask the server
         assert report.pushed == report.pulled == 0
         assert client.status.state == "idle"
 
 
 def test_an_abandoned_long_poll_changes_nothing_after_stop(tmp_path, server, api, store) -> None:
-    with Client(tmp_path / "c.db", server.url, retry=fast_policy(), long_poll=10) as client:
+    with Client(tmp_path / "c.db", server.url, retry=fast_policy(2), long_poll=10) as client:
         notes = client.store(store)
         client.start()
         assert wait_for(lambda: client.status.state == "online")
@@ -152,7 +148,7 @@ def test_an_abandoned_long_poll_changes_nothing_after_stop(tmp_path, server, api
 def test_resets_are_reported_in_the_status(tmp_path, server, api) -> None:
     name = f"reset-{uuid.uuid4().hex[:6]}"
     api.create_store(name)
-    with Client(tmp_path / "c.db", server.url, retry=fast_policy()) as client:
+    with Client(tmp_path / "c.db", server.url, retry=fast_policy(2)) as client:
         client.store(name).add({"mine": 1})
         client.sync()
         assert (client.status.resets, client.status.last_reset) == (0, None)
