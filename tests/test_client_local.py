@@ -130,8 +130,10 @@ def test_bulk_add_is_all_or_nothing(client: Client) -> None:
 
 @pytest.mark.parametrize("name", ["../x", "A", "", "x" * 65, 5])
 def test_bad_store_names(client: Client, name) -> None:
+    client.store("kept")
     with pytest.raises(ValueError):
         client.store(name)
+    assert client.stores == ["kept"], "a refused name was recorded"
 
 
 def test_bad_attribute_names(client: Client) -> None:

@@ -179,7 +179,9 @@ BAD_STORE_NAMES = ["../x", "A", "-x", "x" * 65, 'q"uote', "sp ace", "x" * 10_000
 
 @pytest.mark.parametrize("name", BAD_STORE_NAMES)
 def test_bad_store_names_on_create(api: Api, name) -> None:
+    before = api.call("GET", "/v1/stores").json()["stores"]
     assert_error(api.call("POST", "/v1/stores", {"name": name}), 400, "invalid_store_name")
+    assert api.call("GET", "/v1/stores").json()["stores"] == before, "a refused name made a store"
 
 
 @pytest.mark.parametrize(
