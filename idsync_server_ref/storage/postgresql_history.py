@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import transfer
 from .base import DEFAULT_RETENTION_SECONDS, CompactionReport, StoreExists, StoreInfo
+from .compaction_rules import COMPACT_CHUNK, compact_stores, deletes_to_remove
 from .json_text import record_json
 from .push_rules import new_tag
 
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 
 # A record's content lives once, in the log entry that added it.
 CONTENT = "JOIN changes c ON c.store_id = r.store_id AND c.seq = r.added_seq"
-#: Deleted records whose log entries one compaction transaction removes, at most.
-COMPACT_CHUNK = 500
 
 
 def compact(
@@ -33,23 +32,12 @@ def compact(
     default_retention: int = DEFAULT_RETENTION_SECONDS,
 ) -> CompactionReport:
     """Storage.compact: each store in chunks, each chunk one short write transaction."""
-    started = time.monotonic()
-    now = time.time() if now is None else now
     names = [name] if name is not None else [s.name for s in storage.list_stores()]
-    removed = chunks = 0
-    horizons: dict[str, int] = {}
-    for store in names:
-        while True:
-            # One short transaction per chunk, holding the store's row
-            # lock as a push does: pushes wait at most one chunk.
-            with storage._write():
-                count, horizon = _compact_chunk(storage, store, now, default_retention)
-            chunks += 1
-            if not count:
-                break
-            removed += count
-            horizons[store] = horizon
-    return CompactionReport(len(names), removed, horizons, chunks, time.monotonic() - started)
+
+    def step(store: str, at: float, retention: int) -> tuple[int, int]:
+        return _compact_chunk(storage, store, at, retention)
+
+    return compact_stores(names, storage._write, step, now, default_retention)
 
 
 def _compact_chunk(
@@ -60,19 +48,12 @@ def _compact_chunk(
     horizon, retention = storage._sql(
         "SELECT horizon_seq, retention_seconds FROM stores WHERE id = %s", (store_id,)
     ).fetchone()
-    cutoff = now - (default_retention if retention is None else retention)
-    # Deletes past the horizon, oldest first, up to the first one still within
-    # the retention: the horizon never passes a delete that must stay.
     rows = storage._sql(
         "SELECT seq, key, tag, logged_at FROM changes WHERE store_id = %s AND seq > %s"
         " AND op = 'delete' ORDER BY seq LIMIT %s",
         (store_id, horizon, COMPACT_CHUNK),
     ).fetchall()
-    deletes = []
-    for seq, key, tag, logged_at in rows:
-        if logged_at > cutoff:
-            break
-        deletes.append((seq, key, tag))
+    deletes = deletes_to_remove(rows, now, retention, default_retention)
     if not deletes:
         return 0, int(horizon)
     removed = storage._sql(
