@@ -144,7 +144,13 @@ class FakeTransport:
     def find(self, store: str, item: str, prefix: bool = False, after: int = 0, limit=None):
         raise NotImplementedError
 
-    def wait(self, cursors: dict[str, str | None], wait: float) -> WaitAnswer:
+    def wait(
+        self,
+        cursors: dict[str, str | None],
+        wait: float,
+        pages: bool = False,
+        limit: int | None = None,
+    ) -> WaitAnswer:
         with self._lock:
             self.waits.append(dict(cursors))
             answer = self.answers.pop(0) if self.answers else None
