@@ -533,7 +533,7 @@ class LocalDB(Settling, SnapshotReload):
             self._check_same_history(store, changes)
             add_keys = [c["key"] for c in changes if c["op"] == "add"]
             dead = self._tombstoned(store, add_keys) if self._has("tombstones", store) else set()
-            local = self._present(store, add_keys) if self._has("records", store) else set()
+            local = self._local_rows(store, add_keys) if self._has("records", store) else {}
             for change in changes:
                 key = change["key"]
                 if change["op"] == "delete":
@@ -554,7 +554,12 @@ class LocalDB(Settling, SnapshotReload):
                 if key in dead:
                     continue
                 record = Record(key, tuple(change["index"]), dumps(change["value"]), change["seq"])
-                if key in local:
+                row = local.get(key)
+                if row is not None:
+                    if row == (record.seq, dumps(change["index"]), record.value_json):
+                        # This client's own add coming back, already settled at
+                        # this seq with this content: nothing to write.
+                        continue
                     if self._update_pulled(store, record):
                         added.append(record)
                 else:
@@ -595,15 +600,17 @@ class LocalDB(Settling, SnapshotReload):
             self._sql(f"SELECT 1 FROM {table} WHERE store = ? LIMIT 1", (store,)).fetchone()
         )
 
-    def _present(self, store: str, keys: list[str]) -> set[str]:
-        found: set[str] = set()
+    def _local_rows(self, store: str, keys: list[str]) -> dict[str, tuple[int, str, str]]:
+        """The local view's ``(seq, index_json, value_json)`` of each of ``keys`` it holds."""
+        found: dict[str, tuple[int, str, str]] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             rows = self._sql(
-                f"SELECT key FROM records WHERE store = ? AND key IN ({','.join('?' * len(chunk))})",
+                "SELECT key, seq, index_json, value_json FROM records"
+                f" WHERE store = ? AND key IN ({','.join('?' * len(chunk))})",
                 (store, *chunk),
             )
-            found.update(row[0] for row in rows)
+            found.update((row[0], row[1:]) for row in rows)
         return found
 
     def _delete_pulled(self, store: str, key: str, deleted: list[Record]) -> None:

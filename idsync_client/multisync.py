@@ -117,6 +117,7 @@ def _news(engine: SyncEngine, stores: Sequence[str], report: SyncReport, refused
                 to_pull.append(store)  # the pull meets the error and handles it
                 continue
             if store not in answer.changed:
+                engine.unchanged(store)
                 continue
             page = answer.pages.get(store)
             if page is None:

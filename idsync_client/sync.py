@@ -132,6 +132,8 @@ class SyncEngine:
         self.wait_pages = True
         self._renewals = 0
         self.page_hooks: list[PageHook] = []
+        # Stores the page hooks heard of since this engine started.
+        self._hooked: set[str] = set()
         self._figures: dict[str, tuple[float, StoreFigures]] = {}
         #: Told of each applied page of a pull or a reload (progress of long downloads).
         self.progress: ProgressReporter | None = None
@@ -486,11 +488,23 @@ class SyncEngine:
             return False
         report.pulled += len(page.changes)
         self.hub.publish(event)
+        self._hooked.add(store)
         for hook in self.page_hooks:
             hook(store, event)
         if self.progress is not None:
             self.progress.page(store, "pull", len(page.changes), page.more, pulled_from)
         return True
+
+    def unchanged(self, store: str) -> None:
+        """``store`` is caught up (a wait said so; no page was pulled). The page
+        hooks hear of it once, with an empty event, if no page did yet: a
+        first look at the store (attribute clean-ups left by an earlier run)."""
+        if store in self._hooked:
+            return
+        event = ChangeEvent(store, "remote")
+        self._hooked.add(store)
+        for hook in self.page_hooks:
+            hook(store, event)
 
     @_stops_when_dropped
     def take_page(
@@ -549,6 +563,7 @@ class SyncEngine:
                 self.progress.page(store, "snapshot", len(page.records), True, None)
         assert at is not None
         event, resent = self.db.stage_install(store, at)
+        self._hooked.discard(store)  # the hooks look at the reloaded store afresh
         if resent:
             log.warning(
                 "store %s: %d changes of this client were missing on the server", store, resent
