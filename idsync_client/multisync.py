@@ -100,14 +100,17 @@ class _FirstSyncs:
             raise failure
 
 
-def _news(engine: SyncEngine, stores: Sequence[str], report: SyncReport, refused: Refusals) -> list[str]:
-    """Ask the server which of ``stores`` (all with a cursor) changed, apply the
-    pages it answers; the stores that still need a pull."""
+def _news(
+    engine: SyncEngine, known: dict[str, str | None], report: SyncReport, refused: Refusals
+) -> list[str]:
+    """Ask the server which of the ``known`` stores (each with its cursor)
+    changed, apply the pages it answers; the stores that still need a pull."""
     to_pull: list[str] = []
+    stores = list(known)
     per_request = max(1, engine.transport.limits().max_wait_stores)
     for start in range(0, len(stores), per_request):
         chunk = stores[start : start + per_request]
-        cursors = {store: engine.db.cursor(store) for store in chunk}
+        cursors = {store: known[store] for store in chunk}
         answer = engine.news(cursors)
         if answer is None:  # a server without pages: pull each, as before
             to_pull += chunk
@@ -141,9 +144,11 @@ def sync_stores(engine: SyncEngine, stores: Sequence[str]) -> tuple[SyncReport, 
     report = SyncReport()
     refused: Refusals = {}
     live = [s for s in stores if engine.dropped_error(s) is None]
-    live = [s for s in live if _for_store(s, functools.partial(engine.push, s, report), refused)]
-    fresh = [s for s in live if engine.db.cursor(s) is None]
-    known = [s for s in live if s not in set(fresh)]
+    _push(engine, live, report, refused)
+    live = [s for s in live if s not in refused]
+    cursors = {s: engine.db.cursor(s) for s in live}
+    fresh = [s for s in live if cursors[s] is None]
+    known: dict[str, str | None] = {s: c for s, c in cursors.items() if c is not None}
     first = _FirstSyncs(engine, fresh) if fresh else None
     try:
         for store in _news(engine, known, report, refused):
@@ -151,8 +156,14 @@ def sync_stores(engine: SyncEngine, stores: Sequence[str]) -> tuple[SyncReport, 
     finally:
         if first is not None:
             first.join(report, refused)
-    for store in live:
-        if store not in refused:
-            # What the round produced (attribute clean-ups); none: no request.
-            _for_store(store, functools.partial(engine.push, store, report), refused)
+    # What the round produced (attribute clean-ups).
+    _push(engine, [s for s in live if s not in refused], report, refused)
     return report, refused
+
+
+def _push(engine: SyncEngine, stores: Sequence[str], report: SyncReport, refused: Refusals) -> None:
+    """Push the stores that have pending changes (one look when none has)."""
+    if not engine.db.pending_count():
+        return
+    for store in stores:
+        _for_store(store, functools.partial(engine.push, store, report), refused)
