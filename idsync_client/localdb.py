@@ -169,6 +169,7 @@ class LocalDB(Settling, SnapshotReload):
             check_same_thread=False,
         )
         self._write_lock = threading.RLock()
+        self._synchronous = synchronous.upper()
         self._closed = False
         try:
             self._open()
@@ -261,16 +262,41 @@ class LocalDB(Settling, SnapshotReload):
     # -- plumbing -----------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One write transaction (``BEGIN IMMEDIATE``); nested ones are savepoints."""
+    def transaction(self, durable: bool = True) -> Iterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE``); nested ones are savepoints.
+
+        ``durable=False`` (outermost transactions only): its commit is not
+        synced to disk (``synchronous=NORMAL`` for it), for what the server
+        can give again, like a pulled page and its cursor. A crash of the
+        process never undoes it; a power loss may, whole (WAL), and the
+        next commit that syncs makes it durable too.
+        """
         # Threads of this process queue here rather than in SQLite's busy
         # handler, whose sleeps grow to 100 ms and would stall the UI and sync.
         # Every driver failure leaves as LocalStorageError; SQLite rolls back by
         # itself on "disk full", so the write is wholly absent either way.
         with self._write_lock:
             self._check_open()
-            with _wrapped(self.path), self.db.atomic("IMMEDIATE"):
-                yield
+            relaxed = not durable and self._synchronous != "NORMAL"
+            relaxed = relaxed and not self.db.in_transaction()
+            if relaxed:
+                self._sql("PRAGMA synchronous = NORMAL")
+            try:
+                with _wrapped(self.path), self.db.atomic("IMMEDIATE"):
+                    yield
+            finally:
+                if relaxed:
+                    self._restore_synchronous()
+
+    def _restore_synchronous(self) -> None:
+        try:
+            self._sql(f"PRAGMA synchronous = {self._synchronous}")
+        except LocalStorageError:
+            # This thread's connection must not stay less durable than asked:
+            # closed, the next use opens one with the file's settings.
+            with contextlib.suppress(Exception):
+                self.db.close()
+            raise
 
     def _check_open(self) -> None:
         # After close_all nothing touches the file again (peewee would
@@ -527,7 +553,8 @@ class LocalDB(Settling, SnapshotReload):
         deleted: list[Record] = []
         fresh: dict[str, Record] = {}  # new to the local view: inserted together at the end
         dumps = jsoncodec.dumps
-        with self.transaction():
+        # Not synced to disk: a page lost with its cursor (power loss) is pulled again.
+        with self.transaction(durable=False):
             if self.cursor(store) != pulled_from:
                 return None
             self._check_same_history(store, changes)
