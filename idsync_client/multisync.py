@@ -107,6 +107,8 @@ def _news(
     changed, apply the pages it answers; the stores that still need a pull."""
     to_pull: list[str] = []
     stores = list(known)
+    if not stores:
+        return to_pull
     per_request = max(1, engine.transport.limits().max_wait_stores)
     for start in range(0, len(stores), per_request):
         chunk = stores[start : start + per_request]
