@@ -5,8 +5,8 @@ The live channel is one thread (``idsync-live``) that keeps a single
 the local sync state, asking for pages: the answer carries each changed
 store's first page of changes, which is applied at once, as a pulled page
 would be; only a store whose page said ``more`` (or that came without a
-page) is pulled (no wait). Then it waits again. A store without a cursor, and a store
-opened after start, is pulled first. A store's error in the wait's answer
+page) is pulled (no wait). Then it waits again. A store without a cursor,
+and a store opened after start, is pulled first. A store's error in the wait's answer
 is handled as the same error from a pull would be (``reset_required``:
 reload a snapshot; ``store_not_found``: create the store if allowed).
 
