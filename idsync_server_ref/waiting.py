@@ -56,13 +56,6 @@ class Look:
     pages: dict[str, str] = field(default_factory=dict)
 
 
-def _number(body: dict[str, Any], name: str) -> Any:
-    value = body.get(name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise HttpError("invalid_request", f"{name} must be a number")
-    return value
-
-
 def parse_wait_body(body: object, limits: Limits) -> WaitRequest:
     """Check a wait body; a clear ``400 invalid_request`` when it is wrong.
 
