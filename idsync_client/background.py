@@ -2,9 +2,11 @@
 
 The live channel is one thread (``idsync-live``) that keeps a single
 ``POST /v1/wait`` open for every store of the client, with the cursors of
-the local sync state. When the server answers that stores changed, it pulls
-them (no wait) and waits again. A store without a cursor, and a store
-opened after start, is pulled first. A store's error in the wait's answer
+the local sync state, asking for pages: the answer carries each changed
+store's first page of changes, which is applied at once, as a pulled page
+would be; only a store whose page said ``more`` (or that came without a
+page) is pulled (no wait). Then it waits again. A store without a cursor,
+and a store opened after start, is pulled first. A store's error in the wait's answer
 is handled as the same error from a pull would be (``reset_required``:
 reload a snapshot; ``store_not_found``: create the store if allowed).
 
@@ -294,9 +296,9 @@ class BackgroundSync:
             raise failure
         if due:
             return report  # caught up: the next round waits
-        answer = self._hold_wait()
-        if answer is not None:
-            self._take(answer, report)
+        held = self._hold_wait()
+        if held is not None:
+            self._take(*held, report)
         return report
 
     def _pull(self, store: str, report: SyncReport) -> None:
@@ -309,8 +311,9 @@ class BackgroundSync:
             self._aside[store] = time.monotonic() + self.aside_interval
             self._due.discard(store)
 
-    def _hold_wait(self) -> WaitAnswer | None:
-        """One ``POST /v1/wait`` for every store not put aside; None when left early.
+    def _hold_wait(self) -> tuple[dict[str, str | None], WaitAnswer] | None:
+        """One ``POST /v1/wait`` for every store not put aside: the cursors it
+        was asked with and its answer; None when left early.
 
         The request runs on its own thread; this one listens for its answer,
         and stops listening when a store joins or sync stops (the request is
@@ -335,10 +338,16 @@ class BackgroundSync:
             seconds = max(1.0, seconds / turns)
         cursors = {store: db.cursor(store) for store in stores}
         answered: Future[WaitAnswer] = Future()
+        pages = self.engine.wait_pages
 
         def send() -> None:
             try:
-                answered.set_result(transport.wait(cursors, seconds))
+                answered.set_result(transport.wait(cursors, seconds, pages=pages))
+            except PermanentError as exc:
+                if pages and exc.code == "invalid_request":
+                    # A server that predates pages in wait answers: ask without.
+                    self.engine.wait_pages = False
+                answered.set_exception(exc)
             except BaseException as exc:  # handed to the live thread
                 answered.set_exception(exc)
             finally:
@@ -356,19 +365,41 @@ class BackgroundSync:
             self._wake_live.wait(max(0.0, deadline - time.monotonic()))
             self._wake_live.clear()
             if answered.done():
-                return answered.result()
+                return cursors, answered.result()
             with self._guard:
                 if self._joined or self._stop.is_set():
                     return None
         raise TemporaryError("the wait for changes did not end")
 
-    def _take(self, answer: WaitAnswer, report: SyncReport) -> None:
-        """Note the changed stores as due; handle each store's error as a pull would."""
+    def _take(
+        self, cursors: dict[str, str | None], answer: WaitAnswer, report: SyncReport
+    ) -> None:
+        """Apply the changed stores' pages (a store without one, or with more to
+        come, is due for a pull); handle each store's error as a pull would."""
         if self._stop.is_set():
             return
-        with self._guard:
-            self._due.update(s for s in answer.changed if s in self._stores)
         failure: IdsyncError | None = None
+        for store in answer.changed:
+            if self._stop.is_set():
+                return
+            if store not in self._stores:
+                continue
+            page = answer.pages.get(store)
+            try:
+                caught_up = page is not None and self.engine.take_page(
+                    store, cursors.get(store), page, report
+                )
+            except (AuthError, TemporaryError, LocalStorageError):
+                raise
+            except PermanentError as refused:
+                failure = failure or refused
+                self._set_aside(store)
+                continue
+            if not caught_up:
+                with self._guard:
+                    self._due.add(store)
+            elif self.engine.db.pending_count(store):
+                self.kick()
         for store, error in sorted(answer.errors.items()):
             if store not in self._stores:
                 continue

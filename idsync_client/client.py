@@ -19,12 +19,11 @@ from .errors import (
     ClientClosed,
     IdsyncError,
     LocalStorageError,
-    PermanentError,
-    ResetRequired,
     SyncLocked,
     TemporaryError,
 )
 from .localdb import LocalDB
+from .multisync import sync_stores
 from .processlock import ProcessLock
 from .progress import ProgressReporter, SyncProgress, store_totals
 from .protocol import Limits, validate_store_name
@@ -244,24 +243,12 @@ class Client:
         contacts = engine.transport.contacts
         total = SyncReport()
         self._status.update(state="syncing")
-        refused: PermanentError | None = None
         try:
-            for name in sorted(self._stores.keys() - engine.dropped_stores()):
-                try:
-                    report = engine.sync(name)
-                except (AuthError, ResetRequired):
-                    raise
-                except PermanentError as exc:
-                    # This store's refusal (403, missing): the others still sync.
-                    refused = refused or exc
-                    continue
-                total.pushed += report.pushed
-                total.pulled += report.pulled
-                total.resets += report.resets
-                total.resent += report.resent
-                total.rejected += report.rejected
-            if refused is not None:
-                raise refused
+            # One request for the news of every store (see multisync);
+            # a store's refusal (403, missing) does not stop the others.
+            total, refusals = sync_stores(engine, sorted(self._stores.keys()))
+            if refusals:
+                raise refusals[min(refusals)]
         except AuthError as exc:
             self._status.update(state="auth_error", last_error=str(exc))
             raise

@@ -169,6 +169,7 @@ class LocalDB(Settling, SnapshotReload):
             check_same_thread=False,
         )
         self._write_lock = threading.RLock()
+        self._synchronous = synchronous.upper()
         self._closed = False
         try:
             self._open()
@@ -261,16 +262,41 @@ class LocalDB(Settling, SnapshotReload):
     # -- plumbing -----------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One write transaction (``BEGIN IMMEDIATE``); nested ones are savepoints."""
+    def transaction(self, durable: bool = True) -> Iterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE``); nested ones are savepoints.
+
+        ``durable=False`` (outermost transactions only): its commit is not
+        synced to disk (``synchronous=NORMAL`` for it), for what the server
+        can give again, like a pulled page and its cursor. A crash of the
+        process never undoes it; a power loss may, whole (WAL), and the
+        next commit that syncs makes it durable too.
+        """
         # Threads of this process queue here rather than in SQLite's busy
         # handler, whose sleeps grow to 100 ms and would stall the UI and sync.
         # Every driver failure leaves as LocalStorageError; SQLite rolls back by
         # itself on "disk full", so the write is wholly absent either way.
         with self._write_lock:
             self._check_open()
-            with _wrapped(self.path), self.db.atomic("IMMEDIATE"):
-                yield
+            relaxed = not durable and self._synchronous != "NORMAL"
+            relaxed = relaxed and not self.db.in_transaction()
+            if relaxed:
+                self._sql("PRAGMA synchronous = NORMAL")
+            try:
+                with _wrapped(self.path), self.db.atomic("IMMEDIATE"):
+                    yield
+            finally:
+                if relaxed:
+                    self._restore_synchronous()
+
+    def _restore_synchronous(self) -> None:
+        try:
+            self._sql(f"PRAGMA synchronous = {self._synchronous}")
+        except LocalStorageError:
+            # This thread's connection must not stay less durable than asked:
+            # closed, the next use opens one with the file's settings.
+            with contextlib.suppress(Exception):
+                self.db.close()
+            raise
 
     def _check_open(self) -> None:
         # After close_all nothing touches the file again (peewee would
@@ -527,13 +553,14 @@ class LocalDB(Settling, SnapshotReload):
         deleted: list[Record] = []
         fresh: dict[str, Record] = {}  # new to the local view: inserted together at the end
         dumps = jsoncodec.dumps
-        with self.transaction():
+        # Not synced to disk: a page lost with its cursor (power loss) is pulled again.
+        with self.transaction(durable=False):
             if self.cursor(store) != pulled_from:
                 return None
             self._check_same_history(store, changes)
             add_keys = [c["key"] for c in changes if c["op"] == "add"]
             dead = self._tombstoned(store, add_keys) if self._has("tombstones", store) else set()
-            local = self._present(store, add_keys) if self._has("records", store) else set()
+            local = self._local_rows(store, add_keys) if self._has("records", store) else {}
             for change in changes:
                 key = change["key"]
                 if change["op"] == "delete":
@@ -554,7 +581,12 @@ class LocalDB(Settling, SnapshotReload):
                 if key in dead:
                     continue
                 record = Record(key, tuple(change["index"]), dumps(change["value"]), change["seq"])
-                if key in local:
+                row = local.get(key)
+                if row is not None:
+                    if row == (record.seq, dumps(change["index"]), record.value_json):
+                        # This client's own add coming back, already settled at
+                        # this seq with this content: nothing to write.
+                        continue
                     if self._update_pulled(store, record):
                         added.append(record)
                 else:
@@ -595,15 +627,17 @@ class LocalDB(Settling, SnapshotReload):
             self._sql(f"SELECT 1 FROM {table} WHERE store = ? LIMIT 1", (store,)).fetchone()
         )
 
-    def _present(self, store: str, keys: list[str]) -> set[str]:
-        found: set[str] = set()
+    def _local_rows(self, store: str, keys: list[str]) -> dict[str, tuple[int, str, str]]:
+        """The local view's ``(seq, index_json, value_json)`` of each of ``keys`` it holds."""
+        found: dict[str, tuple[int, str, str]] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             rows = self._sql(
-                f"SELECT key FROM records WHERE store = ? AND key IN ({','.join('?' * len(chunk))})",
+                "SELECT key, seq, index_json, value_json FROM records"
+                f" WHERE store = ? AND key IN ({','.join('?' * len(chunk))})",
                 (store, *chunk),
             )
-            found.update(row[0] for row in rows)
+            found.update((row[0], row[1:]) for row in rows)
         return found
 
     def _delete_pulled(self, store: str, key: str, deleted: list[Record]) -> None:

@@ -51,6 +51,21 @@ class CallbackQueue:
             if self._local.depth == 0 and not self._local.draining:
                 self._drain()
 
+    @contextlib.contextmanager
+    def collected(self) -> Iterator[list[Callable[[], None]]]:
+        """A held section whose calls do not run at its end: they are handed
+        over in the list it yields, for another thread to :meth:`call`. For
+        a worker thread of a round whose callbacks run on the round's thread."""
+        queue = self._queue()
+        self._local.depth += 1
+        taken: list[Callable[[], None]] = []
+        try:
+            yield taken
+        finally:
+            self._local.depth -= 1
+            taken.extend(queue)
+            queue.clear()
+
     def call(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` now, or after the current held section of this thread."""
         queue = self._queue()

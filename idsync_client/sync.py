@@ -31,7 +31,7 @@ from .protocol import Limits, Outcome
 from .records import ChangeEvent, OutboxEntry, RejectedChange
 from .retry import RetryPolicy
 from .subscriptions import SubscriptionHub
-from .wire import PullAnswer, SnapshotAnswer
+from .wire import PullAnswer, SnapshotAnswer, WaitAnswer
 
 if TYPE_CHECKING:
     from .transport import StoreFigures, Transport
@@ -125,9 +125,15 @@ class SyncEngine:
         # Pushes from two threads would only send the same changes twice
         # (harmless, the server is idempotent); the lock saves the traffic.
         self._push_lock = threading.Lock()
-        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idsync-fetch")
+        # One page ahead per pull; several pulls (first syncs of many stores)
+        # may run at once. Threads start only when needed.
+        self._prefetcher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="idsync-fetch")
+        #: Whether waits ask for pages (off once the server refuses the field).
+        self.wait_pages = True
         self._renewals = 0
         self.page_hooks: list[PageHook] = []
+        # Stores the page hooks heard of since this engine started.
+        self._hooked: set[str] = set()
         self._figures: dict[str, tuple[float, StoreFigures]] = {}
         #: Told of each applied page of a pull or a reload (progress of long downloads).
         self.progress: ProgressReporter | None = None
@@ -458,23 +464,81 @@ class SyncEngine:
                 fetch = self._prefetcher.submit(self._fetch_ahead, once, store, page.cursor)
                 ahead = (page.cursor, fetch)
             try:
-                event = self.db.apply_pulled(store, page.changes, page.cursor, cursor)
+                applied = self._apply(store, cursor, page, report)
             except ResetRequired:  # the page contradicts what this file saw: a new history
                 if ahead is not None:
                     ahead[1].cancel()
                     ahead = None
                 self._reload(store, report)
                 continue
-            if event is None:
+            if not applied:
                 continue  # another thread applied this page first
-            report.pulled += len(page.changes)
-            self.hub.publish(event)
-            for hook in self.page_hooks:
-                hook(store, event)
-            if self.progress is not None:
-                self.progress.page(store, "pull", len(page.changes), page.more, cursor)
             if not page.more:
                 return report
+
+    def _apply(
+        self, store: str, pulled_from: str | None, page: PullAnswer, report: SyncReport
+    ) -> bool:
+        """Apply ``page`` (asked after ``pulled_from``) and advance the cursor in
+        one transaction, then tell subscribers, page hooks and progress. False
+        when the cursor moved meanwhile (another thread applied it): nothing
+        was done. ResetRequired when the page contradicts what this file saw."""
+        event = self.db.apply_pulled(store, page.changes, page.cursor, pulled_from)
+        if event is None:
+            return False
+        report.pulled += len(page.changes)
+        self.hub.publish(event)
+        self._hooked.add(store)
+        for hook in self.page_hooks:
+            hook(store, event)
+        if self.progress is not None:
+            self.progress.page(store, "pull", len(page.changes), page.more, pulled_from)
+        return True
+
+    def unchanged(self, store: str) -> None:
+        """``store`` is caught up (a wait said so; no page was pulled). The page
+        hooks hear of it once, with an empty event, if no page did yet: a
+        first look at the store (attribute clean-ups left by an earlier run)."""
+        if store in self._hooked:
+            return
+        event = ChangeEvent(store, "remote")
+        self._hooked.add(store)
+        for hook in self.page_hooks:
+            hook(store, event)
+
+    @_stops_when_dropped
+    def take_page(
+        self, store: str, asked_after: str | None, page: PullAnswer, report: SyncReport
+    ) -> bool:
+        """Apply a page of changes a wait answered for ``store`` (asked after
+        ``asked_after``), as a pulled page is applied. True when the store is
+        caught up; False when it must be pulled: the page said ``more``, the
+        cursor moved meanwhile (nothing applied), or the page contradicted
+        this file's history (the store was reloaded from a snapshot)."""
+        try:
+            applied = self._apply(store, asked_after, page, report)
+        except ResetRequired:
+            self._reload(store, report)
+            return False
+        return applied and not page.more
+
+    def news(self, cursors: dict[str, str | None]) -> WaitAnswer | None:
+        """Which of these stores changed, with their first pages, in one
+        ``POST /v1/wait`` answered at once (through the retry policy). None
+        when the server does not give pages (an older server): pull instead."""
+        if not self.wait_pages:
+            return None
+        try:
+            answer: WaitAnswer = self._call(
+                lambda: self.transport.wait(cursors, 0.0, pages=True)
+            )
+        except PermanentError as exc:
+            if exc.code != "invalid_request":
+                raise
+            log.info("the server gives no pages in wait answers: %s", exc)
+            self.wait_pages = False
+            return None
+        return answer
 
     @_stops_when_dropped
     def reset(self, store: str) -> int:
@@ -499,6 +563,7 @@ class SyncEngine:
                 self.progress.page(store, "snapshot", len(page.records), True, None)
         assert at is not None
         event, resent = self.db.stage_install(store, at)
+        self._hooked.discard(store)  # the hooks look at the reloaded store afresh
         if resent:
             log.warning(
                 "store %s: %d changes of this client were missing on the server", store, resent

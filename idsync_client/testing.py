@@ -113,7 +113,8 @@ class Network:
     # -- one line each --------------------------------------------------------
 
     def offline(self) -> None:
-        """Every request fails as with a refused connection, until :meth:`online`."""
+        """Every request fails as with a refused connection, until :meth:`online`;
+        an answer still on its way (a long-poll sent before) is lost."""
         self._offline = True
 
     def online(self) -> None:
@@ -186,6 +187,11 @@ class Network:
             fault = self._faults.pop(0) if self._faults and not health else None
         if fault is None:
             response: requests.Response = send(request, *args, **kwargs)
+            if self._offline:
+                # The network went down while the answer was on its way (a
+                # long-poll sent before offline()): it never arrives.
+                self.log.append((what, "offline", str(response.status_code)))
+                raise requests.ConnectionError(f"[idsync.testing] network went down: {what}")
             self.log.append((what, "ok", str(response.status_code)))
             return response
         if fault.kind == "status":

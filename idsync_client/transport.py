@@ -122,10 +122,18 @@ class Transport(Protocol):
         """One page of live records with index item ``item`` (or starting with it)."""
         ...
 
-    def wait(self, cursors: dict[str, str | None], wait: float) -> WaitAnswer:
+    def wait(
+        self,
+        cursors: dict[str, str | None],
+        wait: float,
+        pages: bool = False,
+        limit: int | None = None,
+    ) -> WaitAnswer:
         """One long-poll over many stores: answered when any has changes past its
         cursor or an error of its own (in the answer, not raised), or after ``wait``
-        seconds with nothing changed. Raises only for the request as a whole."""
+        seconds with nothing changed. With ``pages``, the answer may carry each
+        changed store's first page of changes (at most ``limit``). Raises only
+        for the request as a whole."""
         ...
 
     def error_for(self, store: str, error: WireError) -> IdsyncError:
@@ -471,12 +479,25 @@ class HttpTransport:
         answer = self.request("GET", self._store_path(store, "/records"), params=params)
         return FindAnswer.parse(answer)
 
-    def wait(self, cursors: dict[str, str | None], wait: float) -> WaitAnswer:
-        """Which of ``cursors``' stores have changes; may wait up to ``wait`` seconds."""
+    def wait(
+        self,
+        cursors: dict[str, str | None],
+        wait: float,
+        pages: bool = False,
+        limit: int | None = None,
+    ) -> WaitAnswer:
+        """Which of ``cursors``' stores have changes (with their first pages when
+        ``pages``); may wait up to ``wait`` seconds."""
+        body: dict[str, Any] = {"cursors": cursors, "wait": wait}
+        if pages:
+            # Sent only when asked: a server that predates pages refuses the field.
+            body["pages"] = True
+            if limit:
+                body["limit"] = limit
         answer = self.request(
             "POST",
             "/v1/wait",
-            body={"cursors": cursors, "wait": wait},
+            body=body,
             read_timeout=wait + self.poll_margin if wait else None,
         )
         return WaitAnswer.parse(answer)

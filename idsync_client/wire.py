@@ -211,19 +211,33 @@ class WireError:
 
 @dataclass(frozen=True)
 class WaitAnswer:
-    """Which stores changed, and each failing store's error (``POST /v1/wait``).
+    """Which stores changed, each failing store's error, and the changed
+    stores' first pages when the client asked for them (``POST /v1/wait``).
 
     ``errors`` on the server side holds envelope dicts (``{"code", "message",
     "retryable", "details"}``); :meth:`parse` gives :class:`WireError` values.
+    ``pages`` holds a :class:`PullAnswer` per changed store the server sent
+    a page for; a changed store without one is pulled.
     """
 
     changed: list[str]
     errors: dict[str, WireError]
+    pages: dict[str, PullAnswer] = field(default_factory=dict)
 
     @staticmethod
-    def to_json(changed: Iterable[str], errors: dict[str, dict[str, Any]]) -> str:
-        """The answer's JSON text (stores sorted)."""
-        return jsoncodec.dumps({"changed": sorted(changed), "errors": errors})
+    def to_json(
+        changed: Iterable[str],
+        errors: dict[str, dict[str, Any]],
+        pages_json: dict[str, str] | None = None,
+    ) -> str:
+        """The answer's JSON text (stores sorted); ``pages_json`` maps a store
+        to its page's JSON text (from :meth:`PullAnswer.to_json`), spliced in.
+        Without it the answer has no ``pages`` member (the original answer)."""
+        head = jsoncodec.dumps({"changed": sorted(changed), "errors": errors})
+        if pages_json is None:
+            return head
+        pages = ",".join(f"{jsoncodec.dumps(s)}:{pages_json[s]}" for s in sorted(pages_json))
+        return f'{head[:-1]},"pages":{{{pages}}}}}'
 
     @classmethod
     def parse(cls, obj: object) -> WaitAnswer:
@@ -245,7 +259,13 @@ class WaitAnswer:
             errors[store] = WireError(
                 envelope["code"], envelope["message"], envelope.get("details") or {}
             )
-        return cls(changed, errors)
+        pages: dict[str, PullAnswer] = {}
+        if "pages" in answer:
+            for store, page in _typed(what, answer, "pages", dict).items():
+                if store not in changed:
+                    raise MalformedAnswer(what, f"a page for {store!r}, not a changed store")
+                pages[store] = PullAnswer.parse(page)
+        return cls(changed, errors, pages)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from idsync_client.protocol import (
     PROTOCOL_VERSION,
     Change,
     Cursor,
-    ProtocolViolation,
     parse_change,
     validate_client_id,
     validate_index_items,
@@ -41,7 +40,6 @@ from .asgi import (
     Scope,
     Send,
     bool_param,
-    error_envelope,
     error_for,
     float_param,
     int_param,
@@ -51,6 +49,7 @@ from .config import DEFAULT_RATE, ServerConfig
 from .notify import ChangeNotifier
 from .ratelimit import RateLimiter, retry_after_header
 from .storage import Storage
+from .waiting import Look, look, parse_wait_body
 
 access_log = logging.getLogger("idsync.server.access")
 
@@ -427,68 +426,34 @@ class ServerApp:
     async def wait_many(self, request: Request) -> Response:
         """One long-poll for many stores: which have changes past their cursors.
 
-        Body ``{"cursors": {"<store>": "<cursor>" | null, ...}, "wait": seconds}``.
-        Answers ``{"changed": [...], "errors": {"<store>": <error>}}`` as soon as
-        any store has changes or an error, or when the wait ends. A missing
+        Body ``{"cursors": {"<store>": "<cursor>" | null, ...}, "wait": seconds,
+        "pages": bool, "limit": n}``. Answers ``{"changed": [...], "errors":
+        {"<store>": <error>}}`` as soon as any store has changes or an error,
+        or when the wait ends; with ``pages``, also ``"pages": {"<store>":
+        <pull page>}`` for the changed stores (see :mod:`.waiting`). A missing
         store or a bad cursor is that store's error, not the request's.
         """
         request.query(())
-        body = await request.json_body()
-        if not isinstance(body, dict) or not set(body) <= {"cursors", "wait"}:
-            raise HttpError("invalid_request", 'the body must be {"cursors": {...}, "wait": s}')
-        cursors = body.get("cursors")
-        if not isinstance(cursors, dict) or not cursors:
-            raise HttpError(
-                "invalid_request", "cursors must map one or more store names to cursors"
-            )
-        if len(cursors) > self.limits.max_wait_stores:
-            raise HttpError(
-                "invalid_request",
-                f"{len(cursors)} stores is over the limit of {self.limits.max_wait_stores}",
-            )
-        wait = body.get("wait", 0)
-        if isinstance(wait, bool) or not isinstance(wait, int | float):
-            raise HttpError("invalid_request", "wait must be a number of seconds")
-        if not 0 <= wait <= self.limits.max_wait_seconds:
-            raise HttpError(
-                "invalid_request", f"wait must be between 0 and {self.limits.max_wait_seconds:g}"
-            )
-        errors: dict[str, Any] = {}
-        parsed: dict[str, Cursor | None] = {}
-        for store, text in cursors.items():
-            try:
-                validate_store_name(store)
-                if text is not None and not isinstance(text, str):
-                    raise HttpError("invalid_cursor", "a cursor is a string (or null)")
-                parsed[store] = Cursor.decode(text) if text else None
-            except (HttpError, ProtocolViolation) as exc:
-                errors[store] = error_envelope(error_for(exc))["error"]
+        asked = parse_wait_body(await request.json_body(), self.limits)
         principal = principal_of(request)
-        heads, changed, store_errors = await self._run(self._check_stores, parsed, principal)
-        errors.update(store_errors)
-        if not changed and not errors and wait > 0:
-            changed = await self._wait(request, heads, float(wait))
-        return Response(200, WaitAnswer.to_json(changed, errors))
-
-    def _check_stores(
-        self, cursors: dict[str, Cursor | None], principal: Principal
-    ) -> tuple[dict[str, int], set[str], dict[str, Any]]:
-        """Per store: the seq to wait past, or changed now, or the error (storage thread)."""
-        heads: dict[str, int] = {}
-        changed: set[str] = set()
-        errors: dict[str, Any] = {}
-        for store, cursor in cursors.items():
-            try:
-                require(self.accounts, principal, store, READ)
-                page = self.storage.pull(store, cursor, 1, self.limits.max_page_bytes)
-            except Exception as exc:  # reported for this store alone
-                errors[store] = error_envelope(error_for(exc))["error"]
-                continue
-            if page.items_json:
-                changed.add(store)
+        found = await self._run(self._look, asked.cursors, principal, asked.page_limit)
+        found.errors.update(asked.errors)
+        if not found.changed and not found.errors and asked.wait > 0:
+            changed = await self._wait(request, found.heads, asked.wait)
+            if changed and asked.page_limit is not None:
+                # Look again at the stores that changed: their pages go in the answer.
+                again = {store: asked.cursors[store] for store in changed}
+                found = await self._run(self._look, again, principal, asked.page_limit)
             else:
-                heads[store] = page.cursor.seq
-        return heads, changed, errors
+                found.changed = changed
+        pages = found.pages if asked.page_limit is not None else None
+        return Response(200, WaitAnswer.to_json(found.changed, found.errors, pages))
+
+    def _look(
+        self, cursors: dict[str, Cursor | None], principal: Principal, page_limit: int | None
+    ) -> Look:
+        """:func:`.waiting.look` at these stores (storage thread)."""
+        return look(self.storage, self.accounts, principal, cursors, self.limits, page_limit)
 
 
 def _rate_limited(wait: float) -> HttpError:

@@ -11,7 +11,7 @@ import pytest
 
 from idsync_client import Client, PermanentError, ResetRequired, RetryPolicy
 from idsync_client.errors import IdsyncError
-from idsync_client.protocol import Limits, Outcome
+from idsync_client.protocol import Cursor, Limits, Outcome
 from idsync_client.testing import Network, ServerProcess
 from idsync_client.transport import HttpTransport
 from idsync_client.wire import PullAnswer, SnapshotAnswer, WaitAnswer, WireError
@@ -144,7 +144,13 @@ class FakeTransport:
     def find(self, store: str, item: str, prefix: bool = False, after: int = 0, limit=None):
         raise NotImplementedError
 
-    def wait(self, cursors: dict[str, str | None], wait: float) -> WaitAnswer:
+    def wait(
+        self,
+        cursors: dict[str, str | None],
+        wait: float,
+        pages: bool = False,
+        limit: int | None = None,
+    ) -> WaitAnswer:
         with self._lock:
             self.waits.append(dict(cursors))
             answer = self.answers.pop(0) if self.answers else None
@@ -238,3 +244,53 @@ def test_more_stores_than_one_wait_may_name_are_waited_on_in_turns(fake_client) 
     first_turns = fake.waits[:3]
     assert all(len(cursors) <= 2 for cursors in first_turns)
     assert sorted(s for cursors in first_turns for s in cursors) == names
+
+
+def _seq(cursor: str | None) -> int:
+    return -1 if cursor is None else Cursor.decode(cursor).seq
+
+
+def test_a_remote_write_arrives_through_the_live_channel_with_no_pull(
+    tmp_path, own_server
+) -> None:
+    with (
+        Client(tmp_path / "a.db", own_server.url, retry=fast_policy()) as a,
+        Client(tmp_path / "b.db", own_server.url, retry=fast_policy(), long_poll=10) as b,
+    ):
+        net = Network(b)
+        a.store("notes")
+        a.sync()
+        heard: list[str] = []
+        b.store("notes").subscribe(lambda e: heard.extend(r.key for r in e.added))
+        b.start()
+        api = Api(own_server.url)
+        assert wait_for(lambda: b.status.state == "online" and waiting(api) == 1)
+        sent = len(net.log)
+        keys = []
+        for i in range(3):
+            keys.append(a.store("notes").add({"i": i}))
+            a.sync()
+            assert wait_for(lambda n=i + 1: len(heard) == n)
+        assert heard == keys, "each change told once, in order"
+        paths = [what for what, _, _ in net.log[sent:]]
+        assert paths and all(p == "POST /v1/wait" for p in paths), paths
+
+
+def test_the_writer_takes_its_own_change_back_from_the_live_channel(
+    tmp_path, own_server
+) -> None:
+    with Client(tmp_path / "a.db", own_server.url, retry=fast_policy(), long_poll=10) as a:
+        net = Network(a)
+        heard: list[str] = []
+        a.store("notes").subscribe(lambda e: heard.extend(e.origin for r in e.added))
+        a.start()
+        api = Api(own_server.url)
+        assert wait_for(lambda: a.status.state == "online" and waiting(api) == 1)
+        sent = len(net.log)
+        a.store("notes").add({"mine": True})
+        assert wait_for(lambda: a.status.pending == 0 and waiting(api) == 1)
+        # The live channel moved the cursor past the own change (seq 1).
+        assert wait_for(lambda: _seq(a.db.cursor("notes")) == 1)
+        kinds = [what.split("?")[0] for what, _, _ in net.log[sent:]]
+        assert "GET /v1/stores/notes/changes" not in kinds, kinds
+        assert heard == ["local"], "the own change is told once, as the local write"

@@ -14,6 +14,7 @@ URL = "http://idsync.test"
 PUSH = f"{URL}/v1/stores/notes/push"
 CHANGES = f"{URL}/v1/stores/notes/changes"
 HEALTH = f"{URL}/v1/health"
+WAIT = f"{URL}/v1/wait"
 
 
 def fast_policy() -> RetryPolicy:
@@ -94,6 +95,8 @@ def test_batches_follow_the_limits_the_server_advertises(tmp_path) -> None:
     )
     responses.add_callback(responses.POST, PUSH, callback=_plain_413_push(10_000, sizes))
     responses.add_callback(responses.GET, CHANGES, callback=empty_pull)
+    # A store with a cursor hears its news from one wait for all stores.
+    responses.add(responses.POST, WAIT, json={"changed": [], "errors": {}, "pages": {}})
     with Client(tmp_path / "c.db", URL, retry=fast_policy()) as client:
         notes = client.store("notes")
         for i in range(7):

@@ -56,9 +56,10 @@ def test_a_client_behind_the_head_is_named_in_the_timeout(server, store, tmp_pat
         Client(tmp_path / "reader.db", server.url) as reader,
     ):
         reader.store(store)
+        net = Network(reader)  # before start: the long-poll goes through it too
         reader.start()
         wait_until_synced(reader, timeout=20)  # at the empty store's head
-        Network(reader).offline()
+        net.offline()  # the long-poll in flight loses its answer
         writer.start()
         writer.store(store).add({"t": 1})
         with pytest.raises(TimeoutError) as caught:

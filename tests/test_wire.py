@@ -157,6 +157,8 @@ def test_a_client_given_a_malformed_snapshot_keeps_its_records(client) -> None:
         status=410,
         json={"error": {"code": "reset_required", "message": "m", "retryable": False}},
     )
+    # The wait for all stores says "changed" without a page: the pull follows.
+    responses.add(responses.POST, f"{URL}/v1/wait", json={"changed": ["notes"], "errors": {}})
     snapshot = {"records": [{"key": "z", "value": 1}], "at": CURSOR.encode(), "after": 0}
     responses.add(responses.GET, f"{URL}/v1/stores/notes/snapshot", json=snapshot)
     with pytest.raises(MalformedAnswer):

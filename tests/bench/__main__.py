@@ -23,7 +23,7 @@ from typing import Any
 
 from idsync_server_ref.process import ServerProcess
 
-from . import history, idle_clients
+from . import history, idle_clients, many_stores
 from . import workloads as w
 from .report import BackendRow, Row, render_backends, render_chart, render_markdown
 
@@ -163,6 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             live = w.live_latency(work, server.url, "live", samples)
             rows.append(Row("live latency p50", "ms", live["live_p50_ms"], size=samples))
             rows.append(Row("live latency p99", "ms", live["live_p99_ms"], size=samples))
+            rows += many_stores.rows(work, server.url, args.quick, not args.no_kinto, note)
             if args.large:
                 size = 1_000_000
                 note("bench: 1,000,000 records ...")
