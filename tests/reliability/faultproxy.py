@@ -389,7 +389,12 @@ class FaultProxy:
             _reset(conn)
 
     def _exchange(
-        self, conn: socket.socket, reader: _Reader, request: bytes, kind: str | None, fraction: float
+        self,
+        conn: socket.socket,
+        reader: _Reader,
+        request: bytes,
+        kind: str | None,
+        fraction: float,
     ) -> bool:
         """One request and its answer under fault ``kind``; False when the connection ends."""
         if kind == "black_hole":
