@@ -369,9 +369,9 @@ class FaultProxy:
             return kind, self._rng.random()
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(IDLE_MAX)
         reader = _Reader(conn)
         try:
+            conn.settimeout(IDLE_MAX)  # the link may have gone down already: inside the try
             while not self._closed.is_set():
                 head = reader.head()
                 if head is None:

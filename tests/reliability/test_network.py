@@ -195,11 +195,13 @@ def run_campaign(tmp_path: Path, seconds: float, seed: int, label: str) -> Campa
             faults = dict(proxy.counts)
             requests = proxy.requests
             proxy.heal()
+            healed = time.monotonic()
             _settle(
                 [w for w in writers if not w.background],
                 [w for w in writers if w.background],
                 seconds=120,
             )
+            settle_seconds = round(time.monotonic() - healed, 1)
             rejected = {w.name: w.client.rejected() for w in writers}
             assert not any(rejected.values()), rejected
             attr_problems = _attribute_problems(writers, server.url)
@@ -218,7 +220,12 @@ def run_campaign(tmp_path: Path, seconds: float, seed: int, label: str) -> Campa
             lost=result.lost,
             duplicated=result.duplicated,
             seconds=time.monotonic() - started,
-            extra={**faults, "requests": requests, **{f"ops_{k}": v for k, v in ops.items()}},
+            extra={
+                **faults,
+                "requests": requests,
+                "converged_after_heal_s": settle_seconds,
+                **{f"ops_{k}": v for k, v in ops.items()},
+            },
         )
     )
     assert result.ok, result.problems
@@ -227,10 +234,10 @@ def run_campaign(tmp_path: Path, seconds: float, seed: int, label: str) -> Campa
 
 
 def test_clients_through_a_faulty_network_lose_nothing(tmp_path: Path, full: bool) -> None:
-    rounds = [(120.0, 7001), (120.0, 7002)] if full else [(4.0, 7001)]
+    # Full: two rounds of 100 s (about 7,000 faults); short: one of 4 s.
+    rounds = [(100.0, 7001), (100.0, 7002)] if full else [(4.0, 7001)]
     total = 0
     for i, (seconds, seed) in enumerate(rounds):
         row = run_campaign(tmp_path / f"round{i}", seconds, seed, "network faults (proxy)")
         total += row.injected
-        assert row.injected > (500 if full else 20), row.extra
-    assert total > 0
+    assert total > (2000 if full else 20), "the proxy injected too few faults to mean much"
