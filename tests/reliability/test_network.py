@@ -172,8 +172,10 @@ def run_campaign(tmp_path: Path, seconds: float, seed: int, label: str) -> Campa
             for i in range(4)
         ]
         try:
+            states: Counter[str] = Counter()
             for w in writers:
                 w.client.store(STORE)
+                w.client.on_status(lambda status: states.update([status.state]))
                 if w.background:
                     w.client.start()
             proxy.set_plan(PLAN)
@@ -202,6 +204,8 @@ def run_campaign(tmp_path: Path, seconds: float, seed: int, label: str) -> Campa
                 seconds=120,
             )
             settle_seconds = round(time.monotonic() - healed, 1)
+            assert all(w.client.status.state == "online" for w in writers if w.background)
+            assert states["offline"] > 0, states  # the app was told the link was down
             rejected = {w.name: w.client.rejected() for w in writers}
             assert not any(rejected.values()), rejected
             attr_problems = _attribute_problems(writers, server.url)
@@ -224,6 +228,7 @@ def run_campaign(tmp_path: Path, seconds: float, seed: int, label: str) -> Campa
                 **faults,
                 "requests": requests,
                 "converged_after_heal_s": settle_seconds,
+                "status_updates_offline": states["offline"],
                 **{f"ops_{k}": v for k, v in ops.items()},
             },
         )
