@@ -59,9 +59,16 @@ class Scribe:
     """
 
     def __init__(
-        self, client: Client, stores: list[str], ledger: Ledger, seed: int, limit: int = 100_000
+        self,
+        client: Client,
+        stores: list[str],
+        ledger: Ledger,
+        seed: int,
+        limit: int = 100_000,
+        others: bool = False,
     ) -> None:
         self.client = client
+        self.others = others
         self.stores = stores
         self.ledger = ledger
         self.rng = random.Random(seed)
@@ -95,6 +102,18 @@ class Scribe:
             mine.append(key)
             self.ops["add"] += 1
             return
+        if self.others and rng.random() < 0.3:
+            # Someone else's record, as this client sees it (synced).
+            theirs = [r.key for r in notes if not r.pending and r.key not in mine]
+            if theirs:
+                key = rng.choice(theirs)
+                try:
+                    notes.delete(key)
+                except KeyError:  # deleted meanwhile (a pull)
+                    return
+                self.ledger.deleted(store, key)
+                self.ops["delete_theirs"] += 1
+                return
         key = mine.pop(rng.randrange(len(mine)))
         try:
             notes.delete(key)
@@ -118,9 +137,12 @@ class Scribe:
 
 @contextmanager
 def _writers(
-    clients: list[Client], stores: list[str], ledger: Ledger, seed: int
+    clients: list[Client], stores: list[str], ledger: Ledger, seed: int, others: bool = False
 ) -> Iterator[list[Scribe]]:
-    scribes = [Scribe(c, stores, ledger, seed * 100 + i).start() for i, c in enumerate(clients)]
+    scribes = [
+        Scribe(c, stores, ledger, seed * 100 + i, others=others).start()
+        for i, c in enumerate(clients)
+    ]
     try:
         yield scribes
     finally:
@@ -246,7 +268,8 @@ def _one_restore(folder: Path, seed: int, full: bool, totals: Counter[str]) -> S
             for c in clients:
                 c.store(STORE)
                 c.start()
-            with _writers(clients, [STORE], ledger, seed) as scribes:
+            # Clients delete each other's records too: a restore loses deletes.
+            with _writers(clients, [STORE], ledger, seed, others=True) as scribes:
                 _pause(rng, 0.2, 0.6 * scale)
                 _backup(db, copy)  # while the server runs and clients write
                 _pause(rng, 0.3, 0.8 * scale)
@@ -262,6 +285,7 @@ def _one_restore(folder: Path, seed: int, full: bool, totals: Counter[str]) -> S
             wait_until_synced(clients, timeout=60)
             totals["resets"] += sum(c.status.resets for c in clients)
             _rejections(clients, ledger, totals)
+            totals["deletes_of_others_records"] += sum(s.ops["delete_theirs"] for s in scribes)
         finally:
             for c in clients:
                 c.close()
