@@ -78,11 +78,26 @@ def _write(writer: Writer, ledger: Ledger, stop: threading.Event, limit: int) ->
                 ledger.added(STORE, key, value)
                 writer.mine.append(key)
                 writer.ops["add"] += 1
-            elif roll < 0.75:
+            elif roll < 0.68:
                 key = writer.mine.pop(rng.randrange(len(writer.mine)))
-                notes.delete(key)
+                try:
+                    notes.delete(key)
+                except KeyError:  # another writer deleted it, and this one heard
+                    writer.ops["delete_gone"] += 1
+                    continue
                 ledger.deleted(STORE, key)
                 writer.ops["delete"] += 1
+            elif roll < 0.75:
+                # Another writer's record, once synced here: two may delete it at once.
+                theirs = [r.key for r in notes.find("tag:", prefix=True) if not r.pending][:200]
+                key = rng.choice(theirs) if theirs else None
+                if key is not None and key not in writer.mine:
+                    try:
+                        notes.delete(key)
+                    except KeyError:  # a pull deleted it meanwhile
+                        continue
+                    ledger.deleted(STORE, key)
+                    writer.ops["delete_theirs"] += 1
             else:
                 # Own entities (one writer each) and shared ones (all writers race).
                 entity = f"{writer.name}-{rng.randrange(4)}" if rng.random() < 0.7 else "shared"
