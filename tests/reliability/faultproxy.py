@@ -28,11 +28,13 @@ Every wait is bounded and every thread is a daemon that ends at
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import socket
 import struct
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -292,8 +294,8 @@ class FaultProxy:
 
     # -- machinery --------------------------------------------------------------
 
-    def _spawn(self, target: object, name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
@@ -349,7 +351,7 @@ class FaultProxy:
             if refuse:
                 _reset(conn)
                 continue
-            self._spawn(lambda c=conn: self._serve(c), "faultproxy-conn")  # type: ignore[misc]
+            self._spawn(functools.partial(self._serve, conn), "faultproxy-conn")
 
     def _draw(self) -> tuple[str | None, float]:
         with self._lock:
