@@ -125,6 +125,10 @@ class SyncEngine:
         # Pushes from two threads would only send the same changes twice
         # (harmless, the server is idempotent); the lock saves the traffic.
         self._push_lock = threading.Lock()
+        # A reload stages the snapshot in one table per store: two at once
+        # (the pull thread told to reset, the push thread seeing a changed
+        # history) would clear and install each other's half-staged pages.
+        self._reset_lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idsync-fetch")
         self._renewals = 0
         self.page_hooks: list[PageHook] = []
@@ -483,6 +487,10 @@ class SyncEngine:
         This client's own acknowledged changes that the snapshot lacks are
         queued to be sent again (the next push sends them); returns how many.
         """
+        with self._reset_lock:
+            return self._reset(store)
+
+    def _reset(self, store: str) -> int:
         log.info("store %s: reloading from a snapshot", store)
         self.db.stage_clear(store)
         at: str | None = None
