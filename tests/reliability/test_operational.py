@@ -337,6 +337,8 @@ def _one_copy(folder: Path, server: ServerProcess, seed: int, full: bool, totals
         _pause(rng, 0.1, 0.5 * scale)
         with original.hold:  # the app is idle while its profile folder is copied
             first.stop()  # no sync writes into the file during the copy
+            for _ in range(rng.randrange(1, 6)):  # the copy carries changes not yet sent
+                original.write_one(store)
             totals["pending_at_copy"] += first.db.pending_count(store)
             _copy_file(folder / "a" / "profile.db", folder / "b" / "profile.db")
             first.start()
