@@ -325,6 +325,10 @@ class FaultProxy:
         with self._lock:
             victims, self._open = list(self._open), set()
         for sock in victims:
+            # shutdown() wakes the thread blocked reading it (a close() from
+            # this thread alone would leave it waiting for its timeout).
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             _reset(sock)
 
     def _accept_loop(self) -> None:
