@@ -37,6 +37,7 @@ from .localtables import RECORD_COLUMNS as _RECORD
 from .localtables import record_from_row as _record
 from .protocol import prefix_upper_bound
 from .records import ChangeEvent, KeyInUse, OutboxEntry, Record, same_json
+from .revived import settle_revived
 from .schema import ALL_MODELS, SCHEMA_VERSION
 from .settling import CHANGE_NUMBER_CONFLICT, Settled, Settling
 from .snapshotload import SnapshotReload
@@ -561,6 +562,8 @@ class LocalDB(Settling, SnapshotReload):
             add_keys = [c["key"] for c in changes if c["op"] == "add"]
             dead = self._tombstoned(store, add_keys) if self._has("tombstones", store) else set()
             local = self._local_rows(store, add_keys) if self._has("records", store) else {}
+            if dead:
+                dead -= settle_revived(self, store, changes, dead)
             for change in changes:
                 key = change["key"]
                 if change["op"] == "delete":

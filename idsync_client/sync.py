@@ -130,6 +130,12 @@ class SyncEngine:
         self._prefetcher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="idsync-fetch")
         #: Whether waits ask for pages (off once the server refuses the field).
         self.wait_pages = True
+        # A reload stages the snapshot in one table per store: two reloads of
+        # one store at once (the pull thread told to reset, the push thread
+        # seeing a changed history) would clear and install each other's
+        # half-staged pages. Reloads of different stores may overlap.
+        self._reset_locks: dict[str, threading.Lock] = {}
+        self._reset_locks_guard = threading.Lock()
         self._renewals = 0
         self.page_hooks: list[PageHook] = []
         # Stores the page hooks heard of since this engine started.
@@ -547,6 +553,12 @@ class SyncEngine:
         This client's own acknowledged changes that the snapshot lacks are
         queued to be sent again (the next push sends them); returns how many.
         """
+        with self._reset_locks_guard:
+            lock = self._reset_locks.setdefault(store, threading.Lock())
+        with lock:
+            return self._reset(store)
+
+    def _reset(self, store: str) -> int:
         log.info("store %s: reloading from a snapshot", store)
         self.db.stage_clear(store)
         at: str | None = None

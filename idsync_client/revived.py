@@ -1,0 +1,69 @@
+"""Pulled adds of keys this file holds a tombstone for: a delete the server lost.
+
+In one history a key is never added after its delete. A pulled add of a
+tombstoned key means the server holds a history without that delete: it was
+restored from an older copy that lacked the record, and the record's author
+sent it again after its reset. Whose delete it was decides what happens:
+
+- **this client's own** (acknowledged, or answered ``key_not_found`` while
+  the server lacked the record): the app was told the delete is saved, so it
+  is queued again, and the record stays out of the local view;
+- **another client's**: the server is the truth, as for the deletes by others
+  that a snapshot contradicts: the tombstone goes and the record shows, so
+  this client agrees with the server (the delete's author sends it again).
+
+A key whose delete is still pending is neither: that delete goes as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from . import jsoncodec
+from .localtables import LocalTables
+
+
+def settle_revived(
+    db: LocalTables, store: str, changes: Sequence[dict[str, Any]], dead: set[str]
+) -> set[str]:
+    """Handle the pulled adds in ``changes`` of keys in ``dead`` (tombstoned);
+    returns the keys whose tombstone went (their add is to be applied).
+
+    Runs inside the transaction that applies the page.
+    """
+    revived = [c for c in changes if c["op"] == "add" and c["key"] in dead]
+    if not revived:
+        return set()
+    shown: set[str] = set()
+    for change in revived:
+        key = change["key"]
+        pending = db._sql(
+            "SELECT 1 FROM outbox WHERE store = ? AND op = 'delete' AND key = ?", (store, key)
+        ).fetchone()
+        if pending:
+            continue
+        row = db._sql(
+            "SELECT own FROM tombstones WHERE store = ? AND key = ?", (store, key)
+        ).fetchone()
+        if row is None or not row[0]:
+            db._sql("DELETE FROM tombstones WHERE store = ? AND key = ?", (store, key))
+            shown.add(key)
+            continue
+        # Ours: send it again. The content is kept in case the server refuses
+        # the delete for good (the record then comes back, as for any delete).
+        db._sql(
+            "INSERT OR REPLACE INTO deleted_records (store, key, index_json, value_json, seq)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                store,
+                key,
+                jsoncodec.dumps(change["index"]),
+                jsoncodec.dumps(change["value"]),
+                change["seq"],
+            ),
+        )
+        db._sql(
+            "INSERT INTO outbox (store, op, key, resend) VALUES (?, 'delete', ?, 1)", (store, key)
+        )
+    return shown
