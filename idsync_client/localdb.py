@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sqlite3
 import threading
 import uuid
@@ -61,11 +62,15 @@ _STORAGE_FAILURES = (
 )
 
 
+_ROLLBACK_GONE = re.compile("cannot rollback|no such savepoint")
+
+
 def _root_failure(exc: BaseException) -> BaseException:
-    """The error that started it: a failed rollback after SQLite already rolled
-    back (disk full) hides the real failure in ``__context__``."""
+    """The error that started it: a failed rollback (of the transaction, or to
+    a savepoint) after SQLite already rolled back (disk full) hides the real
+    failure in ``__context__``."""
     seen: BaseException = exc
-    while "cannot rollback" in str(seen) and seen.__context__ is not None:
+    while _ROLLBACK_GONE.search(str(seen)) and seen.__context__ is not None:
         seen = seen.__context__
     return seen
 
@@ -375,27 +380,50 @@ class LocalDB(Settling, SnapshotReload):
         )
         return Record(key, index, value_json, None)
 
-    def add_many(self, store: str, rows: Sequence[tuple[str, tuple[str, ...], str]]) -> None:
-        """Add many pending records at once (bulk); KeyInUse if any key was used."""
+    def add_many(
+        self, store: str, rows: Sequence[tuple[str, tuple[str, ...], str]]
+    ) -> list[Record]:
+        """Add many pending records at once (bulk), each with its outbox entry;
+        KeyInUse if any key was used (then none is added). The records added."""
         keys = [key for key, _, _ in rows]
         if len(set(keys)) != len(keys):
             raise KeyInUse("the same key appears twice in the batch")
+        if self._has("tombstones", store):
+            self._raise_if_used(store, keys, "tombstones")
+        records = [Record(key, index, value_json, None) for key, index, value_json in rows]
+        try:
+            # A savepoint: a refused batch leaves none of its rows, also
+            # inside a caller's larger transaction.
+            with _wrapped(self.path), self.db.atomic():
+                index_json = self._insert_records(store, records)
+                self._many(
+                    "INSERT INTO outbox (store, op, key, index_json, value_json)"
+                    " VALUES (?, 'add', ?, ?, ?)",
+                    [
+                        (store, r.key, ij, r.value_json)
+                        for r, ij in zip(records, index_json, strict=True)
+                    ],
+                )
+        except LocalStorageError as exc:
+            # The (store, key) unique index refused a key the view holds:
+            # named here, after the savepoint rolled back, rather than looked
+            # up before every batch.
+            if isinstance(exc.original, sqlite3.IntegrityError):
+                self._raise_if_used(store, keys, "records")
+            raise
+        return records
+
+    def _raise_if_used(self, store: str, keys: Sequence[str], table: str) -> None:
+        """KeyInUse naming the first of ``keys`` that ``table`` holds for ``store``."""
         for chunk_start in range(0, len(keys), 500):
             chunk = keys[chunk_start : chunk_start + 500]
-            marks = ",".join("?" * len(chunk))
             used = self._sql(
-                f"SELECT key FROM records WHERE store = ? AND key IN ({marks}) UNION ALL "
-                f"SELECT key FROM tombstones WHERE store = ? AND key IN ({marks})",
-                (store, *chunk, store, *chunk),
+                f"SELECT key FROM {table} WHERE store = ? AND key IN ({','.join('?' * len(chunk))})"
+                " LIMIT 1",
+                (store, *chunk),
             ).fetchone()
             if used:
                 raise KeyInUse(f"key {used[0]!r} exists or existed in store {store!r}")
-        records = [Record(key, index, value_json, None) for key, index, value_json in rows]
-        index_json = self._insert_records(store, records)
-        self._many(
-            "INSERT INTO outbox (store, op, key, index_json, value_json) VALUES (?, 'add', ?, ?, ?)",
-            [(store, r.key, ij, r.value_json) for r, ij in zip(records, index_json, strict=True)],
-        )
 
     def _index_new_records(self, store: str, where: str, params: Sequence[Any]) -> None:
         self._sql(
