@@ -405,14 +405,14 @@ class LocalDB(Settling, SnapshotReload):
             # A savepoint: a refused batch leaves none of its rows, also
             # inside a caller's larger transaction.
             with _wrapped(self.path), self.db.atomic():
-                index_json = self._insert_records(store, records)
-                self._many(
+                first = self._insert_records(store, records)
+                # The outbox entries copied from the rows just written, in
+                # their order, by SQLite: nothing bound again from Python.
+                self._sql(
                     "INSERT INTO outbox (store, op, key, index_json, value_json)"
-                    " VALUES (?, 'add', ?, ?, ?)",
-                    [
-                        (store, r.key, ij, r.value_json)
-                        for r, ij in zip(records, index_json, strict=True)
-                    ],
+                    " SELECT store, 'add', key, index_json, value_json FROM records"
+                    " WHERE id >= ? ORDER BY id",
+                    (first,),
                 )
         except LocalStorageError as exc:
             # The (store, key) unique index refused a key the view holds:
@@ -709,28 +709,29 @@ class LocalDB(Settling, SnapshotReload):
             self._remove(store, row[0], record.index)
             deleted.append(record)
 
-    def _insert_records(self, store: str, records: Sequence[Record]) -> list[str]:
-        """Insert records new to the local view in two executemany; their index JSON."""
-        if not records:
-            return []
+    def _insert_records(self, store: str, records: Sequence[Record]) -> int:
+        """Insert records new to the local view in two executemany; the id of
+        the first (the others follow it, in order)."""
         # Ids are chosen here, inside the write transaction, so that the index
         # rows can be written in one batch too.
-        first = self._sql("SELECT coalesce(max(id), 0) + 1 FROM records").fetchone()[0]
+        first: int = self._sql("SELECT coalesce(max(id), 0) + 1 FROM records").fetchone()[0]
+        if not records:
+            return first
         dumps = jsoncodec.dumps
-        index_json = [dumps(list(r.index)) for r in records]
+        ids = range(first, first + len(records))
         self._many(
             "INSERT INTO records (id, store, key, index_json, value_json, seq)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (first + i, store, r.key, index_json[i], r.value_json, r.seq)
-                for i, r in enumerate(records)
+                (i, store, r.key, dumps(r.index), r.value_json, r.seq)
+                for i, r in zip(ids, records, strict=True)
             ],
         )
         self._many(
             "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
-            [(store, item, first + i) for i, r in enumerate(records) for item in r.index],
+            [(store, item, i) for i, r in zip(ids, records, strict=True) for item in r.index],
         )
-        return index_json
+        return first
 
     def _tombstoned(self, store: str, keys: list[str]) -> set[str]:
         dead: set[str] = set()
