@@ -597,8 +597,8 @@ class LocalDB(Settling, SnapshotReload):
         ).fetchone()
 
     def _insert_pulled(self, store: str, changes: Sequence[dict[str, Any]]) -> list[Record]:
-        """Insert pulled adds new to the local view (records and index rows,
-        two executemany); the records inserted."""
+        """Insert pulled adds new to the local view (one executemany, and
+        their index rows in one statement); the records inserted."""
         dumps = jsoncodec.dumps
         first = self._sql("SELECT coalesce(max(id), 0) + 1 FROM records").fetchone()[0]
         # Column by column with map and comprehensions: no Python call per
@@ -613,10 +613,7 @@ class LocalDB(Settling, SnapshotReload):
             " VALUES (?, ?, ?, ?, ?, ?)",
             zip(ids, repeat(store), keys, map(dumps, indexes), values, seqs),
         )
-        self._many(
-            "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
-            [(store, item, i) for i, index in zip(ids, indexes, strict=True) for item in index],
-        )
+        self._index_from(first)
         return list(map(Record, keys, map(tuple, indexes), values, seqs))
 
     def _apply_changes(
@@ -710,8 +707,9 @@ class LocalDB(Settling, SnapshotReload):
             deleted.append(record)
 
     def _insert_records(self, store: str, records: Sequence[Record]) -> int:
-        """Insert records new to the local view in two executemany; the id of
-        the first (the others follow it, in order)."""
+        """Insert records new to the local view (one executemany, and their
+        index rows in one statement); the id of the first (the others follow
+        it, in order)."""
         # Ids are chosen here, inside the write transaction, so that the index
         # rows can be written in one batch too.
         first: int = self._sql("SELECT coalesce(max(id), 0) + 1 FROM records").fetchone()[0]
@@ -727,11 +725,18 @@ class LocalDB(Settling, SnapshotReload):
                 for i, r in zip(ids, records, strict=True)
             ],
         )
-        self._many(
-            "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
-            [(store, item, i) for i, r in zip(ids, records, strict=True) for item in r.index],
-        )
+        self._index_from(first)
         return first
+
+    def _index_from(self, first: int) -> None:
+        """Write the index rows of the records from id ``first`` on (just
+        inserted) from their index JSON, by SQLite: no Python tuple per item."""
+        self._sql(
+            "INSERT INTO index_items (store, item, record_id)"
+            " SELECT r.store, j.value, r.id FROM records r, json_each(r.index_json) j"
+            " WHERE r.id >= ?",
+            (first,),
+        )
 
     def _tombstoned(self, store: str, keys: list[str]) -> set[str]:
         dead: set[str] = set()
