@@ -195,3 +195,11 @@ def test_a_bulk_add_killed_mid_transaction_leaves_none_or_all(tmp_path: Path) ->
         client.store("notes").add_many([{"value": 1, "key": "after"}])
         assert client.store("notes").get("after") is not None
     assert outcomes[0] is False  # killed at once: the batch never committed
+
+
+def test_a_key_used_in_another_store_does_not_refuse_a_batch(client: Client) -> None:
+    client.store("a").add(1, key="shared")
+    client.store("a").delete(client.store("a").add(2, key="gone"))
+    assert client.store("b").add_many([{"value": 3, "key": "shared"}, {"value": 4, "key": "gone"}])
+    assert client.store("b").get("shared") is not None and client.store("b").get("gone") is not None
+    assert client.status.pending == client.db.pending_count() == 5
