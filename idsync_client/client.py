@@ -187,9 +187,8 @@ class Client:
     def _changed(self, event: ChangeEvent) -> None:
         """A local write committed: tell subscribers, update the count, push soon."""
         self._hub.publish(event)
-        # The write is committed: a failing count must not make it look failed.
-        with contextlib.suppress(IdsyncError):
-            self._status.update(pending=self.db.pending_count())
+        # Each record a local write added or deleted queued one outbox entry.
+        self._status.add_pending(len(event.added) + len(event.deleted))
         background = self._background
         if background is not None:
             background.kick()

@@ -28,8 +28,19 @@ __all__ = ["JSONDecodeError", "canonical", "dumps", "loads"]
 # the value. Every such literal has at least 19 digits; texts holding a run
 # that long (rare: long digit strings, big numbers) are parsed again by the
 # standard library, which keeps integers exact, so validation can refuse them.
-_LONG_DIGITS_STR = re.compile(r"[0-9]{19}")
-_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+# Found by mapping every digit to "0" and every other byte to " " and looking
+# for nineteen "0": two C passes, several times faster than a regular
+# expression over a whole page of changes.
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_NINETEEN_DIGITS = b"0" * 19
+
+
+def _has_long_digits(text: str | bytes) -> bool:
+    """True if ``text`` holds a run of 19 or more ASCII digits."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogatepass")
+    return _NINETEEN_DIGITS in text.translate(_DIGITS_AS_ZERO)
+
 # orjson refuses numbers beyond the range of a double (an integer of 310+
 # digits, 1e400) as if the text were not JSON. It is valid JSON: the
 # standard library reads it (integers exact, such floats as infinities) and
@@ -70,8 +81,7 @@ if _orjson is not None:
             if far.search(text) is None:  # type: ignore[arg-type]
                 raise JSONDecodeError(str(exc)) from None
             return _stdlib_loads(text, finite)
-        pattern = _LONG_DIGITS_STR if isinstance(text, str) else _LONG_DIGITS_BYTES
-        if pattern.search(text) is not None:  # type: ignore[arg-type]
+        if _has_long_digits(text):
             return _stdlib_loads(text)  # orjson read it: every number is finite
         return value
 

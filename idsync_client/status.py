@@ -107,6 +107,18 @@ class StatusTracker:
         """
         return self._change(changes)
 
+    def add_pending(self, count: int) -> SyncStatus:
+        """``count`` more changes wait for upload: a local write just queued
+        them (counted here, not by counting the outbox after every write; the
+        next sync round sets the count from the file again)."""
+        if not count:
+            return self._status
+        with self._lock:
+            new = replace(self._status, pending=self._status.pending + count)
+            self._status = new
+        self._tell(new)
+        return new
+
     def _change(
         self, changes: dict[str, object], only_from: frozenset[str] | None = None
     ) -> SyncStatus:
@@ -117,11 +129,14 @@ class StatusTracker:
             if new == self._status:
                 return new
             self._status = new
+        self._tell(new)
+        return new
+
+    def _tell(self, new: SyncStatus) -> None:
         listeners = self._listeners.current()
         with self.callbacks.held():  # every listener hears of it before what it causes
             for listener in listeners:
                 self.callbacks.call(partial(_notify, listener, new))
-        return new
 
     def link_down(self, message: str) -> None:
         """A request found no server: the state says ``offline`` at once, while

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from .client import Client
 
 
+#: The fields an item of :meth:`Store.add_many` may have.
+_ITEM_FIELDS = frozenset({"value", "index", "key"})
+
+
 def _index_items(index: Iterable[str], limits: Limits) -> tuple[str, ...]:
     # A lone string is iterable too: refuse it rather than index its letters.
     if isinstance(index, str | bytes):
@@ -74,21 +78,28 @@ class Store:
         """
         limits = self._client.limits
         rows: list[tuple[str, tuple[str, ...], str]] = []
+        new_key = uuid.uuid4
         for item in items:
-            if not isinstance(item, Mapping) or "value" not in item:
+            if type(item) is not dict and not isinstance(item, Mapping):
                 raise TypeError("each item must be a mapping with a 'value'")
-            unknown = set(item) - {"value", "index", "key"}
-            if unknown:
-                raise ValueError(f"unknown item fields {sorted(unknown)}")
+            if "value" not in item:
+                raise TypeError("each item must be a mapping with a 'value'")
+            if not _ITEM_FIELDS.issuperset(item):
+                raise ValueError(f"unknown item fields {sorted(set(item) - _ITEM_FIELDS)}")
             key = item.get("key")
-            key = str(uuid.uuid4()) if key is None else validate_key(key, limits, "invalid_change")
-            index = _index_items(item.get("index") or (), limits)
-            rows.append((key, index, encode_value(item["value"], limits, "invalid_change")))
+            key = str(new_key()) if key is None else validate_key(key, limits, "invalid_change")
+            index = item.get("index")
+            rows.append(
+                (
+                    key,
+                    _index_items(index, limits) if index else (),
+                    encode_value(item["value"], limits, "invalid_change"),
+                )
+            )
         db = self._client._local()
         with db.transaction():
-            db.add_many(self.name, rows)
-        added = tuple(Record(key, index, value_json, None) for key, index, value_json in rows)
-        self._client._changed(ChangeEvent(self.name, "local", added=added))
+            added = db.add_many(self.name, rows)
+        self._client._changed(ChangeEvent(self.name, "local", added=tuple(added)))
         return [row[0] for row in rows]
 
     def delete(self, key: str) -> None:
