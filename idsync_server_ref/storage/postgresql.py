@@ -70,7 +70,7 @@ from .base import (
     StoreInfo,
     StoreNotFound,
 )
-from .json_text import change_json, record_json, tag_text
+from .json_text import record_json, tag_text
 from .listeners import Listeners
 from .migrations import migrate
 from .postgresql_history import CONTENT
@@ -91,6 +91,18 @@ _STORE_INFO = (
 )
 _TABLES = ("stores", "changes", "records", "index_items", "client_changes")
 
+# A log entry as pull serves it (json_text.change_json): to_json escapes a
+# key as orjson does (keys hold no control characters).
+_CHANGE_JSON = (
+    "CASE op WHEN 'add' THEN '{\"seq\":' || seq || ',\"op\":\"add\",\"key\":' || to_json(key)"
+    " || ',\"index\":' || index_json || ',\"value\":' || value_json || '}'"
+    " ELSE '{\"seq\":' || seq || ',\"op\":\"delete\",\"key\":' || to_json(key) || '}' END"
+)
+# A live record as a snapshot serves it (json_text.record_json).
+_RECORD_JSON = (
+    "'{\"key\":' || to_json(r.key) || ',\"index\":' || c.index_json"
+    " || ',\"value\":' || c.value_json || ',\"seq\":' || r.added_seq || '}'"
+)
 # A push's reads: the client's prior outcomes for the batch's change numbers,
 # and the rows of the keys it touches (a deleted record's entries may be
 # compacted away: its row alone says the key was used). The numbers and keys
@@ -435,16 +447,17 @@ class PostgresqlStorage(Storage):
             store_id, epoch, head, horizon, tag = self._store_at(name, after.seq if after else 0)
             after = after or Cursor(epoch, 0)
             check_cursor(after, epoch, head, horizon, tag)
+            # PostgreSQL writes each change's JSON itself (as SQLite does): the
+            # stored JSON text is spliced, and no Python code runs per column.
             rows = self._sql(
-                "SELECT seq, tag, op, key, index_json, value_json FROM changes"
+                f"SELECT seq, tag, {_CHANGE_JSON} FROM changes"
                 " WHERE store_id = %s AND seq > %s ORDER BY seq LIMIT %s",
                 (store_id, after.seq, limit),
             ).fetchall()
         items: list[str] = []
         size = 0
         last = None
-        for seq, entry_tag, op, key, index_json, value_json in rows:
-            item = change_json(seq, op, key, index_json, value_json)
+        for seq, entry_tag, item in rows:
             size += len(item)
             if items and size > max_bytes:
                 break
@@ -461,7 +474,7 @@ class PostgresqlStorage(Storage):
             at = at or Cursor(epoch, head, tag)
             check_cursor(at, epoch, head, horizon, tag)
             rows = self._sql(
-                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
+                f"SELECT {_RECORD_JSON}, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.store_id = %s AND r.added_seq > %s AND r.added_seq <= %s"
                 " AND (r.deleted_seq IS NULL OR r.deleted_seq > %s)"
                 " ORDER BY r.added_seq LIMIT %s",
@@ -470,8 +483,7 @@ class PostgresqlStorage(Storage):
         items: list[str] = []
         size = 0
         last = after
-        for key, index_json, value_json, added_seq in rows[:limit]:
-            item = record_json(key, index_json, value_json, added_seq)
+        for item, added_seq in rows[:limit]:
             size += len(item)
             if items and size > max_bytes:
                 break
