@@ -287,3 +287,13 @@ def test_a_store_dropped_after_a_push_is_found_missing(api: Api) -> None:
     )
     assert response.status_code == 410, response.text
     assert response.json()["error"]["code"] == "store_dropped"
+
+
+def test_tags_drawn_in_bulk_are_63_bit_and_distinct() -> None:
+    from idsync_server_ref.storage.push_rules import Tags
+
+    tags = Tags()
+    drawn = [tags.next() for _ in range(1000)]  # several draws from the OS
+    assert all(0 <= t < 2**63 for t in drawn)
+    assert len(set(drawn)) == len(drawn)
+    assert max(drawn) >= 2**62  # the top bit of 63 is used

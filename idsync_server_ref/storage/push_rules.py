@@ -43,7 +43,7 @@ class Tags:
         return self._drawn.pop()
 
 
-@dataclass
+@dataclass(slots=True)
 class KnownRecord:
     """A record's row as the batch sees it (possibly added or deleted by the batch)."""
 
