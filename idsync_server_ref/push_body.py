@@ -27,6 +27,7 @@ from typing import Any
 
 from idsync_client import jsoncodec
 from idsync_client.protocol import (
+    _CONTROL_CHARS,
     INT64_MAX,
     Change,
     Limits,
@@ -95,7 +96,7 @@ def _parse(obj: Any, limits: Limits, checked: bool) -> Change:
         key = validate_key(obj.get("key"), limits, _CODE)
         if "value" not in obj:
             raise ProtocolViolation(_CODE, "an add needs a value")
-        index = validate_index_items(obj.get("index", []), limits, _CODE)
+        index = _index_items(obj.get("index", []), limits, checked)
         value = obj["value"]
         if checked:
             value_json = _encode_checked(value, limits)
@@ -105,6 +106,32 @@ def _parse(obj: Any, limits: Limits, checked: bool) -> Change:
         raise ProtocolViolation(_CODE, exc.message, n=n) from None
     canonical = jsoncodec.canonical(value) if "{" in value_json else value_json
     return _hashed(Change(n, "add", key, index, value_json), canonical)
+
+
+def _index_items(items: Any, limits: Limits, checked: bool) -> tuple[str, ...]:
+    """:func:`validate_index_items`, with the usual case checked at once.
+
+    The items are checked together (one search for a control character, in
+    all of them); anything out of the ordinary goes the plain way, which
+    raises its own error.
+    """
+    if (
+        type(items) is list
+        and len(items) <= limits.max_index_items
+        and all(type(i) is str and 0 < len(i) <= limits.max_index_item_length for i in items)
+    ):
+        joined = "".join(items)
+        if not _CONTROL_CHARS.search(joined) and (checked or _encodable(joined)):
+            return tuple(sorted(set(items)))
+    return validate_index_items(items, limits, _CODE)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def _encode_checked(value: Any, limits: Limits) -> str:

@@ -25,7 +25,9 @@ from idsync_server_ref.storage.equality import HashedChange, change_hash
 
 from .conftest import Api, add
 
-LIMITS = Limits(max_depth=5, max_value_bytes=300, max_key_length=12, max_index_items=3)
+LIMITS = Limits(
+    max_depth=5, max_value_bytes=300, max_key_length=12, max_index_items=3, max_index_item_length=4
+)
 SETTINGS = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -90,7 +92,10 @@ _KEY_TEXTS = st.one_of(
     st.text(max_size=14).map(json.dumps),
 )
 _INDEX_TEXTS = st.one_of(
-    st.lists(st.sampled_from(['"b"', '"a"', '"a"', '""', '"x\\n"', "7"]), max_size=5).map(
+    st.lists(
+        st.sampled_from(['"b"', '"a"', '"a"', '""', '"x\\n"', "7", '"\\udc00"', '"abcde"']),
+        max_size=5,
+    ).map(
         lambda xs: "[" + ",".join(xs) + "]"
     ),
     st.sampled_from(['"a"', "null", "{}"]),
@@ -167,6 +172,21 @@ def test_fast_reading_answers_as_the_plain_rules(text: str) -> None:
 def test_a_value_is_accepted_or_refused_alike(value_text: str) -> None:
     """Every generated value as the only change of a body, so none hides behind another."""
     text = f'[{{"n":1,"op":"add","key":"k","index":["b","a"],"value":{value_text}}}]'
+    data = text.encode("utf-8", "surrogatepass")
+    assert _fast(data) == _plain(data)
+
+
+@SETTINGS
+@given(
+    st.one_of(st.just('"k"'), _KEY_TEXTS),
+    _INDEX_TEXTS,
+    st.sampled_from(["1", "1e400", "[18446744073709551616]"]),
+)
+def test_keys_and_index_items_are_accepted_or_refused_alike(
+    key_text: str, index_text: str, value_text: str
+) -> None:
+    """Read by orjson alone, or by the standard library (a far number beside them)."""
+    text = f'[{{"n":1,"op":"add","key":{key_text},"index":{index_text},"value":{value_text}}}]'
     data = text.encode("utf-8", "surrogatepass")
     assert _fast(data) == _plain(data)
 
