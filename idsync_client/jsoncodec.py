@@ -22,24 +22,46 @@ try:  # pragma: no cover - which branch runs depends on the installation
 except ImportError:  # pragma: no cover
     _orjson = None
 
-__all__ = ["JSONDecodeError", "canonical", "dumps", "loads"]
+__all__ = ["JSONDecodeError", "canonical", "dumps", "loads", "loads_checked"]
 
 # orjson turns integer literals beyond 64 bits into floats, which would change
-# the value. Every such literal has at least 19 digits; texts holding a run
-# that long (rare: long digit strings, big numbers) are parsed again by the
+# the value. Every such literal has at least 19 digits; texts holding an
+# integer literal that long (rare: big numbers) are parsed again by the
 # standard library, which keeps integers exact, so validation can refuse them.
-# Found by mapping every digit to "0" and every other byte to " " and looking
-# for nineteen "0": two C passes, several times faster than a regular
-# expression over a whole page of changes.
-_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-_NINETEEN_DIGITS = b"0" * 19
+# Only a run of digits that can be a whole integer literal counts: not one
+# after a decimal point or in an exponent (a long fraction such as
+# 0.01234567890123456789 is a float, which orjson reads exactly as the
+# standard library does), and not one followed by a fraction or an exponent.
+# A run inside a string may count too: that costs time, never exactness.
+# The runs are found by mapping every digit to "0" and everything else to a
+# space, then searching for 19 zeros: both at C speed over the whole text (a
+# regular expression tries each digit of every run again, many times slower).
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_NINETEEN = b"0" * 19
+_NOT_INT_BEFORE = frozenset(b".eE+")
+_NOT_INT_AFTER = frozenset(b".eE")
+_EXPONENT = frozenset(b"eE")
+_MINUS = ord("-")
 
 
-def _has_long_digits(text: str | bytes) -> bool:
-    """True if ``text`` holds a run of 19 or more ASCII digits."""
-    if isinstance(text, str):
-        text = text.encode("utf-8", "surrogatepass")
-    return _NINETEEN_DIGITS in text.translate(_DIGITS_AS_ZERO)
+def _has_long_integer(text: str | bytes) -> bool:
+    """True when ``text`` may hold an integer literal of 19 digits or more."""
+    # UTF-8 keeps ASCII bytes for ASCII characters only: digits, signs and
+    # exponents read alike in the bytes.
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    shape = data.translate(_DIGITS_AS_ZEROS)
+    start = shape.find(_NINETEEN)
+    while start >= 0:
+        end = shape.find(b" ", start)
+        end = len(shape) if end < 0 else end
+        before = data[start - 1] if start else 0x20
+        after = data[end] if end < len(data) else 0x20
+        negative_exponent = before == _MINUS and start >= 2 and data[start - 2] in _EXPONENT
+        if not (after in _NOT_INT_AFTER or before in _NOT_INT_BEFORE or negative_exponent):
+            return True
+        start = shape.find(_NINETEEN, end)
+    return False
+
 
 # orjson refuses numbers beyond the range of a double (an integer of 310+
 # digits, 1e400) as if the text were not JSON. It is valid JSON: the
@@ -81,9 +103,26 @@ if _orjson is not None:
             if far.search(text) is None:  # type: ignore[arg-type]
                 raise JSONDecodeError(str(exc)) from None
             return _stdlib_loads(text, finite)
-        if _has_long_digits(text):
+        if _has_long_integer(text):
             return _stdlib_loads(text)  # orjson read it: every number is finite
         return value
+
+    def loads_checked(text: str | bytes) -> tuple[Any, bool]:
+        """Decode like :func:`loads`, and say whether the values need no range check.
+
+        The flag is True when orjson alone read the text: then every number
+        is finite, every integer fits in 64 bits (signed) and no string holds
+        a lone surrogate, so validation need not visit each scalar. False
+        when the standard library read it (big integers, numbers beyond a
+        double, or orjson missing): validation must check every value.
+        """
+        try:
+            value = _orjson.loads(text)
+        except _orjson.JSONDecodeError:
+            return loads(text), False
+        if _has_long_integer(text):
+            return _stdlib_loads(text), False
+        return value, True
 
     def canonical(obj: Any) -> str:
         """The canonical JSON text of ``obj``: compact, object keys sorted.
@@ -104,6 +143,10 @@ else:  # pragma: no cover
     def loads(text: str | bytes, finite: bool = False) -> Any:
         """Decode JSON text; raise :class:`JSONDecodeError` when it is invalid."""
         return _stdlib_loads(text, finite)
+
+    def loads_checked(text: str | bytes) -> tuple[Any, bool]:
+        """Decode like :func:`loads`; False: validation must check every value."""
+        return _stdlib_loads(text), False
 
     def canonical(obj: Any) -> str:
         """The canonical JSON text of ``obj``: compact, object keys sorted."""

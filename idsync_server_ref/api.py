@@ -21,7 +21,6 @@ from idsync_client.protocol import (
     PROTOCOL_VERSION,
     Change,
     Cursor,
-    parse_change,
     validate_client_id,
     validate_index_items,
     validate_key,
@@ -43,12 +42,14 @@ from .asgi import (
     error_for,
     float_param,
     int_param,
+    parse_json_checked,
 )
 from .auth import OWNER, READ, WRITE, Authenticator, Principal, may_create, require, visible_stores
 from .config import DEFAULT_RATE, ServerConfig
 from .notify import ChangeNotifier
+from .push_body import parse_changes
 from .ratelimit import RateLimiter, retry_after_header
-from .storage import Storage
+from .storage import Storage, StoreNotFound
 from .waiting import Look, look, parse_wait_body
 
 access_log = logging.getLogger("idsync.server.access")
@@ -133,6 +134,8 @@ class ServerApp:
         # Requests being worked on; long-polls parked in a wait do not count.
         self._busy = 0
         self._waiting = 0
+        # Stores a push found to exist: pushes to others are checked first.
+        self._stores_seen: set[str] = set()
         self.accounts = storage.accounts()
         self.authenticator = Authenticator(self.accounts, config.auth_token)
         rate = config.rate_limit if config.rate_limit is not None else DEFAULT_RATE
@@ -323,6 +326,7 @@ class ServerApp:
         name = validate_store_name(body["name"])
         may_create(principal_of(request), name)
         info = await self._run(self.storage.create_store, name, recreate)
+        self._stores_seen.add(name)
         return Response.json(info.to_wire(), status=201)
 
     async def get_store(self, request: Request, store: str) -> Response:
@@ -337,13 +341,23 @@ class ServerApp:
         # less access, never a later store of the name with the old grants.
         await self._run(self.accounts.forget_store, store)
         await self._run(self.storage.drop_store, store)
+        self._stores_seen.discard(store)
         self.notifier.forget(store)
         return Response.json({"dropped": store})
 
     async def push(self, request: Request, store: str) -> Response:
-        """Apply a client's numbered changes in one transaction; outcome per change."""
+        """Apply a client's numbered changes in one transaction; outcome per change.
+
+        A store not known to exist is looked up before the body is parsed: a
+        push to a missing store is answered 404 without checking its changes.
+        """
         request.query(())
-        body = await request.json_body()
+        # Read first: a client that sent its push and hung up still has it applied.
+        data = await request.json_bytes()
+        if store not in self._stores_seen:
+            await self._run(self.storage.get_store, store)
+            self._stores_seen.add(store)
+        body, checked = parse_json_checked(data)
         if not isinstance(body, dict) or set(body) != {"client_id", "changes"}:
             raise HttpError(
                 "invalid_request", 'the body must be {"client_id": ..., "changes": [...]}'
@@ -357,16 +371,21 @@ class ServerApp:
                 "batch_too_large",
                 f"{len(raw_changes)} changes is over the limit of {self.limits.max_batch}",
             )
-        changes = self._parse_changes(raw_changes)
+        changes = self._parse_changes(raw_changes, checked)
         # Idempotency is kept per (user, client id): one user's ids never
         # meet another's.
         scoped = principal_of(request).storage_client_id(client_id)
-        outcomes = await self._run(self.storage.push, store, scoped, changes)
+        try:
+            outcomes = await self._run(self.storage.push, store, scoped, changes)
+        except StoreNotFound:
+            # Dropped meanwhile, possibly through another server process.
+            self._stores_seen.discard(store)
+            raise
         metrics.changes_applied.add(sum(o.status == "applied" for o in outcomes))
         return Response(200, PushAnswer.to_json(outcomes))
 
-    def _parse_changes(self, raw_changes: list[Any]) -> list[Change]:
-        changes = [parse_change(raw, self.limits) for raw in raw_changes]
+    def _parse_changes(self, raw_changes: list[Any], checked: bool) -> list[Change]:
+        changes = parse_changes(raw_changes, self.limits, checked)
         seen: set[int] = set()
         for change in changes:
             if change.n in seen:

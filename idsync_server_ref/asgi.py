@@ -155,15 +155,16 @@ class Request:
 
     async def json_body(self) -> Any:
         """The body as JSON, after checking its type and size."""
+        return parse_json_checked(await self.json_bytes())[0]
+
+    async def json_bytes(self) -> bytes:
+        """The body's bytes after checking its type and size; parse them with
+        :func:`parse_json_checked`."""
         content_type = (self.header("Content-Type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise HttpError("unsupported_media_type", "send the body as application/json")
         self.declared_length()
-        data = await self.read_body()
-        try:
-            return jsoncodec.loads(data)
-        except jsoncodec.JSONDecodeError as exc:
-            raise HttpError("malformed_json", f"the body is not valid JSON: {exc}") from None
+        return await self.read_body()
 
     async def read_body(self) -> bytes:
         """The whole body, never more than ``max_body_bytes`` of it (chunked ones too)."""
@@ -186,6 +187,15 @@ class Request:
         """Return when the client hangs up (the body must have been read)."""
         while (await self._receive())["type"] != "http.disconnect":
             pass
+
+
+def parse_json_checked(data: bytes) -> tuple[Any, bool]:
+    """A body's JSON, and whether its values need no range check
+    (``jsoncodec.loads_checked``); 400 malformed_json if it is not JSON."""
+    try:
+        return jsoncodec.loads_checked(data)
+    except jsoncodec.JSONDecodeError as exc:
+        raise HttpError("malformed_json", f"the body is not valid JSON: {exc}") from None
 
 
 def framing_error(message: str) -> HttpError:

@@ -221,7 +221,8 @@ def test_a_process_killed_mid_push_loses_nothing_and_clients_move_on(
         pid = None
         while pid is None:
             assert time.monotonic() < deadline, "the third batch never reached the held row"
-            pid = _backend_waiting_on_lock(pg_url, "UPDATE records SET deleted_seq")
+            # The push's one write statement, held at the update of ``old``'s row.
+            pid = _backend_waiting_on_lock(pg_url, "WITH logged AS (INSERT INTO changes")
             time.sleep(0.02)
         a.kill()  # SIGKILL while that push is inside its transaction
         pusher.join(timeout=60)

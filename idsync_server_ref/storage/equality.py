@@ -14,12 +14,27 @@ values.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from idsync_client import jsoncodec
 from idsync_client.protocol import Change
 
 #: Marks a stored hash made by the schema-1 encoding (see :func:`legacy_change_hash`).
 LEGACY_PREFIX = "v1:"
+
+
+@dataclass(frozen=True, slots=True)
+class HashedChange(Change):
+    """A change whose idempotency hash and index JSON were made when it was read.
+
+    The push body's reader (:mod:`idsync_server_ref.push_body`) has the
+    value decoded already and makes both from it, so the storage neither
+    decodes the value again nor encodes the index items again. They must be
+    what :func:`change_hash` and ``jsoncodec.dumps(list(index))`` give.
+    """
+
+    body_hash: str = ""
+    index_json: str = "[]"
 
 
 def same_json(text_a: str, text_b: str) -> bool:
@@ -38,10 +53,28 @@ def change_hash(change: Change) -> str:
     two changes hash alike exactly when they are the same change by the
     equality rule above (index items are already sorted and unique).
     """
-    body = jsoncodec.canonical(
-        [change.op, change.key, list(change.index), jsoncodec.loads(change.value_json)]
-    )
+    if type(change) is HashedChange:
+        return change.body_hash
+    value = jsoncodec.canonical(jsoncodec.loads(change.value_json))
+    return body_hash(change.op, change.key, jsoncodec.dumps(list(change.index)), value)
+
+
+def body_hash(op: str, key: str, index_json: str, canonical_value: str) -> str:
+    """:func:`change_hash` from its parts: the canonical JSON of ``[op, key, index, value]``.
+
+    A list's canonical text is its members' canonical texts, comma-joined in
+    brackets; strings and a list of strings have one compact encoding only,
+    so the body is spliced rather than encoded again.
+    """
+    body = f'["{op}",{jsoncodec.dumps(key)},{index_json},{canonical_value}]'
     return hashlib.blake2b(body.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def index_json_of(change: Change) -> str:
+    """The JSON text of a change's (sorted, unique) index items."""
+    if type(change) is HashedChange:
+        return change.index_json
+    return jsoncodec.dumps(list(change.index))
 
 
 def legacy_change_hash(change: Change) -> str:

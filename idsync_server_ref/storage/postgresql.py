@@ -42,7 +42,7 @@ import contextlib
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -70,7 +70,7 @@ from .base import (
     StoreInfo,
     StoreNotFound,
 )
-from .json_text import change_json, record_json, tag_text
+from .json_text import record_json, tag_text
 from .listeners import Listeners
 from .migrations import migrate
 from .postgresql_history import CONTENT
@@ -91,7 +91,67 @@ _STORE_INFO = (
 )
 _TABLES = ("stores", "changes", "records", "index_items", "client_changes")
 
-
+# A log entry as pull serves it (json_text.change_json): to_json escapes a
+# key as orjson does (keys hold no control characters).
+_CHANGE_JSON = (
+    "CASE op WHEN 'add' THEN '{\"seq\":' || seq || ',\"op\":\"add\",\"key\":' || to_json(key)"
+    " || ',\"index\":' || index_json || ',\"value\":' || value_json || '}'"
+    " ELSE '{\"seq\":' || seq || ',\"op\":\"delete\",\"key\":' || to_json(key) || '}' END"
+)
+# A live record as a snapshot serves it (json_text.record_json).
+_RECORD_JSON = (
+    "'{\"key\":' || to_json(r.key) || ',\"index\":' || c.index_json"
+    " || ',\"value\":' || c.value_json || ',\"seq\":' || r.added_seq || '}'"
+)
+# A push's reads: the client's prior outcomes for the batch's change numbers,
+# and the rows of the keys it touches (a deleted record's entries may be
+# compacted away: its row alone says the key was used). The numbers and keys
+# come as JSON arrays and each is looked up by its own index probe (the
+# primary key, the (store, key) index): OFFSET 0 keeps the planner from
+# turning the probes into a scan of the store filtered by the whole list,
+# which it picks when its statistics are behind and which grows as the
+# store times the batch. Both answers go back as JSON arrays of rows.
+_BATCH_ROWS = (
+    "SELECT (SELECT coalesce(json_agg(json_build_array(p.n, p.body_hash, p.status, p.seq,"
+    " p.code, p.message)), '[]')::text"
+    " FROM jsonb_array_elements_text(%(numbers)s::jsonb) AS w(n) CROSS JOIN LATERAL"
+    " (SELECT n, body_hash, status, seq, code, message FROM client_changes"
+    " WHERE store_id = %(store)s AND client_id = %(client)s AND n = w.n::bigint OFFSET 0) p),"
+    " (SELECT coalesce(json_agg(json_build_array(r.key, r.id, coalesce(c.index_json, '[]'),"
+    " coalesce(c.value_json, 'null'), r.added_seq, r.deleted_seq)), '[]')::text"
+    " FROM jsonb_array_elements_text(%(keys)s::jsonb) AS w(key) CROSS JOIN LATERAL"
+    " (SELECT store_id, key, id, added_seq, deleted_seq FROM records"
+    " WHERE store_id = %(store)s AND key = w.key OFFSET 0) r"
+    " LEFT JOIN changes c ON c.store_id = r.store_id AND c.seq = r.added_seq)"
+)
+# A push's writes, each table's rows a JSON array: log entries, new records
+# (numbered once from the table's sequence, each with its index items),
+# deletions and their index items, and the outcomes to replay.
+_WRITE_BATCH = (
+    "WITH logged AS (INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag,"
+    " logged_at) SELECT %(store)s, (r->>0)::bigint, r->>1, r->>2, r->>3, r->>4,"
+    " (r->>5)::bigint, %(now)s FROM jsonb_array_elements(%(log)s::jsonb) r),"
+    " numbered AS (SELECT r, nextval(pg_get_serial_sequence('records', 'id')) AS id"
+    " FROM jsonb_array_elements(%(new)s::jsonb) r),"
+    " added AS (INSERT INTO records (id, store_id, key, added_seq, deleted_seq)"
+    " SELECT id, %(store)s, r->>0, (r->>1)::bigint, (r->>2)::bigint FROM numbered),"
+    " indexed AS (INSERT INTO index_items (store_id, item, record_id)"
+    " SELECT %(store)s, jsonb_array_elements_text(r->3), id FROM numbered),"
+    " deleted AS (UPDATE records SET deleted_seq = (r->>1)::bigint"
+    " FROM jsonb_array_elements(%(gone)s::jsonb) r WHERE records.id = (r->>0)::bigint),"
+    # By the index table's own key (store, item, record): no scan.
+    " unindexed AS (DELETE FROM index_items i USING jsonb_array_elements(%(unindex)s::jsonb) r"
+    " WHERE i.store_id = %(store)s AND i.item = r->>0 AND i.record_id = (r->>1)::bigint),"
+    " answered AS (INSERT INTO client_changes (store_id, client_id, n, body_hash, status, seq,"
+    " code, message) SELECT %(store)s, %(client)s, (r->>0)::bigint, r->>1, r->>2,"
+    " (r->>3)::bigint, r->>4, r->>5 FROM jsonb_array_elements(%(outcomes)s::jsonb) r) "
+)
+_MOVE_HEAD = (
+    "UPDATE stores SET head_seq = %(head)s, log_length = log_length + %(logged)s,"
+    " live_records = live_records + %(live)s WHERE id = %(store)s"
+    " RETURNING pg_notify(%(channel)s, %(payload)s)"
+)
+_NOTHING_LOGGED = "SELECT 1"
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -177,7 +237,7 @@ class PostgresqlStorage(Storage):
         """The account tables of this database."""
         return SqlAccounts(self._read, self._write, self._sql, "%s")
 
-    def _sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def _sql(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         return self.db.execute_sql(sql, params)
 
     def _locked_store(self, name: str) -> tuple[int, int]:
@@ -306,99 +366,67 @@ class PostgresqlStorage(Storage):
         with self._write():
             store_id, head = self._locked_store(name)
             batch = PushBatch(store_id, head, 0)
-            batch.prior = self._prior_outcomes(store_id, client_id, [c.n for c in changes])
-            batch.known = self._known_records(store_id, [c.key for c in changes])
+            batch.prior, batch.known = self._batch_rows(store_id, client_id, changes)
             outcomes = [batch.apply(change) for change in changes]
-            self._write_batch(store_id, client_id, batch)
-            if batch.log:
-                # Delivered at commit, to every listening process; never if rolled back.
-                self._sql("SELECT pg_notify(%s, %s)", (CHANNEL, f"{name} {batch.head}"))
+            self._write_batch(name, store_id, client_id, batch)
         return outcomes
 
-    def _prior_outcomes(
-        self, store_id: int, client_id: str, numbers: list[int]
-    ) -> dict[int, tuple[Any, ...]]:
-        rows = self._sql(
-            "SELECT n, body_hash, status, seq, code, message FROM client_changes"
-            " WHERE store_id = %s AND client_id = %s AND n = ANY(%s)",
-            (store_id, client_id, numbers),
-        ).fetchall()
-        return {row[0]: tuple(row[1:]) for row in rows}
+    def _batch_rows(
+        self, store_id: int, client_id: str, changes: Sequence[Change]
+    ) -> tuple[dict[int, tuple[Any, ...]], dict[str, KnownRecord]]:
+        """The client's prior outcomes for the batch's numbers and the rows of its keys.
 
-    def _known_records(self, store_id: int, keys: list[str]) -> dict[str, KnownRecord]:
-        # A deleted record's entries may be compacted away: its row alone says
-        # the key was used (LEFT JOIN), and its content is no longer compared.
-        rows = self._sql(
-            "SELECT r.key, r.id, coalesce(c.index_json, '[]'), coalesce(c.value_json, 'null'),"
-            f" r.added_seq, r.deleted_seq FROM records r LEFT {CONTENT}"
-            " WHERE r.store_id = %s AND r.key = ANY(%s)",
-            (store_id, sorted(set(keys))),
-        ).fetchall()
-        return {row[0]: KnownRecord(*row[1:]) for row in rows}
+        One statement (after the store's lock: it sees every earlier push), both
+        answers as JSON text: orjson reads them faster than rows are fetched.
+        """
+        numbers = jsoncodec.dumps([c.n for c in changes])
+        keys = jsoncodec.dumps(sorted({c.key for c in changes}))
+        params = {"store": store_id, "client": client_id, "numbers": numbers, "keys": keys}
+        prior_json, known_json = self._sql(_BATCH_ROWS, params).fetchone()
+        prior = {row[0]: tuple(row[1:]) for row in jsoncodec.loads(prior_json)}
+        known = {row[0]: KnownRecord(*row[1:]) for row in jsoncodec.loads(known_json)}
+        return prior, known
 
-    def _write_batch(self, store_id: int, client_id: str, batch: PushBatch) -> None:
+    def _write_batch(self, name: str, store_id: int, client_id: str, batch: PushBatch) -> None:
+        """Write what the batch collected in one statement: one round trip, whatever its size.
+
+        The rows travel as JSON documents (encoded by orjson, read by
+        PostgreSQL), not as arrays the driver would adapt value by value. New
+        records get their ids from the table's sequence in the statement.
+        """
         new = [(key, rec) for key, rec in batch.known.items() if rec.new]
-        if new:
-            # Record ids come from the table's sequence (other stores insert
-            # at the same time); the batch numbered its new records provisionally.
-            ids = self._sql(
-                "SELECT nextval(pg_get_serial_sequence('records', 'id'))"
-                " FROM generate_series(1, %s)",
-                (len(new),),
-            ).fetchall()
-            for (_, rec), (record_id,) in zip(new, ids, strict=True):
-                rec.id = int(record_id)
         gone = [rec for rec in batch.known.values() if rec.deleted_now and not rec.new]
-        # One statement per table, the rows passed as arrays: a batch costs a
-        # few round trips whatever its size.
-        self._rows(
-            "INSERT INTO changes (store_id, seq, op, key, index_json, value_json, tag, logged_at)"
-            " SELECT %s, u.*, %s FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
-            " %s::text[], %s::bigint[]) AS u",
-            (store_id, time.time()),
-            batch.log,
+        params: dict[str, Any] = {
+            "store": store_id,
+            "client": client_id,
+            "now": time.time(),
+            "log": jsoncodec.dumps(batch.log),
+            # A record deleted by the same batch is logged, never indexed.
+            "new": jsoncodec.dumps(
+                [
+                    (key, r.added_seq, r.deleted_seq, r.index if r.deleted_seq is None else ())
+                    for key, r in new
+                ]
+            ),
+            "gone": jsoncodec.dumps([(r.id, r.deleted_seq) for r in gone]),
+            "unindex": jsoncodec.dumps(
+                [(item, r.id) for r in gone for item in jsoncodec.loads(r.index_json)]
+            ),
+            "outcomes": jsoncodec.dumps(batch.client_rows),
+        }
+        if not batch.log:
+            self._sql(_WRITE_BATCH + _NOTHING_LOGGED, params)
+            return
+        # The notification is delivered at commit, to every listening process;
+        # never if the transaction rolls back.
+        params.update(
+            head=batch.head,
+            logged=len(batch.log),
+            live=batch.live_delta,
+            channel=CHANNEL,
+            payload=f"{name} {batch.head}",
         )
-        self._rows(
-            "INSERT INTO records (id, store_id, key, added_seq, deleted_seq)"
-            " SELECT u.id, %s, u.key, u.added, u.deleted"
-            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::bigint[])"
-            " AS u(id, key, added, deleted)",
-            (store_id,),
-            [(r.id, key, r.added_seq, r.deleted_seq) for key, r in new],
-        )
-        self._rows(
-            "INSERT INTO index_items (store_id, item, record_id)"
-            " SELECT %s, * FROM unnest(%s::text[], %s::bigint[])",
-            (store_id,),
-            [(item, r.id) for _, r in new if r.deleted_seq is None for item in r.index],
-        )
-        self._rows(
-            "UPDATE records SET deleted_seq = u.deleted"
-            " FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, deleted) WHERE records.id = u.id",
-            (),
-            [(r.id, r.deleted_seq) for r in gone],
-        )
-        self._rows(
-            # By the index table's own key (store, item, record): no scan.
-            "DELETE FROM index_items i USING unnest(%s::text[], %s::bigint[]) AS u(item, id)"
-            " WHERE i.store_id = %s AND i.item = u.item AND i.record_id = u.id",
-            (),
-            [(item, r.id) for r in gone for item in jsoncodec.loads(r.index_json)],
-            after=(store_id,),
-        )
-        self._rows(
-            "INSERT INTO client_changes (store_id, client_id, n, body_hash, status, seq,"
-            " code, message) SELECT %s, %s, * FROM unnest(%s::bigint[], %s::text[],"
-            " %s::text[], %s::bigint[], %s::text[], %s::text[])",
-            (store_id, client_id),
-            batch.client_rows,
-        )
-        if batch.log:
-            self._sql(
-                "UPDATE stores SET head_seq = %s, log_length = log_length + %s,"
-                " live_records = live_records + %s WHERE id = %s",
-                (batch.head, len(batch.log), batch.live_delta, store_id),
-            )
+        self._sql(_WRITE_BATCH + _MOVE_HEAD, params)
 
     def _rows(
         self,
@@ -419,16 +447,17 @@ class PostgresqlStorage(Storage):
             store_id, epoch, head, horizon, tag = self._store_at(name, after.seq if after else 0)
             after = after or Cursor(epoch, 0)
             check_cursor(after, epoch, head, horizon, tag)
+            # PostgreSQL writes each change's JSON itself (as SQLite does): the
+            # stored JSON text is spliced, and no Python code runs per column.
             rows = self._sql(
-                "SELECT seq, tag, op, key, index_json, value_json FROM changes"
+                f"SELECT seq, tag, {_CHANGE_JSON} FROM changes"
                 " WHERE store_id = %s AND seq > %s ORDER BY seq LIMIT %s",
                 (store_id, after.seq, limit),
             ).fetchall()
         items: list[str] = []
         size = 0
         last = None
-        for seq, entry_tag, op, key, index_json, value_json in rows:
-            item = change_json(seq, op, key, index_json, value_json)
+        for seq, entry_tag, item in rows:
             size += len(item)
             if items and size > max_bytes:
                 break
@@ -445,7 +474,7 @@ class PostgresqlStorage(Storage):
             at = at or Cursor(epoch, head, tag)
             check_cursor(at, epoch, head, horizon, tag)
             rows = self._sql(
-                f"SELECT r.key, c.index_json, c.value_json, r.added_seq FROM records r {CONTENT}"
+                f"SELECT {_RECORD_JSON}, r.added_seq FROM records r {CONTENT}"
                 " WHERE r.store_id = %s AND r.added_seq > %s AND r.added_seq <= %s"
                 " AND (r.deleted_seq IS NULL OR r.deleted_seq > %s)"
                 " ORDER BY r.added_seq LIMIT %s",
@@ -454,8 +483,7 @@ class PostgresqlStorage(Storage):
         items: list[str] = []
         size = 0
         last = after
-        for key, index_json, value_json, added_seq in rows[:limit]:
-            item = record_json(key, index_json, value_json, added_seq)
+        for item, added_seq in rows[:limit]:
             size += len(item)
             if items and size > max_bytes:
                 break

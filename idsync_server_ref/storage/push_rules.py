@@ -10,14 +10,15 @@ here only, so every backend answers a push alike.
 
 from __future__ import annotations
 
+import os
 import secrets
+import struct
 from dataclasses import dataclass
 from typing import Any
 
-from idsync_client import jsoncodec
 from idsync_client.protocol import Change, Outcome
 
-from .equality import change_hash, same_body, same_json
+from .equality import change_hash, index_json_of, same_body, same_json
 
 
 def new_tag() -> int:
@@ -25,7 +26,24 @@ def new_tag() -> int:
     return secrets.randbits(63)
 
 
-@dataclass
+_TAG_DRAW = 256
+
+
+class Tags:
+    """Tags like :func:`new_tag`'s, drawn from the OS a few hundred at a time."""
+
+    def __init__(self) -> None:
+        self._drawn: list[int] = []
+
+    def next(self) -> int:
+        """The next tag (0 to 2**63-1)."""
+        if not self._drawn:
+            words = struct.unpack(f"<{_TAG_DRAW}Q", os.urandom(8 * _TAG_DRAW))
+            self._drawn = [word >> 1 for word in words]
+        return self._drawn.pop()
+
+
+@dataclass(slots=True)
 class KnownRecord:
     """A record's row as the batch sees it (possibly added or deleted by the batch)."""
 
@@ -51,6 +69,7 @@ class PushBatch:
         self.log: list[tuple[Any, ...]] = []
         self.client_rows: list[tuple[Any, ...]] = []
         self.live_delta = 0
+        self._tags = Tags()
 
     def apply(self, change: Change) -> Outcome:
         body_hash = change_hash(change)
@@ -65,7 +84,7 @@ class PushBatch:
         return outcome
 
     def _add(self, change: Change, record: KnownRecord | None) -> Outcome:
-        index_json = jsoncodec.dumps(list(change.index))
+        index_json = index_json_of(change)
         if record is not None:
             if record.deleted_seq is not None:
                 return Outcome(
@@ -96,7 +115,7 @@ class PushBatch:
             index=change.index,
         )
         self.next_record_id += 1
-        self.log.append((self.head, "add", change.key, index_json, change.value_json, new_tag()))
+        self.log.append((self.head, "add", change.key, index_json, change.value_json, self._tags.next()))
         self.live_delta += 1
         return Outcome(change.n, "applied", seq=self.head)
 
@@ -113,7 +132,7 @@ class PushBatch:
         self.head += 1
         record.deleted_seq = self.head
         record.deleted_now = True
-        self.log.append((self.head, "delete", change.key, None, None, new_tag()))
+        self.log.append((self.head, "delete", change.key, None, None, self._tags.next()))
         self.live_delta -= 1
         return Outcome(change.n, "applied", seq=self.head)
 

@@ -242,6 +242,18 @@ class StorageContract:
             {"seq": 2, "op": "delete", "key": 'key "with" quotes'},
         ]
 
+    def test_served_json_quotes_keys_as_the_client_encodes_them(self, storage: Storage) -> None:
+        """Pull and snapshot write keys (a backend may do it in SQL) exactly as jsoncodec does."""
+        keys = ["q\"uote", "back\\slash", "é ü 😀", "a/b", "\u2028line", "\u00a0nbsp", "~"]
+        value = {"v": [1, 2.5, "s"]}
+        storage.push("notes", "c1", [add(n, k, value, ("t",)) for n, k in enumerate(keys, 1)])
+        pulled = storage.pull("notes", None, 100, 10**6).items_json
+        snap = storage.snapshot("notes", None, 0, 100, 10**6).records_json
+        for n, (key, change, record) in enumerate(zip(keys, pulled, snap, strict=True), 1):
+            quoted = jsoncodec.dumps(key)
+            assert change == f'{{"seq":{n},"op":"add","key":{quoted},"index":["t"],"value":{{"v":[1,2.5,"s"]}}}}'
+            assert record == f'{{"key":{quoted},"index":["t"],"value":{{"v":[1,2.5,"s"]}},"seq":{n}}}'
+
     def test_cursor_checks(self, storage: Storage) -> None:
         storage.push("notes", "c1", [add(1, "a")])
         epoch = storage.get_store("notes").epoch
