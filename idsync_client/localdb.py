@@ -31,7 +31,7 @@ from typing import Any
 
 import peewee
 
-from . import history, instance, jsoncodec, migrations
+from . import history, instance, jsoncodec, killpoint, migrations
 from .errors import ClientClosed, LocalStorageError, ResetRequired
 from .localtables import RECORD_COLUMNS as _RECORD
 from .localtables import record_from_row as _record
@@ -561,6 +561,8 @@ class LocalDB(Settling, SnapshotReload):
                     fresh[key] = record
             self._insert_records(store, list(fresh.values()))
             self._set_cursor(store, cursor)
+            killpoint.reached("client.pull.before_commit")
+        killpoint.reached("client.pull.committed")
         return ChangeEvent(store, "remote", (*added, *fresh.values()), tuple(deleted))
 
     def _check_same_history(self, store: str, changes: Sequence[dict[str, Any]]) -> None:

@@ -49,7 +49,7 @@ import psycopg
 from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
-from idsync_client import jsoncodec
+from idsync_client import jsoncodec, killpoint
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 
 from . import postgresql_history, postgresql_schema
@@ -310,9 +310,11 @@ class PostgresqlStorage(Storage):
             batch.known = self._known_records(store_id, [c.key for c in changes])
             outcomes = [batch.apply(change) for change in changes]
             self._write_batch(store_id, client_id, batch)
+            killpoint.reached("server.push.before_commit")
             if batch.log:
                 # Delivered at commit, to every listening process; never if rolled back.
                 self._sql("SELECT pg_notify(%s, %s)", (CHANNEL, f"{name} {batch.head}"))
+        killpoint.reached("server.push.committed")
         return outcomes
 
     def _prior_outcomes(

@@ -20,7 +20,7 @@ from typing import Any
 
 from peewee import OperationalError, PeeweeException
 
-from idsync_client import jsoncodec
+from idsync_client import jsoncodec, killpoint
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 from idsync_client.sqlitedb import open_database
 
@@ -274,6 +274,8 @@ class SqliteStorage(Storage):
             batch.known = self._known_records(store_id, [c.key for c in changes])
             outcomes = [batch.apply(change) for change in changes]
             self._write_batch(store_id, client_id, batch)
+            killpoint.reached("server.push.before_commit")
+        killpoint.reached("server.push.committed")
         # Committed: only now may a listener read the change.
         if batch.log:
             self._listeners.fire(name, batch.head)
