@@ -53,7 +53,7 @@ class Size:
     max_delay: float
 
 
-SHORT = Size(kill_points=30, seconds=8.0, max_delay=0.3)
+SHORT = Size(kill_points=30, seconds=6.0, max_delay=0.3)
 FULL = Size(kill_points=1000, seconds=420.0, max_delay=0.3)
 
 
