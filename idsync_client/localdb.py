@@ -40,7 +40,7 @@ from .records import ChangeEvent, KeyInUse, OutboxEntry, Record, same_json
 from .schema import ALL_MODELS, SCHEMA_VERSION
 from .settling import CHANGE_NUMBER_CONFLICT, Settled, Settling
 from .snapshotload import SnapshotReload
-from .sqlitedb import open_database
+from .sqlitedb import open_database, root_failure
 
 __all__ = ["CHANGE_NUMBER_CONFLICT", "LocalDB", "Settled"]
 
@@ -61,18 +61,9 @@ _STORAGE_FAILURES = (
 )
 
 
-def _root_failure(exc: BaseException) -> BaseException:
-    """The error that started it: a failed rollback after SQLite already rolled
-    back (disk full) hides the real failure in ``__context__``."""
-    seen: BaseException = exc
-    while "cannot rollback" in str(seen) and seen.__context__ is not None:
-        seen = seen.__context__
-    return seen
-
-
 def storage_error(exc: BaseException, path: Path) -> LocalStorageError:
     """The LocalStorageError for a driver exception on the file at ``path``."""
-    root = _root_failure(exc)
+    root = root_failure(exc)
     if isinstance(root, LocalStorageError):
         return root
     text = str(root).lower()

@@ -29,3 +29,13 @@ def open_database(
         },
         timeout=busy_timeout_ms / 1000,
     )
+
+
+def root_failure(exc: BaseException) -> BaseException:
+    """The error that started it: when SQLite already rolled back a transaction
+    (disk full, I/O error), the rollback that follows fails ("cannot rollback -
+    no transaction is active") and hides the real failure in ``__context__``."""
+    seen: BaseException = exc
+    while "cannot rollback" in str(seen) and seen.__context__ is not None:
+        seen = seen.__context__
+    return seen

@@ -22,7 +22,7 @@ from peewee import OperationalError, PeeweeException
 
 from idsync_client import jsoncodec, killpoint
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
-from idsync_client.sqlitedb import open_database
+from idsync_client.sqlitedb import open_database, root_failure
 
 from . import sqlite_history, sqlite_migrations
 from .accounts import AccountStore
@@ -107,12 +107,15 @@ class SqliteStorage(Storage):
         try:
             yield
         except (OperationalError, sqlite3.OperationalError) as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise StorageBusy(str(exc)) from exc
-            raise StorageFailure(str(exc), original=exc) from exc
+            # A disk full or an I/O error hides behind the failed rollback after it.
+            root = root_failure(exc)
+            if "locked" in str(root) or "busy" in str(root):
+                raise StorageBusy(str(root)) from root
+            raise StorageFailure(str(root), original=root) from root
         except (PeeweeException, sqlite3.Error, OSError) as exc:
             # OSError: the file's folder cannot be made or reached.
-            raise StorageFailure(str(exc), original=exc) from exc
+            root = root_failure(exc)
+            raise StorageFailure(str(root), original=root) from root
 
     # Each server thread keeps its own connection open (peewee's connections
     # are per thread): opening one per request costs more than the request.
