@@ -1,7 +1,8 @@
 """Kill campaigns: SIGKILL client and server processes while clients write and sync.
 
 Three client processes (:mod:`tests.reliability.worker`) add and delete
-records, each on its own file, and sync with one server process (SQLite or
+records, each on its own file (two sync after each round of writes, one
+syncs in the background), and sync with one server process (SQLite or
 PostgreSQL) or three server processes sharing one PostgreSQL database.
 Each acknowledged write is appended to the lane's acknowledgement file
 after the call returned. A seeded controller kills a random process after
@@ -74,12 +75,15 @@ class Lane:
         self.seed = seed
         self.starts = 0
         self.pid: int | None = None
+        # The last lane syncs in the background, as an app does; the others
+        # sync on their own thread after each round of writes.
+        self.mode = "background" if n == LANES - 1 else "sync"
 
     def start(self, kill_at: str | None = None) -> None:
         """Start the worker, armed at ``kill_at`` (``step@n``) or not."""
         self.starts += 1
         args = [str(self.db), self.url, self.store, str(self.acks), str(self.n)]
-        args.append(f"{self.seed}-{self.starts}")
+        args += [f"{self.seed}-{self.starts}", "10000", self.mode]
         self.out.unlink(missing_ok=True)  # ready() waits for this start's first line
         self.pid = self.forker.start(args, self.out, self.err, kill_at)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from idsync_client import Client, RetryPolicy, TemporaryError
+from idsync_client import Client, RetryPolicy, TemporaryError, killpoint
 from idsync_client.killpoint import STEPS
 from idsync_server_ref.process import ServerProcess
 
@@ -56,7 +56,10 @@ def test_a_client_killed_at_each_step_loses_and_duplicates_nothing(
             ledger.added(store, client.store(store).add({"other": i}), {"other": i})
         client.sync()
     db, acks = tmp_path / "lane.db", tmp_path / "lane.acks"
-    assert run_worker(db, server.url, store, acks, step) == -9, f"{step} was not reached"
+    assert run_worker(db, server.url, store, acks, f"{step}@3") == -9, f"{step} was not reached"
+    if step == "client.write.committed":
+        # Killed after its third write committed: two were acknowledged.
+        assert len(acks.read_text().splitlines()) == 2
     assert run_worker(db, server.url, store, acks, None) == 0
     for path in (db, other, db):
         with Client(path, server.url, retry=policy()) as client:
@@ -116,3 +119,9 @@ def test_a_server_killed_at_each_step_loses_and_duplicates_nothing(
         assert found.ok, found.problems
     finally:
         server.kill()
+
+
+def test_an_unknown_kill_point_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown step 'client\.nowhere'"):
+        killpoint.arm("client.nowhere")
+    killpoint.arm(None)

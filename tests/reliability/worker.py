@@ -1,6 +1,6 @@
 """A client process for the kill campaigns: adds, deletes and syncs until killed.
 
-Usage: ``python worker.py DB URL STORE ACKS LANE SEED [ROUNDS]``, or
+Usage: ``python worker.py DB URL STORE ACKS LANE SEED [ROUNDS [MODE]]``, or
 ``python worker.py --fork-server``: a process that has imported the client
 and forks a worker for each line it reads (see :class:`Forker`), so that a
 campaign restarts a killed client in milliseconds, not in the half second
@@ -10,8 +10,11 @@ Every add and delete whose call returned (the app was told it is saved) is
 appended to ACKS in the :meth:`~tests.reliability.setcheck.Ledger.merge_file`
 format, one whole line per write, flushed before the next call. Before each
 phase it prints the phase's name (``ready``, ``write``, ``sync``), so that a
-campaign knows where a kill landed. It stops by itself after ROUNDS rounds
-(exit 0); any error other than the library's own is a crash (exit 1).
+campaign knows where a kill landed. MODE ``sync`` (the default) syncs
+after each round of writes, on the worker's thread; ``background`` runs
+the client's background sync and only writes, at a user's pace. It stops
+by itself after ROUNDS rounds (exit 0); any error other than the library's
+own is a crash (exit 1).
 """
 
 from __future__ import annotations
@@ -57,12 +60,16 @@ def acknowledged(acks: Path) -> tuple[list[str], int]:
 def main(argv: list[str]) -> int:
     db, url, store, ack_path, lane, seed = argv[:6]
     rounds = int(argv[6]) if len(argv) > 6 else 10_000
+    background = len(argv) > 7 and argv[7] == "background"
     rng = random.Random(seed)
     acks = Path(ack_path)
     live, i = acknowledged(acks)
     policy = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.1, rng=rng)
     with Client(db, url, retry=policy) as client, acks.open("a") as out:
         notes = client.store(store)
+        if background:
+            client.start()
+        pace = threading.Event()  # never set: its wait is the pause between a user's writes
         print("ready", flush=True)
         deadline = time.monotonic() + LIFETIME
         for _ in range(rounds):
@@ -84,6 +91,9 @@ def main(argv: list[str]) -> int:
                     live.append(key)
                     i += 1
                 out.flush()
+            if background:
+                pace.wait(rng.uniform(0.0, 0.02))
+                continue
             print("sync", flush=True)
             try:
                 client.sync()
