@@ -55,7 +55,7 @@ class Size:
 
 
 SHORT = Size(kill_points=30, seconds=6.0, max_delay=0.3)
-FULL = Size(kill_points=1000, seconds=420.0, max_delay=0.3)
+FULL = Size(kill_points=1000, seconds=600.0, max_delay=0.3)
 
 
 class Lane:
@@ -317,5 +317,10 @@ def test_kill_campaign_loses_and_duplicates_nothing(
     row = run_campaign(name, database, servers_n, size, tmp_path, seed=servers_n * 7 + len(backend))
     assert row.lost == 0 and row.duplicated == 0
     assert row.acknowledged > 0
-    # The kill points counted are real: the short run too kills a good share of its aim.
-    assert row.injected >= 5, row
+    # The full run reaches its aim; a short one on a slow machine may stop at its time limit.
+    assert row.injected >= (size.kill_points if full else 5), row
+    # A write saved but never acknowledged needs a kill between its commit and
+    # its acknowledgement: at most one per kill during writes.
+    landed = row.extra["landed"]
+    cut = landed.get("client write", 0) + landed.get("named client.write.committed", 0)
+    assert row.extra["saved_unacknowledged"] <= cut, row
