@@ -150,8 +150,10 @@ class Controller:
         return f"{rng.choice(steps)}@{rng.randint(1, 4)}"
 
     def _delay(self, rng: random.Random, armed: str | None, scale: float) -> float:
-        # An armed process gets longer: its step must come round.
-        return rng.uniform(0.0, self.size.max_delay * scale * (4 if armed else 1))
+        # An armed process gets longer: its step must come round. None waits
+        # past the campaign's end.
+        delay = rng.uniform(0.0, self.size.max_delay * scale * (4 if armed else 1))
+        return max(0.0, min(delay, self._deadline - time.monotonic()))
 
     def run_lane(self, lane: Lane, index: int) -> None:
         """Start, let write, kill, restart ``lane`` until the campaign ends."""
@@ -219,6 +221,24 @@ class Controller:
         assert not any(t.is_alive() for t in threads), "a kill thread did not end"
 
 
+def start_all(servers: list[ServerProcess]) -> None:
+    """Start the servers side by side (each start waits until it listens)."""
+    errors: list[BaseException] = []
+
+    def start(server: ServerProcess) -> None:
+        try:
+            server.start()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(server,)) for server in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+
+
 def final_sync(lanes: list[Lane]) -> None:
     """Each client syncs to the end, twice round (the first hears what the last pushed)."""
     policy = RetryPolicy(max_attempts=10, base_delay=0.05, max_delay=0.5, rng=random.Random(0))
@@ -240,21 +260,24 @@ def run_campaign(
     lanes: list[Lane] = []
     forker = Forker()
     try:
-        for server in servers:
-            server.start()
+        start_all(servers)
         Api(servers[0].url).create_store(store)
         lanes = [
             Lane(forker, folder, n, servers[n % servers_n].url, store, seed)
             for n in range(LANES)
         ]
         control = Controller(size, seed)
+        killing = time.monotonic()
         control.run(lanes, servers)
         assert not control.crashes, control.crashes
+        syncing = time.monotonic()
+        killing = syncing - killing
         for server in servers:
             server.kill()
             server.env.pop("IDSYNC_KILL_AT", None)
-            server.start()
+        start_all(servers)
         final_sync(lanes)
+        syncing = time.monotonic() - syncing
 
         ledger = Ledger()
         for lane in lanes:
@@ -286,6 +309,8 @@ def run_campaign(
                     ),
                     "saved_unacknowledged": saved_unacknowledged,
                     "landed": dict(sorted(control.landed.items())),
+                    "kill_s": round(killing, 1),
+                    "final_sync_s": round(syncing, 1),
                 },
             )
         )
