@@ -2,10 +2,10 @@
 
 Each fault is real, made by the kernel or the database, not by a mock:
 
-- ``file size limit``: the server process may not grow a file past the size
-  its largest file has now (``RLIMIT_FSIZE`` set from outside with
-  ``prlimit``): SQLite's writes fail with EFBIG, a disk I/O error. Needs no
-  privileges; Linux only.
+- ``file size limit``: the server process may not write a file past the
+  size its database file or its WAL has now, whichever is smaller
+  (``RLIMIT_FSIZE`` set from outside with ``prlimit``): SQLite's writes
+  fail with EFBIG, a disk I/O error. Needs no privileges; Linux only.
 - ``tmpfs``: the server's SQLite file (or a PostgreSQL tablespace holding
   the test database, or a client's file) lives on a small tmpfs mounted
   for the test, filled with a file: writes fail with ENOSPC, "database or
@@ -69,16 +69,18 @@ class Disk(Protocol):
 
 
 class FileSizeLimit:
-    """The process ``pid`` may grow no file past the largest of ``files`` (EFBIG)."""
+    """The process ``pid`` may write no file past the size of the smallest of
+    ``files`` (EFBIG): the database cannot grow, and the WAL, which SQLite
+    reuses from its start, meets the limit within that many bytes."""
 
     def __init__(self, pid: int, files: list[Path]) -> None:
         self.pid = pid
         self.files = files
 
     def fill(self) -> None:
-        largest = max((f.stat().st_size for f in self.files if f.exists()), default=0)
+        smallest = min(f.stat().st_size for f in self.files)
         _, hard = resource.prlimit(self.pid, resource.RLIMIT_FSIZE)
-        resource.prlimit(self.pid, resource.RLIMIT_FSIZE, (largest, hard))
+        resource.prlimit(self.pid, resource.RLIMIT_FSIZE, (smallest, hard))
 
     def free(self) -> None:
         _, hard = resource.prlimit(self.pid, resource.RLIMIT_FSIZE)
@@ -307,7 +309,7 @@ def test_server_sqlite_file_size_limit(tmp_path: Path, full: bool) -> None:
 
 
 def test_server_sqlite_on_a_full_tmpfs(tmp_path: Path, full: bool) -> None:
-    disk = Tmpfs(tmp_path / "disk", megabytes=8)
+    disk = Tmpfs(tmp_path / "disk", megabytes=32)
     server: ServerProcess | None = None
     try:
         db = disk.path / "server.sqlite3"

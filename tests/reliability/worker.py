@@ -19,6 +19,7 @@ own is a crash (exit 1).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -217,7 +218,9 @@ class Forker:
     def kill(self, pid: int) -> int:
         """SIGKILL the worker (if it still runs); its exit code."""
         if self.wait(pid, 0) is None:
-            os.kill(pid, 9)
+            # Ended already (reaped, not yet reported): then only wait for its code.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
         code = self.wait(pid, 30)
         if code is None:
             raise RuntimeError(f"worker {pid} did not end")
