@@ -19,7 +19,6 @@ own is a crash (exit 1).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -28,6 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from idsync_client import Client, IdsyncError, RetryPolicy, killpoint
 from idsync_client.jsoncodec import canonical
@@ -127,8 +127,16 @@ def _child(order: dict) -> None:
 
 
 def fork_server() -> None:
-    """Fork a worker for each JSON order on stdin; report ``start PID`` and
-    ``exit PID CODE`` (CODE as subprocess gives it: -9 for SIGKILL) on stdout."""
+    """Fork a worker for each JSON order on stdin (``{"kill": PID}``: SIGKILL
+    that worker); report ``start PID`` and ``exit PID CODE`` (CODE as
+    subprocess gives it: -9 for SIGKILL) on stdout.
+
+    Only this process kills its workers, and only those it has not reaped:
+    a pid it reaped may belong to another process already. Reaping and
+    forking take turns, so ``exit PID`` is told before a new ``start PID``.
+    """
+    live: set[int] = set()
+    turns = threading.Lock()
 
     def say(text: str) -> None:
         os.write(1, (text + "\n").encode())  # no Python lock: a fork may come at any time
@@ -136,13 +144,19 @@ def fork_server() -> None:
     def reap() -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, 0)
+                # Wait without reaping: the pid stays this worker's until reaped below.
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
             except ChildProcessError:
                 if done.wait(0.05):
                     return
                 continue
-            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            say(f"exit {pid} {code}")
+            if info is None:
+                continue
+            with turns:
+                pid, status = os.waitpid(info.si_pid, 0)
+                live.discard(pid)
+                code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+                say(f"exit {pid} {code}")
 
     done = threading.Event()
     reaper = threading.Thread(target=reap, daemon=True)
@@ -150,10 +164,16 @@ def fork_server() -> None:
     say("ready")
     for line in sys.stdin:
         order = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            _child(order)
-        say(f"start {pid}")
+        with turns:
+            if "kill" in order:
+                if order["kill"] in live:
+                    os.kill(order["kill"], 9)
+                continue
+            pid = os.fork()
+            if pid == 0:
+                _child(order)
+            live.add(pid)
+            say(f"start {pid}")
     done.set()
 
 
@@ -178,7 +198,8 @@ class Forker:
         self._cond = threading.Condition()
         self._started: list[int] = []
         self._exits: dict[int, int] = {}
-        self._order_lock = threading.Lock()
+        self._order_lock = threading.Lock()  # one start at a time: "start PID" answers it
+        self._write_lock = threading.Lock()
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
         if first.strip() != "ready":
@@ -201,13 +222,17 @@ class Forker:
         """Fork a worker running ``main(args)``; its pid."""
         order = {"args": args, "out": str(out), "err": str(err), "kill_at": kill_at}
         with self._order_lock:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(json.dumps(order) + "\n")
-            self.proc.stdin.flush()
+            self._order(order)
             with self._cond:
                 if not self._cond.wait_for(lambda: self._started, timeout=30):
                     raise RuntimeError("the fork server did not fork")
                 return self._started.pop(0)
+
+    def _order(self, order: dict[str, Any]) -> None:
+        with self._write_lock:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(order) + "\n")
+            self.proc.stdin.flush()
 
     def wait(self, pid: int, timeout: float) -> int | None:
         """The worker's exit code, or None if it still runs after ``timeout`` seconds."""
@@ -218,9 +243,7 @@ class Forker:
     def kill(self, pid: int) -> int:
         """SIGKILL the worker (if it still runs); its exit code."""
         if self.wait(pid, 0) is None:
-            # Ended already (reaped, not yet reported): then only wait for its code.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
+            self._order({"kill": pid})
         code = self.wait(pid, 30)
         if code is None:
             raise RuntimeError(f"worker {pid} did not end")
