@@ -427,6 +427,8 @@ def client_campaign(
         for episode in range(episodes):
             write(client, 100)
             client.sync()
+            # The next commit needs new space (see truncate_wal).
+            client.db.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             disk.fill()
             try:
                 for _ in range(500):  # until the local file is full; bounded
