@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import sqlite3
 import threading
 import uuid
@@ -33,7 +32,7 @@ from typing import Any
 
 import peewee
 
-from . import history, instance, jsoncodec, migrations
+from . import history, instance, jsoncodec, killpoint, migrations
 from .errors import ClientClosed, LocalStorageError, ResetRequired
 from .localtables import RECORD_COLUMNS as _RECORD
 from .localtables import record_from_row as _record
@@ -43,7 +42,7 @@ from .revived import settle_revived
 from .schema import ALL_MODELS, SCHEMA_VERSION
 from .settling import CHANGE_NUMBER_CONFLICT, Settled, Settling
 from .snapshotload import SnapshotReload
-from .sqlitedb import open_database
+from .sqlitedb import open_database, root_failure
 
 __all__ = ["CHANGE_NUMBER_CONFLICT", "LocalDB", "Settled"]
 
@@ -67,22 +66,9 @@ _STORAGE_FAILURES = (
 )
 
 
-_ROLLBACK_GONE = re.compile("cannot rollback|no such savepoint")
-
-
-def _root_failure(exc: BaseException) -> BaseException:
-    """The error that started it: a failed rollback (of the transaction, or to
-    a savepoint) after SQLite already rolled back (disk full) hides the real
-    failure in ``__context__``."""
-    seen: BaseException = exc
-    while _ROLLBACK_GONE.search(str(seen)) and seen.__context__ is not None:
-        seen = seen.__context__
-    return seen
-
-
 def storage_error(exc: BaseException, path: Path) -> LocalStorageError:
     """The LocalStorageError for a driver exception on the file at ``path``."""
-    root = _root_failure(exc)
+    root = root_failure(exc)
     if isinstance(root, LocalStorageError):
         return root
     text = str(root).lower()
@@ -593,20 +579,32 @@ class LocalDB(Settling, SnapshotReload):
             if self.cursor(store) != pulled_from:
                 return None
             self._check_same_history(store, changes)
-            if self._only_new_adds(store, changes):
-                try:
-                    # A savepoint: should a key be in the view after all (a
-                    # server restored from an older copy logs a key again),
-                    # the unique index refuses it and the page is applied
-                    # change by change instead.
-                    with _wrapped(self.path), self.db.atomic():
-                        fresh = self._insert_pulled(store, changes)
-                        self._set_cursor(store, cursor)
-                    return ChangeEvent(store, "remote", tuple(fresh))
-                except LocalStorageError as exc:
-                    if not isinstance(exc.original, sqlite3.IntegrityError):
-                        raise
-            return self._apply_changes(store, changes, cursor)
+            event = self._apply_new_adds(store, changes, cursor)
+            if event is None:
+                event = self._apply_changes(store, changes, cursor)
+            killpoint.reached("client.pull.before_commit")
+        killpoint.reached("client.pull.committed")
+        return event
+
+    def _apply_new_adds(
+        self, store: str, changes: Sequence[dict[str, Any]], cursor: str
+    ) -> ChangeEvent | None:
+        """The fast way for a page of adds no local key can meet (a first
+        sync): inserted column by column; None when the page is not that."""
+        if not self._only_new_adds(store, changes):
+            return None
+        try:
+            # A savepoint: should a key be in the view after all (a server
+            # restored from an older copy logs a key again), the unique index
+            # refuses it and the page is applied change by change instead.
+            with _wrapped(self.path), self.db.atomic():
+                fresh = self._insert_pulled(store, changes)
+                self._set_cursor(store, cursor)
+            return ChangeEvent(store, "remote", tuple(fresh))
+        except LocalStorageError as exc:
+            if not isinstance(exc.original, sqlite3.IntegrityError):
+                raise
+            return None
 
     def _only_new_adds(self, store: str, changes: Sequence[dict[str, Any]]) -> bool:
         """True when every change of a pulled page is an add and none can meet

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from peewee import SqliteDatabase
@@ -29,3 +30,17 @@ def open_database(
         },
         timeout=busy_timeout_ms / 1000,
     )
+
+
+_ROLLBACK_GONE = re.compile("cannot rollback|no such savepoint")
+
+
+def root_failure(exc: BaseException) -> BaseException:
+    """The error that started it: when SQLite already rolled back a transaction
+    (disk full, I/O error), the rollback that follows fails ("cannot rollback -
+    no transaction is active", or "no such savepoint" for a rollback to a
+    savepoint) and hides the real failure in ``__context__``."""
+    seen: BaseException = exc
+    while _ROLLBACK_GONE.search(str(seen)) and seen.__context__ is not None:
+        seen = seen.__context__
+    return seen

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import attributes
+from . import attributes, killpoint
 from .attributes import ConflictCallback
 from .protocol import Limits, encode_value, validate_index_items, validate_key
 from .records import ChangeEvent, Record
@@ -67,6 +67,7 @@ class Store:
         db = self._client._local()
         with db.transaction():
             record = db.add(self.name, key, items, value_json)
+        killpoint.reached("client.write.committed")
         self._client._changed(ChangeEvent(self.name, "local", added=(record,)))
         return key
 
@@ -108,6 +109,7 @@ class Store:
         db = self._client._local()
         with db.transaction():
             record = db.delete(self.name, key)
+        killpoint.reached("client.write.committed")
         self._client._changed(ChangeEvent(self.name, "local", deleted=(record,)))
 
     # -- reads --------------------------------------------------------------

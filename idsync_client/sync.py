@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from . import jsoncodec
+from . import jsoncodec, killpoint
 from .errors import (
     AuthError,
     IdsyncError,
@@ -343,6 +343,7 @@ class SyncEngine:
         except PermanentError as exc:
             self._handle_refused_batch(store, entries, exc, report)
             return
+        killpoint.reached("client.push.answered")
         self._settle(store, entries, outcomes, report)
 
     def _handle_refused_batch(

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -21,14 +22,22 @@ class ServerProcess:
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. The
     process can be killed (:meth:`kill`, SIGKILL) and started again on the
-    same database file and port.
+    same database file and port. ``env``: variables added to the child's
+    environment (such as ``IDSYNC_KILL_AT``, see :mod:`idsync_client.killpoint`).
     """
 
-    def __init__(self, database: str | Path, *extra_args: str, port: int = 0) -> None:
+    def __init__(
+        self,
+        database: str | Path,
+        *extra_args: str,
+        port: int = 0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         # A database URL is passed on as it is (Path would fold its "//").
         self.database: str | Path = database if "://" in str(database) else Path(database)
         self.extra_args = list(extra_args)
         self.port = port
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[str] | None = None
         self.log_lines: list[str] = []
 
@@ -51,7 +60,7 @@ class ServerProcess:
             "WARNING",
             *self.extra_args,
         ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )

@@ -49,7 +49,7 @@ import psycopg
 from peewee import PeeweeException
 from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
-from idsync_client import jsoncodec
+from idsync_client import jsoncodec, killpoint
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 
 from . import postgresql_history, postgresql_schema
@@ -369,6 +369,8 @@ class PostgresqlStorage(Storage):
             batch.prior, batch.known = self._batch_rows(store_id, client_id, changes)
             outcomes = [batch.apply(change) for change in changes]
             self._write_batch(name, store_id, client_id, batch)
+            killpoint.reached("server.push.before_commit")
+        killpoint.reached("server.push.committed")
         return outcomes
 
     def _batch_rows(

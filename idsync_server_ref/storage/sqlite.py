@@ -20,9 +20,9 @@ from typing import Any
 
 from peewee import OperationalError, PeeweeException
 
-from idsync_client import jsoncodec
+from idsync_client import jsoncodec, killpoint
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
-from idsync_client.sqlitedb import open_database
+from idsync_client.sqlitedb import open_database, root_failure
 
 from . import sqlite_history, sqlite_migrations
 from .accounts import AccountStore
@@ -107,12 +107,15 @@ class SqliteStorage(Storage):
         try:
             yield
         except (OperationalError, sqlite3.OperationalError) as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise StorageBusy(str(exc)) from exc
-            raise StorageFailure(str(exc), original=exc) from exc
+            # A disk full or an I/O error hides behind the failed rollback after it.
+            root = root_failure(exc)
+            if "locked" in str(root) or "busy" in str(root):
+                raise StorageBusy(str(root)) from root
+            raise StorageFailure(str(root), original=root) from root
         except (PeeweeException, sqlite3.Error, OSError) as exc:
             # OSError: the file's folder cannot be made or reached.
-            raise StorageFailure(str(exc), original=exc) from exc
+            root = root_failure(exc)
+            raise StorageFailure(str(root), original=root) from root
 
     # Each server thread keeps its own connection open (peewee's connections
     # are per thread): opening one per request costs more than the request.
@@ -274,6 +277,8 @@ class SqliteStorage(Storage):
             batch.known = self._known_records(store_id, [c.key for c in changes])
             outcomes = [batch.apply(change) for change in changes]
             self._write_batch(store_id, client_id, batch)
+            killpoint.reached("server.push.before_commit")
+        killpoint.reached("server.push.committed")
         # Committed: only now may a listener read the change.
         if batch.log:
             self._listeners.fire(name, batch.head)
