@@ -173,12 +173,16 @@ def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
         with contextlib.suppress(OSError):
             sock.sendall(request)
         data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
+        while True:
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 1"):
                 break
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
+            data = body  # an interim answer (100 Continue): the final one follows
         lines = head.decode("latin-1").split("\r\n")
         assert lines[0].startswith("HTTP/1.1 "), f"no answer to {request[:300]!r}: {data[:300]!r}"
         status = int(lines[0].split()[1])
