@@ -295,6 +295,10 @@ class ProtocolMachine(RuleBasedStateMachine):
         choices += [f"{epoch}.{seq}" for seq, _ in known[:2]]  # no tag
         choices += [f"{epoch}.{seq}.{'0' if tag != '0' else '1'}" for seq, tag in known[:2]]
         choices += [f"{e}.0" for e in old] + [f"{e}.1.ab" for e in old]
+        for other in self.model.stores.values():  # another store's cursors
+            if other is not store:
+                choices += [f"{other.epoch}.0"]
+                choices += [f"{other.epoch}.{seq}.{tag}" for seq, tag in sorted(other.tags.items())[:2]]
         choices += ["x", "abc.1", f"{epoch}.-1", f"{epoch}.1.XYZ", f"{epoch}.1.a.b", f"{epoch}."]
         choices += [f"{epoch}.{'9' * 20}", "0" * 70, f"{epoch.upper()}.0", f"{epoch}.1.{'a' * 17}"]
         choices += [f"{epoch}.٣", f"{epoch}.1."]
