@@ -55,7 +55,11 @@ SMALL_LIMITS = (
 
 KEYS = ["k1", "k2", "k3", "a/b", "é ü", "x%2Fy", "?&=#+", "k" * 24]
 BAD_KEYS: list[Any] = ["", "\x07bell", "\x85", "k" * 25, 7, None, ["k1"]]
-INDEXES = [[], ["t:a"], ["t:a", "t:b"], ["t:b", "t:a"], ["t:a", "t:a"], ["a,b"], ["a", "b"], ["t:ab"]]
+INDEXES = [
+    [], ["t:a"], ["t:a", "t:b"], ["t:b", "t:a"], ["t:a", "t:a"], ["a,b"], ["a", "b"], ["t:ab"],
+    # Prefix bounds at the top of Unicode and around the surrogates.
+    ["\U0010ffff"], ["\U0010ffff\U0010ffff"], ["\ud7ffz"], ["\ue000"], ["t:\U0010ffff"],
+]  # fmt: skip
 BAD_INDEXES: list[Any] = ["t:a", [1], [""], ["x" * 13], ["a", "b", "c", "d", "e"], ["\x01"], None]
 # Values equal in Python but not in JSON sit side by side: 0/false/0.0/-0.0, 1/1.0/true.
 VALUES: list[Any] = [
@@ -81,7 +85,7 @@ def as_sent(obj: Any) -> Any:
         return {k: as_sent(v) for k, v in obj.items()}
     return obj
 BAD_CLIENT_IDS: list[Any] = ["", "a b", "é", "x" * 65, 7, None]
-ITEMS = ["t:a", "t:", "t", "a,b", "a", "t:b", "é", "x" * 12]
+ITEMS = ["t:a", "t:", "t", "a,b", "a", "t:b", "é", "x" * 12, "\U0010ffff", "\ud7ff", "t:\U0010ffff"]
 BAD_ITEMS = ["", "x" * 13, "\x02"]
 
 json_values = st.recursive(
