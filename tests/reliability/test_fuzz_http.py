@@ -292,3 +292,42 @@ def test_no_request_gets_a_5xx_or_an_answer_that_is_not_json(
             )
         )
     print("raw HTTP fuzz: statuses", dict(sorted(statuses.items())), "codes", dict(codes))
+
+
+# -- found by this fuzzing on PostgreSQL ----------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database of each backend (PostgreSQL is skipped where it is not installed)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "server.sqlite3")
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_a_token_id_holding_nul_is_not_found_not_a_database_failure(any_database: str) -> None:
+    # PostgreSQL cannot look up text holding NUL: the look-up failed and the
+    # answer was 503 storage_unavailable (retryable) for a plain bad input.
+    with ServerProcess(any_database) as server:
+        for target in (b"/v1/admin/tokens/%00", b"/v1/admin/tokens/a%01b"):
+            request = b"DELETE " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n"
+            status, _, body = exchange(server.port, request)
+            assert (status, json.loads(body)["error"]["code"]) == (404, "token_not_found"), body
+
+
+def test_a_device_label_holding_nul_is_refused_before_it_is_stored(any_database: str) -> None:
+    # The same on the way in: the insert failed on PostgreSQL (storage failure).
+    from idsync_server_ref.accounts import Accounts
+    from idsync_server_ref.storage.open import open_storage
+
+    storage = open_storage(any_database)
+    try:
+        accounts = Accounts(storage.accounts())
+        accounts.add_user("bob")
+        for device in ("a\x00b", "tab\there", "\x9f"):
+            with pytest.raises(ValueError, match="control character"):
+                accounts.create_token("bob", device)
+        assert storage.accounts().list_tokens("bob") == []
+        assert accounts.create_token("bob", "laptop · 2").info.device == "laptop · 2"
+    finally:
+        storage.close()
