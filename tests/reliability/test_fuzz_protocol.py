@@ -447,10 +447,16 @@ class ProtocolMachine(RuleBasedStateMachine):
                 self.model.learn_cursor(name, info["head_cursor"])
 
 
-@pytest.fixture
-def small_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A server of its own, with small limits, on a SQLite file under tmp_path."""
-    with ServerProcess(tmp_path / "fuzz.sqlite3", *SMALL_LIMITS) as proc:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def small_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of its own, with small limits, on a SQLite file under tmp_path or a
+    fresh PostgreSQL database."""
+    database = (
+        str(tmp_path / "fuzz.sqlite3")
+        if request.param == "sqlite"
+        else str(request.getfixturevalue("pg_url"))
+    )
+    with ServerProcess(database, *SMALL_LIMITS) as proc:
         yield proc
 
 
@@ -481,6 +487,7 @@ def test_the_server_answers_as_the_protocol_model(small_server: ServerProcess, f
         record(
             CampaignFigures(
                 "fuzz: protocol vs model",
+                backend="sqlite" if isinstance(small_server.database, Path) else "postgresql",
                 injected=wire.requests,
                 acknowledged=wire.seen["applied"] + wire.seen["duplicate"],
                 unexpected_5xx=wire.server_errors,
