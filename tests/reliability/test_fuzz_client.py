@@ -172,7 +172,10 @@ class ClientMachine(RuleBasedStateMachine):
     def network(self, who: int, offline: bool) -> None:
         device = self.devices[who]
         device.offline = offline
-        device.net.offline() if offline else device.net.online()
+        if offline:
+            device.net.offline()
+        else:
+            device.net.online()
         self.figures["outages"] += offline
 
     @rule(who=st.sampled_from(DEVICES))
