@@ -194,6 +194,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             # Framed two ways: a proxy in front may have read it the other way.
             self._bad_request = "both Content-Length and Transfer-Encoding were given"
             raise ValueError(self._bad_request)
+        codings = b",".join(value for name, value in self.headers if name == b"transfer-encoding")
+        if codings and codings.split(b",")[-1].strip().lower() != b"chunked":
+            # The body's length cannot be known (RFC 9112, 6.3): refuse, do not
+            # read "until the end" while the client waits for an answer.
+            self._bad_request = "a Transfer-Encoding must end with chunked"
+            raise ValueError(self._bad_request)
         self._arm(self.guards.body_timeout)
         super().on_headers_complete()
 

@@ -256,6 +256,14 @@ def test_no_request_gets_a_5xx_or_an_answer_that_is_not_json(
     @given(raw_requests(cursor))
     # Found here on PostgreSQL: a NUL in a token id made the look-up fail (503).
     @example(("DELETE", b"DELETE /v1/admin/tokens/%00 HTTP/1.1\r\nHost: fuzz\r\n\r\n"))
+    # Found here: a non-chunked Transfer-Encoding was read "until the end", unanswered.
+    @example(
+        (
+            "PUT",
+            b"PUT /v1/stores/fz/access/fz HTTP/1.1\r\nHost: fuzz\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: identity\r\n\r\n",
+        )
+    )
     # Found here: the garbage after a short body was answered 400 before the DELETE.
     @example(("HEAD", b"HEAD /v1/stores/fz/ HTTP/1.1\r\nHost: fuzz\r\nContent-Length: 2\r\n\r\nnull"))
     @example(
@@ -374,3 +382,22 @@ def test_pipelined_requests_are_answered_in_order_even_when_a_later_one_is_garba
         assert first.startswith(b"HTTP/1.1 200"), received
         assert b'{"dropped":"s"}' in rest and b"HTTP/1.1 400" in rest, received
         assert http.get(f"{server.url}/v1/stores/s").status_code == 410
+
+
+def test_a_body_framed_by_a_transfer_coding_other_than_chunked_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    # Found by this fuzzing: with "Transfer-Encoding: identity" (or gzip) the
+    # body's length cannot be known; the server read "until the end" and the
+    # client waited, unanswered, until the body timeout cut it off.
+    with ServerProcess(tmp_path / "server.sqlite3") as server:
+        for coding in (b"identity", b"gzip", b"chunked, gzip"):
+            request = (
+                b"PUT /v1/stores/s/access/bob HTTP/1.1\r\nHost: t\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: " + coding + b"\r\n\r\n"
+            )
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(request)
+                answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 400"), answer
+            assert b'"invalid_request"' in answer and b"Transfer-Encoding" in answer, answer
