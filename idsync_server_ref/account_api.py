@@ -8,7 +8,6 @@ Shapes are in ``docs/protocol.md``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -142,7 +141,7 @@ class AccountEndpoints:
         """Revoke a token by its id: it is refused from the next request on."""
         self._admin_only(request)
         request.query(())
-        info = await self._call(lambda: self.store.revoke_token(token, time.time()))
+        info = await self._call(lambda: self.accounts.revoke_token(token))
         return Response.json(info.to_wire())
 
     # -- store access (the router checked the caller owns the store) ---------

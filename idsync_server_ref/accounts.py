@@ -16,7 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from .storage.accounts import ROLES, AccountStore, TokenInfo, User
+from .storage.accounts import ROLES, AccountStore, TokenInfo, TokenNotFound, User
 
 #: Every token starts with this: secret scanners and people recognise it.
 TOKEN_PREFIX = "idsync_"
@@ -24,6 +24,9 @@ TOKEN_PREFIX = "idsync_"
 USER_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 #: The longest device label kept with a token.
 MAX_DEVICE_LENGTH = 100
+# C0 and C1 control characters and DEL: never in a device label nor in a token
+# id we made (PostgreSQL cannot store or even look up text holding NUL).
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def new_secret() -> str:
@@ -91,6 +94,8 @@ class Accounts:
         """Make a token for ``user``; ``expires_in`` seconds from now, or never."""
         if not isinstance(device, str) or len(device) > MAX_DEVICE_LENGTH:
             raise ValueError(f"device must be text of at most {MAX_DEVICE_LENGTH} characters")
+        if _CONTROL_CHARS.search(device):
+            raise ValueError("device must not hold a control character")
         if expires_in is not None and (
             isinstance(expires_in, bool)
             or not isinstance(expires_in, int | float)
@@ -108,3 +113,13 @@ class Accounts:
             now + expires_in if expires_in is not None else None,
         )
         return NewToken(info, secret)
+
+    def revoke_token(self, token_id: str) -> TokenInfo:
+        """Revoke a token by its id; TokenNotFound if no token has it.
+
+        An id holding a control character was never made here: it is not
+        looked up (PostgreSQL would fail on a NUL instead of finding nothing).
+        """
+        if _CONTROL_CHARS.search(token_id):
+            raise TokenNotFound(token_id)
+        return self.store.revoke_token(token_id, time.time())

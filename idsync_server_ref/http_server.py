@@ -78,6 +78,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._reading_headers = True
         self._header_bytes = 0
         self._bad_request: str | None = None
+        # A 400 held back until the requests read before the bad one are answered.
+        self._held_reject: str | None = None
 
     # -- connection limit ---------------------------------------------------
 
@@ -124,8 +126,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
+        if self._refused or self._held_reject is not None:
+            return  # nothing after a request that did not parse is read
         if self._reading_headers:
             self._header_bytes += len(data)
         self._unset_keepalive_if_required()
@@ -148,8 +150,25 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _reject(self, message: str) -> None:
         self._disarm()
+        if self._answering():
+            # Answers go out in the order the requests came (pipelining): the
+            # requests read before this one are answered first, then this 400.
+            self._held_reject = message
+            return
         self.transport.write(error_response_bytes(HttpError("invalid_request", message)))
         self.transport.close()
+
+    def _answering(self) -> bool:
+        """True while a request read earlier on this connection is not yet answered."""
+        cycle = self.cycle
+        return bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._held_reject is not None and not self._answering():
+            message, self._held_reject = self._held_reject, None
+            if not self.transport.is_closing():
+                self._reject(message)
 
     def send_400_response(self, msg: str) -> None:
         """A 400 from uvicorn in our JSON envelope."""
@@ -174,6 +193,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if b"content-length" in names and b"transfer-encoding" in names:
             # Framed two ways: a proxy in front may have read it the other way.
             self._bad_request = "both Content-Length and Transfer-Encoding were given"
+            raise ValueError(self._bad_request)
+        codings = b",".join(value for name, value in self.headers if name == b"transfer-encoding")
+        if codings and codings.split(b",")[-1].strip().lower() != b"chunked":
+            # The body's length cannot be known (RFC 9112, 6.3): refuse, do not
+            # read "until the end" while the client waits for an answer.
+            self._bad_request = "a Transfer-Encoding must end with chunked"
             raise ValueError(self._bad_request)
         self._arm(self.guards.body_timeout)
         super().on_headers_complete()

@@ -94,11 +94,14 @@ class _Probe:
         ).raise_for_status()
 
 
-async def _park(port: int, request: bytes, refused: list[int]) -> tuple[float, int]:
+async def _park(
+    port: int, request: bytes, refused: list[int], bodies: list[bytes] | None = None
+) -> tuple[float, int]:
     """One idle client: send a long-poll, wait for its answer; (answered at, status).
 
     A 503 (the storage queue is full while thousands connect at once) is
     retried after a second or so, as a real client honours Retry-After.
+    With ``bodies``, the answer's body is read too and appended to it.
     """
     status = 0
     for _ in range(30):
@@ -107,9 +110,16 @@ async def _park(port: int, request: bytes, refused: list[int]) -> tuple[float, i
         await writer.drain()
         status_line = await reader.readline()
         answered = time.perf_counter()
+        status = int(status_line.split()[1]) if status_line else 0
+        if bodies is not None and status != 503:
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            bodies.append(await reader.readexactly(length))
         with contextlib.suppress(Exception):
             writer.close()
-        status = int(status_line.split()[1]) if status_line else 0
         if status != 503:
             return answered, status
         refused.append(1)
