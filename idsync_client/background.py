@@ -459,7 +459,9 @@ class BackgroundSync:
             with self.engine.one_attempt():
                 return work()
         except Exception:
-            if self._stop.is_set():
+            # The client closes by cutting the engine first, then stopping
+            # this thread: a round failing in between failed because of it.
+            if self._stop.is_set() or self.engine.closing:
                 return None
             raise
 

@@ -586,6 +586,11 @@ class SyncEngine:
             self.progress.page(store, "snapshot", len(page.records), False, None)
         return resent
 
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` was called: work failing now fails because of it."""
+        return self._closing.is_set()
+
     def close(self) -> None:
         """Stop retrying (a wait between attempts ends now) and stop the
         prefetch thread (a fetch under way is abandoned)."""

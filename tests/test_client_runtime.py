@@ -226,3 +226,27 @@ def test_flush_pushes_pending_writes_within_its_timeout(make_client, api, store)
     later = notes.add({"on": "exit"})
     client.close(flush_timeout=10)
     assert later in {c["key"] for c in api.pull_all(store)[0]}
+
+
+def test_a_round_failing_because_the_client_closes_logs_nothing(
+    server, store, tmp_path, caplog
+) -> None:
+    """close() cuts the engine before it stops the background threads: a round
+    failing in between (the local file closed) is no failure to log or show."""
+    client = Client(tmp_path / "a.db", server.url, retry=fast_policy())
+    client.store(store)
+    client.start()
+    background = client._background
+    assert background is not None
+
+    def cut_by_close() -> SyncReport:
+        client._engine.close()
+        raise ClientClosed("the client is closed")
+
+    try:
+        with caplog.at_level("WARNING", logger="idsync"):
+            assert background._round(cut_by_close) is False
+        assert "background sync failed" not in caplog.text
+        assert client.status.last_error is None
+    finally:
+        client.close()
