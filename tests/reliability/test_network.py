@@ -21,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from idsync_client import Client, RetryPolicy, TemporaryError
 from idsync_client.testing import wait_until_synced
 from idsync_server_ref.process import ServerProcess
@@ -167,13 +169,23 @@ def _attribute_problems(writers: list[Writer], url: str) -> list[str]:
     return problems
 
 
-def run_campaign(tmp_path: Path, seconds: float, seed: int, label: str) -> CampaignFigures:
-    """Write through the faulty proxy for ``seconds``, heal, converge, check."""
+def run_campaign(
+    tmp_path: Path,
+    seconds: float,
+    seed: int,
+    label: str,
+    database: str | Path | None = None,
+    backend: str = "sqlite",
+) -> CampaignFigures:
+    """Write through the faulty proxy for ``seconds``, heal, converge, check.
+
+    ``database``: the server's database (a SQLite file in ``tmp_path`` when None).
+    """
     started = time.monotonic()
     rng = random.Random(seed)
     ledger = Ledger()
     with (
-        ServerProcess(tmp_path / "server.sqlite3") as server,
+        ServerProcess(database or tmp_path / "server.sqlite3") as server,
         FaultProxy(("127.0.0.1", server.port), seed=seed) as proxy,
     ):
         Api(server.url).create_store(STORE)
@@ -234,6 +246,7 @@ def run_campaign(tmp_path: Path, seconds: float, seed: int, label: str) -> Campa
     row = record(
         CampaignFigures(
             label,
+            backend=backend,
             injected=sum(faults.values()),
             acknowledged=result.acknowledged,
             lost=result.lost,
@@ -253,11 +266,17 @@ def run_campaign(tmp_path: Path, seconds: float, seed: int, label: str) -> Campa
     return row
 
 
-def test_clients_through_a_faulty_network_lose_nothing(tmp_path: Path, full: bool) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_clients_through_a_faulty_network_lose_nothing(
+    tmp_path: Path, full: bool, backend: str, request: pytest.FixtureRequest
+) -> None:
     # Full: two rounds of 100 s (about 7,000 faults); short: one of 4 s.
     rounds = [(100.0, 7001), (100.0, 7002)] if full else [(4.0, 7001)]
+    cluster = request.getfixturevalue("pg_cluster") if backend == "postgresql" else None
     total = 0
     for i, (seconds, seed) in enumerate(rounds):
-        row = run_campaign(tmp_path / f"round{i}", seconds, seed, "network faults (proxy)")
+        folder = tmp_path / f"round{i}"
+        database = None if cluster is None else str(cluster.database())
+        row = run_campaign(folder, seconds, seed, "network faults (proxy)", database, backend)
         total += row.injected
     assert total > (500 if full else 20), "the proxy injected too few faults to mean much"
