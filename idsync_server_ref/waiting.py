@@ -22,6 +22,7 @@ from .asgi import HttpError, error_envelope, error_for
 from .auth import READ, Principal, require
 from .storage import Storage
 from .storage.accounts import AccountStore
+from .storage.json_text import utf8_size
 
 #: About how much JSON of changes one store's page in a wait answer carries
 #: (always at least one change).
@@ -138,6 +139,6 @@ def look(
             continue
         found.changed.add(store)
         if paged:
-            budget -= sum(len(item) for item in page.items_json)
+            budget -= sum(map(utf8_size, page.items_json))
             found.pages[store] = PullAnswer.to_json(page.items_json, page.cursor, page.more)
     return found

@@ -5,6 +5,16 @@ from __future__ import annotations
 from idsync_client import jsoncodec
 
 
+def utf8_size(text: str) -> int:
+    """How many bytes ``text`` takes in UTF-8, as it goes on the wire.
+
+    Page bounds count bytes: a page of Chinese or emoji text would be up to
+    four times its bound if characters were counted instead. ASCII text (the
+    common case) is measured without encoding it.
+    """
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def tag_text(tag: int | None) -> str:
     """A log entry's tag as cursors carry it (lowercase hex); "" for no entry (seq 0)."""
     return "" if tag is None else format(tag, "x")

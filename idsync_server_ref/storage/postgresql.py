@@ -70,7 +70,7 @@ from .base import (
     StoreInfo,
     StoreNotFound,
 )
-from .json_text import record_json, tag_text
+from .json_text import record_json, tag_text, utf8_size
 from .listeners import Listeners
 from .migrations import migrate
 from .postgresql_history import CONTENT
@@ -460,7 +460,7 @@ class PostgresqlStorage(Storage):
         size = 0
         last = None
         for seq, entry_tag, item in rows:
-            size += len(item)
+            size += utf8_size(item)
             if items and size > max_bytes:
                 break
             items.append(item)
@@ -486,7 +486,7 @@ class PostgresqlStorage(Storage):
         size = 0
         last = after
         for item, added_seq in rows[:limit]:
-            size += len(item)
+            size += utf8_size(item)
             if items and size > max_bytes:
                 break
             items.append(item)

@@ -42,7 +42,7 @@ from .base import (
     StoreInfo,
     StoreNotFound,
 )
-from .json_text import record_json, tag_text
+from .json_text import record_json, tag_text, utf8_size
 from .listeners import Listeners
 from .migrations import migrate
 from .push_rules import KnownRecord, PushBatch
@@ -386,7 +386,7 @@ class SqliteStorage(Storage):
         size = 0
         last = None
         for row in rows:
-            size += len(row[2])
+            size += utf8_size(row[2])
             if items and size > max_bytes:
                 break
             items.append(row[2])
@@ -414,7 +414,7 @@ class SqliteStorage(Storage):
         last = after
         for key, index_json, value_json, added_seq in rows[:limit]:
             item = record_json(key, index_json, value_json, added_seq)
-            size += len(item)
+            size += utf8_size(item)
             if items and size > max_bytes:
                 break
             items.append(item)

@@ -229,6 +229,18 @@ class StorageContract:
         assert [jsoncodec.loads(i)["seq"] for i in rest.items_json] == [8, 9, 10]
         assert not rest.more
 
+    def test_page_bounds_count_utf8_bytes_not_characters(self, storage: Storage) -> None:
+        # Each value is ~100 characters but ~400 bytes in UTF-8 (4-byte emoji).
+        storage.push(
+            "notes", "c1", [add(n, f"k{n}", {"pad": "\U0001f600" * 100}) for n in (1, 2, 3)]
+        )
+        page = storage.pull("notes", None, limit=100, max_bytes=1000)
+        sizes = [len(i.encode()) for i in page.items_json]
+        assert len(page.items_json) == 2 and sum(sizes) <= 1000 < sum(sizes) + sizes[0]
+        assert page.more
+        snap = storage.snapshot("notes", None, 0, limit=100, max_bytes=1000)
+        assert len(snap.records_json) == 2 and snap.more
+
     def test_pull_items_are_valid_json_with_the_stored_value(self, storage: Storage) -> None:
         value = {"text": 'quote " backslash \\ é 😀', "list": [1, 2.5, None, True]}
         storage.push(
@@ -244,15 +256,20 @@ class StorageContract:
 
     def test_served_json_quotes_keys_as_the_client_encodes_them(self, storage: Storage) -> None:
         """Pull and snapshot write keys (a backend may do it in SQL) exactly as jsoncodec does."""
-        keys = ["q\"uote", "back\\slash", "é ü 😀", "a/b", "\u2028line", "\u00a0nbsp", "~"]
+        keys = ['q"uote', "back\\slash", "é ü 😀", "a/b", "\u2028line", "\u00a0nbsp", "~"]
         value = {"v": [1, 2.5, "s"]}
         storage.push("notes", "c1", [add(n, k, value, ("t",)) for n, k in enumerate(keys, 1)])
         pulled = storage.pull("notes", None, 100, 10**6).items_json
         snap = storage.snapshot("notes", None, 0, 100, 10**6).records_json
         for n, (key, change, record) in enumerate(zip(keys, pulled, snap, strict=True), 1):
             quoted = jsoncodec.dumps(key)
-            assert change == f'{{"seq":{n},"op":"add","key":{quoted},"index":["t"],"value":{{"v":[1,2.5,"s"]}}}}'
-            assert record == f'{{"key":{quoted},"index":["t"],"value":{{"v":[1,2.5,"s"]}},"seq":{n}}}'
+            assert (
+                change
+                == f'{{"seq":{n},"op":"add","key":{quoted},"index":["t"],"value":{{"v":[1,2.5,"s"]}}}}'
+            )
+            assert (
+                record == f'{{"key":{quoted},"index":["t"],"value":{{"v":[1,2.5,"s"]}},"seq":{n}}}'
+            )
 
     def test_cursor_checks(self, storage: Storage) -> None:
         storage.push("notes", "c1", [add(1, "a")])
