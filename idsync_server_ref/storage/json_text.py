@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from idsync_client import jsoncodec
 
 
@@ -13,6 +15,20 @@ def utf8_size(text: str) -> int:
     common case) is measured without encoding it.
     """
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def fill_page(items: Iterable[str], max_bytes: int) -> list[str]:
+    """The leading ``items`` whose UTF-8 size stays within ``max_bytes``;
+    always the first one, even when it alone is over the bound. Reads no
+    further than the first item that does not fit."""
+    page: list[str] = []
+    size = 0
+    for item in items:
+        size += utf8_size(item)
+        if page and size > max_bytes:
+            break
+        page.append(item)
+    return page
 
 
 def tag_text(tag: int | None) -> str:

@@ -70,7 +70,7 @@ from .base import (
     StoreInfo,
     StoreNotFound,
 )
-from .json_text import record_json, tag_text, utf8_size
+from .json_text import fill_page, record_json, tag_text
 from .listeners import Listeners
 from .migrations import migrate
 from .postgresql_history import CONTENT
@@ -94,9 +94,9 @@ _TABLES = ("stores", "changes", "records", "index_items", "client_changes")
 # A log entry as pull serves it (json_text.change_json): to_json escapes a
 # key as orjson does (keys hold no control characters).
 _CHANGE_JSON = (
-    "CASE op WHEN 'add' THEN '{\"seq\":' || seq || ',\"op\":\"add\",\"key\":' || to_json(key)"
+    'CASE op WHEN \'add\' THEN \'{"seq":\' || seq || \',"op":"add","key":\' || to_json(key)'
     " || ',\"index\":' || index_json || ',\"value\":' || value_json || '}'"
-    " ELSE '{\"seq\":' || seq || ',\"op\":\"delete\",\"key\":' || to_json(key) || '}' END"
+    ' ELSE \'{"seq":\' || seq || \',"op":"delete","key":\' || to_json(key) || \'}\' END'
 )
 # A live record as a snapshot serves it (json_text.record_json).
 _RECORD_JSON = (
@@ -456,15 +456,8 @@ class PostgresqlStorage(Storage):
                 " WHERE store_id = %s AND seq > %s ORDER BY seq LIMIT %s",
                 (store_id, after.seq, limit),
             ).fetchall()
-        items: list[str] = []
-        size = 0
-        last = None
-        for seq, entry_tag, item in rows:
-            size += utf8_size(item)
-            if items and size > max_bytes:
-                break
-            items.append(item)
-            last = (seq, entry_tag)
+        items = fill_page((row[2] for row in rows), max_bytes)
+        last = rows[len(items) - 1] if items else None
         cursor = after if last is None else Cursor(epoch, last[0], tag_text(last[1]))
         return Page(items, cursor, more=cursor.seq < head)
 
@@ -482,15 +475,8 @@ class PostgresqlStorage(Storage):
                 " ORDER BY r.added_seq LIMIT %s",
                 (store_id, after, at.seq, at.seq, limit + 1),
             ).fetchall()
-        items: list[str] = []
-        size = 0
-        last = after
-        for item, added_seq in rows[:limit]:
-            size += utf8_size(item)
-            if items and size > max_bytes:
-                break
-            items.append(item)
-            last = added_seq
+        items = fill_page((row[0] for row in rows[:limit]), max_bytes)
+        last = rows[len(items) - 1][1] if items else after
         return SnapshotPage(items, at, last, len(items) < len(rows))
 
     def get_record(self, name: str, key: str) -> str | None:

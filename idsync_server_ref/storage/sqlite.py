@@ -42,7 +42,7 @@ from .base import (
     StoreInfo,
     StoreNotFound,
 )
-from .json_text import record_json, tag_text, utf8_size
+from .json_text import fill_page, record_json, tag_text
 from .listeners import Listeners
 from .migrations import migrate
 from .push_rules import KnownRecord, PushBatch
@@ -62,8 +62,6 @@ _STORE_INFO = (
     " s.retention_seconds FROM stores s"
     " LEFT JOIN changes h ON h.store_id = s.id AND h.seq = s.head_seq"
 )
-
-
 
 
 class SqliteStorage(Storage):
@@ -382,16 +380,9 @@ class SqliteStorage(Storage):
                 " WHERE store_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (store_id, after.seq, limit),
             ).fetchall()
-        items: list[str] = []
-        size = 0
-        last = None
-        for row in rows:
-            size += utf8_size(row[2])
-            if items and size > max_bytes:
-                break
-            items.append(row[2])
-            last = row
+        items = fill_page((row[2] for row in rows), max_bytes)
         # The page's cursor names the entry of its last change.
+        last = rows[len(items) - 1] if items else None
         cursor = after if last is None else Cursor(epoch, last[0], tag_text(last[1]))
         return Page(items, cursor, more=cursor.seq < head)
 
@@ -409,18 +400,9 @@ class SqliteStorage(Storage):
                 " ORDER BY r.added_seq LIMIT ?",
                 (store_id, after, at.seq, at.seq, limit + 1),
             ).fetchall()
-        items: list[str] = []
-        size = 0
-        last = after
-        for key, index_json, value_json, added_seq in rows[:limit]:
-            item = record_json(key, index_json, value_json, added_seq)
-            size += utf8_size(item)
-            if items and size > max_bytes:
-                break
-            items.append(item)
-            last = added_seq
-        more = len(items) < len(rows)
-        return SnapshotPage(items, at, last, more)
+        items = fill_page((record_json(*row) for row in rows[:limit]), max_bytes)
+        last = rows[len(items) - 1][3] if items else after
+        return SnapshotPage(items, at, last, len(items) < len(rows))
 
     def get_record(self, name: str, key: str) -> str | None:
         with self._read():
