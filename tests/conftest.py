@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -69,6 +71,38 @@ class Api:
 def fast_policy(max_attempts: int = 3) -> RetryPolicy:
     """A retry policy for tests: few attempts and no sleeping between them."""
     return RetryPolicy(max_attempts=max_attempts, sleep=lambda s: None)
+
+
+def backup_sqlite(database: Path, copy: Path) -> None:
+    """A consistent copy of a live SQLite database (SQLite's backup API)."""
+    source, target = sqlite3.connect(database), sqlite3.connect(copy)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+
+
+def restore_sqlite(copy: Path, database: Path) -> None:
+    """Put an older copy in place of a (stopped) server's database; the newer
+    history's write-ahead log goes too."""
+    for suffix in ("-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(copy, database)
+
+
+def live_keys(api: Api, store: str) -> set[str]:
+    """The keys of a store's live records on the server, every snapshot page."""
+    keys: set[str] = set()
+    params: dict[str, Any] = {"after": 0}
+    while True:
+        response = api.call("GET", f"/v1/stores/{store}/snapshot", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        keys |= {r["key"] for r in page["records"]}
+        if not page["more"]:
+            return keys
+        params = {"at": page["at"], "after": page["after"]}
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from idsync_client import Client
 from idsync_client.testing import ServerProcess
 
-from .conftest import Api, fast_policy
+from .conftest import Api, fast_policy, live_keys
 
 
 def copy_file(src: Path, dst: Path, with_sidecar: bool = True) -> None:
@@ -27,15 +27,6 @@ def logged_adds(api: Api, store: str) -> Counter[str]:
     changes, _ = api.pull_all(store)
     return Counter(c["key"] for c in changes if c["op"] == "add")
 
-
-def live_keys(api: Api, store: str) -> set[str]:
-    keys: set[str] = set()
-    after, more = 0, True
-    while more:
-        page = api.call("GET", f"/v1/stores/{store}/snapshot", params={"after": after}).json()
-        keys |= {r["key"] for r in page["records"]}
-        after, more = page["after"], page["more"]
-    return keys
 
 
 def test_copied_profile_takes_a_new_client_id_and_both_copies_lose_nothing(

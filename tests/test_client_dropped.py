@@ -13,7 +13,7 @@ import pytest
 from idsync_client import Client, ResetRequired, StoreDropped
 from idsync_client.transport import HttpTransport
 
-from .conftest import Api, fast_policy
+from .conftest import Api, fast_policy, live_keys
 
 
 def fresh(api: Api) -> str:
@@ -21,13 +21,6 @@ def fresh(api: Api) -> str:
     api.create_store(name)
     return name
 
-
-def live_keys(api: Api, store: str) -> set[str]:
-    response = api.call("GET", f"/v1/stores/{store}/snapshot", params={"after": 0})
-    assert response.status_code == 200, response.text
-    page = response.json()
-    assert not page["more"]
-    return {r["key"] for r in page["records"]}
 
 
 def still_dropped(api: Api, store: str) -> bool:

@@ -4,18 +4,15 @@ re-created store) are sent again, exactly once."""
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from idsync_client import Client
 from idsync_client.testing import ServerProcess
 
-from .conftest import Api, fast_policy
+from .conftest import Api, backup_sqlite, fast_policy, restore_sqlite
 
 
 @pytest.fixture
@@ -46,17 +43,6 @@ def adds(api: Api, store: str) -> Counter[str]:
     return Counter(c["key"] for c in api.pull_all(store)[0] if c["op"] == "add")
 
 
-def backup(database: Path, copy: Path) -> None:
-    """A consistent copy of a live server database (SQLite's backup API)."""
-    with sqlite3.connect(database) as src, sqlite3.connect(copy) as dst:
-        src.backup(dst)
-
-
-def restore(copy: Path, database: Path) -> None:
-    """Put the older copy in place of the (stopped) server's database."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{database}{suffix}").unlink(missing_ok=True)
-    shutil.copy(copy, database)
 
 
 def test_a_reset_with_pending_changes_keeps_them(make_client, api) -> None:
@@ -126,13 +112,13 @@ def test_a_restore_behind_the_cursor_is_seen_from_the_pulled_changes(tmp_path) -
         notes = a.store("notes")
         kept, doomed = notes.add({"v": "kept"}), notes.add({"v": "doomed"})
         a.sync()
-        backup(database, saved)
+        backup_sqlite(database, saved)
         later = notes.add({"v": "after the backup"})
         notes.delete(doomed)
         a._engine.push("notes")  # acknowledged, but not pulled: the cursor stays behind
     try:
         assert a.db.pending_count() == 0
-        restore(saved, database)
+        restore_sqlite(saved, database)
         with ServerProcess(database, port=port):
             other = Api(url)
             other.push(
@@ -164,12 +150,12 @@ def test_a_server_restored_from_an_older_copy_gets_this_clients_changes_back(tmp
         notes = a.store("notes")
         kept, doomed = notes.add({"v": "kept"}), notes.add({"v": "doomed"})
         a.sync()
-        backup(database, saved)
+        backup_sqlite(database, saved)
         later = notes.add({"v": "after the backup"})
         notes.delete(doomed)
         a.sync()
     try:
-        restore(saved, database)
+        restore_sqlite(saved, database)
         with ServerProcess(database, port=port):
             report = a._engine.sync("notes")
             assert report.resets == 1 and report.resent == 2

@@ -9,39 +9,12 @@ record hidden while the server holds it."""
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
 from pathlib import Path
 
-from idsync_client import Client, RetryPolicy
+from idsync_client import Client
 from idsync_server_ref.process import ServerProcess
 
-from .conftest import Api
-
-
-def fast_policy() -> RetryPolicy:
-    return RetryPolicy(max_attempts=3, sleep=lambda s: None)
-
-
-def live_keys(api: Api, store: str) -> set[str]:
-    page = api.call("GET", f"/v1/stores/{store}/snapshot", params={"after": 0}).json()
-    assert not page["more"]
-    return {r["key"] for r in page["records"]}
-
-
-def backup(db: Path, copy: Path) -> None:
-    source, target = sqlite3.connect(db), sqlite3.connect(copy)
-    try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
-
-
-def restore(copy: Path, db: Path) -> None:
-    for suffix in ("-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    shutil.copyfile(copy, db)
+from .conftest import Api, backup_sqlite, fast_policy, live_keys, restore_sqlite
 
 
 def converge(*clients: Client) -> None:
@@ -69,11 +42,11 @@ def test_a_pending_delete_of_a_record_the_restore_lost_happens_when_it_comes_bac
             kept = author.store("notes").add({"v": "before the copy"})
             deleter.store("notes")
             converge(author, deleter)
-            backup(db, copy)
+            backup_sqlite(db, copy)
             lost = author.store("notes").add({"v": "after the copy"})
             converge(author, deleter)
             server.stop()
-            restore(copy, db)
+            restore_sqlite(copy, db)
             deleter.store("notes").delete(lost)  # while the server is away
             server.start()
             converge(deleter, author, deleter)
@@ -98,13 +71,13 @@ def test_an_acknowledged_delete_the_restore_lost_is_sent_again(tmp_path: Path) -
             deleter.store("notes")
             reader.store("notes")
             converge(author, deleter, reader)
-            backup(db, copy)
+            backup_sqlite(db, copy)
             lost = author.store("notes").add({"v": "after the copy"})
             converge(author, deleter, reader)
             deleter.store("notes").delete(lost)
             converge(deleter, reader)  # the delete is acknowledged, the reader saw it
             server.stop()
-            restore(copy, db)
+            restore_sqlite(copy, db)
             server.start()
             converge(reader, deleter, author, reader, deleter)
             assert live_keys(api, "notes") == {kept}, "the acknowledged delete holds"
@@ -132,13 +105,13 @@ def test_a_delete_by_another_client_that_the_restore_lost_does_not_hide_the_reco
             deleter.store("notes")
             reader.store("notes")
             converge(author, deleter, reader)
-            backup(db, copy)
+            backup_sqlite(db, copy)
             lost = author.store("notes").add({"v": "after the copy"})
             converge(author, deleter, reader)
             deleter.store("notes").delete(lost)
             converge(deleter, reader)
             server.stop()
-            restore(copy, db)
+            restore_sqlite(copy, db)
             server.start()
             converge(reader, author, reader)  # the deleter never comes back
             assert live_keys(api, "notes") == {kept, lost}

@@ -4,9 +4,6 @@ changes alike, and re-sends its acknowledged changes the server lost."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -18,24 +15,12 @@ from idsync_client.localdb import LocalDB
 from idsync_client.protocol import Outcome
 from idsync_client.testing import ServerProcess
 
-from .conftest import fast_policy
-
-
-def _backup(src_path: Path, dst_path: Path) -> None:
-    src, dst = sqlite3.connect(src_path), sqlite3.connect(dst_path)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
+from .conftest import backup_sqlite, fast_policy, restore_sqlite
 
 
 def _restore(srv: ServerProcess, db: Path, backup: Path) -> None:
     srv.stop()
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(f"{db}{suffix}"):
-            os.remove(f"{db}{suffix}")
-    shutil.copy(backup, db)
+    restore_sqlite(backup, db)
     srv.start()
 
 
@@ -55,7 +40,7 @@ def test_flushed_add_lost_by_a_restore_is_sent_again(tmp_path: Path) -> None:
             b.store("n")
             a.sync()
             b.sync()
-            _backup(server_db, tmp_path / "backup.db")
+            backup_sqlite(server_db, tmp_path / "backup.db")
             a.store("n").add("x1")
             assert a.flush(5)  # acknowledged at seq 2, never pulled
             _restore(srv, server_db, tmp_path / "backup.db")
@@ -91,7 +76,7 @@ def test_pulled_change_at_a_seq_holding_two_local_rows_resets(tmp_path: Path) ->
             b.store("n")
             a.sync()
             b.sync()
-            _backup(server_db, tmp_path / "backup.db")
+            backup_sqlite(server_db, tmp_path / "backup.db")
             a.store("n").add("x1")
             assert a.flush(5)
             _restore(srv, server_db, tmp_path / "backup.db")
@@ -136,7 +121,7 @@ def test_push_alone_notices_the_restore_and_resends(tmp_path: Path) -> None:
         with Client(tmp_path / "a.db", srv.url, retry=fast_policy()) as a:
             a.store("n").add("a0")
             a.sync()
-            _backup(server_db, tmp_path / "backup.db")
+            backup_sqlite(server_db, tmp_path / "backup.db")
             a.store("n").add("x1")
             assert a.flush(5)
             _restore(srv, server_db, tmp_path / "backup.db")

@@ -8,28 +8,11 @@ answered 410 reset_required; cursors within the restored history still work.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from idsync_server_ref.process import ServerProcess
 
-from .conftest import Api, add
-
-
-def _backup(db: Path, copy: Path) -> None:
-    source = sqlite3.connect(db)
-    target = sqlite3.connect(copy)
-    try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
-
-
-def _restore(copy: Path, db: Path) -> None:
-    for suffix in ("-wal", "-shm"):  # the newer history's write-ahead log goes too
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    db.write_bytes(copy.read_bytes())
+from .conftest import Api, add, backup_sqlite, restore_sqlite
 
 
 def _pull(api: Api, cursor: str | None, limit: int = 100):
@@ -52,14 +35,14 @@ def test_cursors_after_a_restore_from_an_older_copy(tmp_path: Path) -> None:
         api.create_store("notes")
         api.push("notes", "a", [add(n, f"k{n}") for n in range(1, 6)])
         within = _pull(api, None, limit=3).json()["cursor"]  # seq 3, in the copy
-        _backup(db, copy)  # while the server runs
+        backup_sqlite(db, copy)  # while the server runs
         api.push("notes", "a", [add(n, f"k{n}") for n in range(6, 9)])
         _, head = api.pull_all("notes", within)
         assert head == api.call("GET", "/v1/stores/notes").json()["head_cursor"]
         assert head.split(".")[1] == "8"
         past_copy = _pull(api, None, limit=6).json()["cursor"]
         assert past_copy.split(".")[1] == "6"
-    _restore(copy, db)
+    restore_sqlite(copy, db)
     with ServerProcess(db) as server:
         api = Api(server.url)
         info = api.call("GET", "/v1/stores/notes").json()

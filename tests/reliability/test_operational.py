@@ -38,7 +38,7 @@ from idsync_client import Client, RetryPolicy
 from idsync_client.testing import wait_until_synced
 from idsync_server_ref.process import ServerProcess
 
-from ..conftest import Api
+from ..conftest import Api, backup_sqlite, restore_sqlite
 from .faultproxy import FaultProxy
 from .figures import CampaignFigures, record
 from .setcheck import Ledger, SetCheck, check
@@ -179,19 +179,6 @@ def _until(condition: Callable[[], bool], seconds: float, what: str) -> None:
         threading.Event().wait(0.02)
 
 
-def _backup(db: Path, copy: Path) -> None:
-    source, target = sqlite3.connect(db), sqlite3.connect(copy)
-    try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
-
-
-def _restore(copy: Path, db: Path) -> None:
-    for suffix in ("-wal", "-shm"):  # the newer history's write-ahead log goes too
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    shutil.copyfile(copy, db)
 
 
 def _rejections(clients: list[Client], ledger: Ledger, totals: Counter[str]) -> None:
@@ -254,7 +241,7 @@ def _repeats(full: bool, short: int, long: int) -> int:
 # -- (a) a server restored from an older copy ---------------------------------------------
 
 
-def _one_restore(folder: Path, seed: int, full: bool, totals: Counter[str]) -> SetCheck:
+def _onerestore_sqlite(folder: Path, seed: int, full: bool, totals: Counter[str]) -> SetCheck:
     rng = random.Random(seed)
     db, copy = folder / "server.sqlite3", folder / "copy.sqlite3"
     ledger = Ledger()
@@ -271,14 +258,14 @@ def _one_restore(folder: Path, seed: int, full: bool, totals: Counter[str]) -> S
             # Clients delete each other's records too: a restore loses deletes.
             with _writers(clients, [STORE], ledger, seed, others=True) as scribes:
                 _pause(rng, 0.2, 0.6 * scale)
-                _backup(db, copy)  # while the server runs and clients write
+                backup_sqlite(db, copy)  # while the server runs and clients write
                 _pause(rng, 0.3, 0.8 * scale)
                 if rng.random() < 0.5:
                     with _quiet(scribes):  # what the copy lacks reached everyone
                         _pause(rng, 0.0, 0.3 * scale)
                 server.stop()
                 totals["seqs_lost_by_restore"] += _file_head(db, STORE) - _file_head(copy, STORE)
-                _restore(copy, db)
+                restore_sqlite(copy, db)
                 _pause(rng, 0.0, 0.3 * scale)  # clients write on, offline
                 server.start()
                 _pause(rng, 0.2, 0.6 * scale)
@@ -307,7 +294,7 @@ def test_a_server_restored_from_an_older_copy_gets_every_write_back(
 ) -> None:
     started, totals = time.monotonic(), Counter[str]()
     repeats = _repeats(full, 1, 8)
-    results = [_one_restore(tmp_path / f"r{i}", 9100 + i, full, totals) for i in range(repeats)]
+    results = [_onerestore_sqlite(tmp_path / f"r{i}", 9100 + i, full, totals) for i in range(repeats)]
     assert totals["resets"] >= repeats and totals["seqs_lost_by_restore"] > 0, totals
     _record("server restored from an older copy", results, started, repeats, dict(totals))
 
