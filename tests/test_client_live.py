@@ -9,18 +9,14 @@ from typing import Any
 
 import pytest
 
-from idsync_client import Client, PermanentError, ResetRequired, RetryPolicy
+from idsync_client import Client, PermanentError, ResetRequired
 from idsync_client.errors import IdsyncError
 from idsync_client.protocol import Cursor, Limits, Outcome
 from idsync_client.testing import Network, ServerProcess
 from idsync_client.transport import HttpTransport
 from idsync_client.wire import PullAnswer, SnapshotAnswer, WaitAnswer, WireError
 
-from .conftest import Api, wait_for
-
-
-def fast_policy() -> RetryPolicy:
-    return RetryPolicy(max_attempts=2, sleep=lambda s: None)
+from .conftest import Api, fast_policy, wait_for
 
 
 def add_change(n: int, key: str) -> dict[str, Any]:
@@ -40,7 +36,7 @@ def waiting(api: Api) -> int:
 
 def test_five_stores_hold_one_request_while_idle(tmp_path, own_server) -> None:
     api = Api(own_server.url)
-    with Client(tmp_path / "c.db", own_server.url, retry=fast_policy(), long_poll=10) as client:
+    with Client(tmp_path / "c.db", own_server.url, retry=fast_policy(2), long_poll=10) as client:
         net = Network(client)
         stores = [client.store(f"s{i}") for i in range(5)]
         heard: list[str] = []
@@ -71,7 +67,7 @@ def test_five_stores_hold_one_request_while_idle(tmp_path, own_server) -> None:
 
 def test_a_store_opened_after_start_joins_the_channel(tmp_path, own_server) -> None:
     api = Api(own_server.url)
-    with Client(tmp_path / "c.db", own_server.url, retry=fast_policy(), long_poll=10) as client:
+    with Client(tmp_path / "c.db", own_server.url, retry=fast_policy(2), long_poll=10) as client:
         client.store("first")
         client.start()
         assert wait_for(lambda: client.status.state == "online" and waiting(api) == 1)
@@ -90,7 +86,7 @@ def test_a_store_opened_after_start_joins_the_channel(tmp_path, own_server) -> N
 
 def test_a_local_write_still_kicks_the_push(tmp_path, server) -> None:
     api = Api(server.url)
-    with Client(tmp_path / "c.db", server.url, retry=fast_policy(), long_poll=10) as client:
+    with Client(tmp_path / "c.db", server.url, retry=fast_policy(2), long_poll=10) as client:
         notes = client.store("live-push")
         client.start()
         assert wait_for(lambda: client.status.state == "online")
@@ -179,7 +175,7 @@ def envelope(code: str) -> WireError:
 @pytest.fixture
 def fake_client(tmp_path) -> Iterator[tuple[Client, FakeTransport]]:
     fake = FakeTransport()
-    client = Client(tmp_path / "c.db", "http://idsync.test", retry=fast_policy(), long_poll=5)
+    client = Client(tmp_path / "c.db", "http://idsync.test", retry=fast_policy(2), long_poll=5)
     assert client._engine is not None
     client._engine.transport = fake  # the engine is typed against Transport
     yield client, fake
@@ -254,8 +250,8 @@ def test_a_remote_write_arrives_through_the_live_channel_with_no_pull(
     tmp_path, own_server
 ) -> None:
     with (
-        Client(tmp_path / "a.db", own_server.url, retry=fast_policy()) as a,
-        Client(tmp_path / "b.db", own_server.url, retry=fast_policy(), long_poll=10) as b,
+        Client(tmp_path / "a.db", own_server.url, retry=fast_policy(2)) as a,
+        Client(tmp_path / "b.db", own_server.url, retry=fast_policy(2), long_poll=10) as b,
     ):
         net = Network(b)
         a.store("notes")
@@ -279,7 +275,7 @@ def test_a_remote_write_arrives_through_the_live_channel_with_no_pull(
 def test_the_writer_takes_its_own_change_back_from_the_live_channel(
     tmp_path, own_server
 ) -> None:
-    with Client(tmp_path / "a.db", own_server.url, retry=fast_policy(), long_poll=10) as a:
+    with Client(tmp_path / "a.db", own_server.url, retry=fast_policy(2), long_poll=10) as a:
         net = Network(a)
         heard: list[str] = []
         a.store("notes").subscribe(lambda e: heard.extend(e.origin for r in e.added))

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from idsync_client import Client, RetryPolicy, StoreDropped
+from idsync_client import Client, StoreDropped
 from idsync_client.testing import Network, ServerProcess
 
-from .conftest import Api
-
-
-def fast_policy() -> RetryPolicy:
-    return RetryPolicy(max_attempts=2, sleep=lambda s: None)
+from .conftest import Api, fast_policy
 
 
 def kinds(net: Network, since: int = 0) -> Counter[str]:
@@ -46,7 +42,7 @@ def test_a_no_op_sync_of_fifty_stores_is_one_request(tmp_path: Path, own_server)
         for name in names:
             writer.store(name).add({"in": name})
         writer.sync()
-    with Client(tmp_path / "r.db", own_server.url, retry=fast_policy()) as reader:
+    with Client(tmp_path / "r.db", own_server.url, retry=fast_policy(2)) as reader:
         net = Network(reader)
         for name in names:
             reader.store(name)
@@ -64,7 +60,7 @@ def test_ten_of_fifty_changed_come_in_one_wait_and_no_pull(tmp_path: Path, own_s
     names = many(api, 50, "ten")
     with (
         Client(tmp_path / "w.db", own_server.url) as writer,
-        Client(tmp_path / "r.db", own_server.url, retry=fast_policy()) as reader,
+        Client(tmp_path / "r.db", own_server.url, retry=fast_policy(2)) as reader,
     ):
         net = Network(reader)
         for name in names:
@@ -95,7 +91,7 @@ def test_pages_cut_by_bytes_still_deliver_everything(tmp_path: Path, own_server)
     big = "x" * 50_000
     with (
         Client(tmp_path / "w.db", own_server.url) as writer,
-        Client(tmp_path / "r.db", own_server.url, retry=fast_policy()) as reader,
+        Client(tmp_path / "r.db", own_server.url, retry=fast_policy(2)) as reader,
     ):
         net = Network(reader)
         for name in names:
@@ -119,7 +115,7 @@ def test_a_dropped_store_in_a_round_is_told_and_the_others_sync(
     names = many(api, 3, "drop")
     with (
         Client(tmp_path / "w.db", own_server.url) as writer,
-        Client(tmp_path / "r.db", own_server.url, retry=fast_policy()) as reader,
+        Client(tmp_path / "r.db", own_server.url, retry=fast_policy(2)) as reader,
     ):
         net = Network(reader)
         for name in names:
@@ -142,7 +138,7 @@ def test_a_store_reset_in_a_round_reloads_and_the_others_sync(tmp_path: Path, ow
     names = many(api, 3, "reset")
     with (
         Client(tmp_path / "w.db", own_server.url) as writer,
-        Client(tmp_path / "r.db", own_server.url, retry=fast_policy()) as reader,
+        Client(tmp_path / "r.db", own_server.url, retry=fast_policy(2)) as reader,
     ):
         for name in names:
             writer.store(name).add({"before": name})
@@ -156,7 +152,7 @@ def test_a_store_reset_in_a_round_reloads_and_the_others_sync(tmp_path: Path, ow
         key0 = writer.store(names[0]).add({"new": "epoch"})
         key2 = writer.store(names[2]).add({"plain": "change"})
         writer.sync()
-    with Client(tmp_path / "r.db", own_server.url, retry=fast_policy()) as reader:
+    with Client(tmp_path / "r.db", own_server.url, retry=fast_policy(2)) as reader:
         report = reader.sync()
         assert report.resets == 1
         assert len(reader.store(names[0])) == 1 and reader.store(names[0]).get(key0) is not None
@@ -171,7 +167,7 @@ def test_first_syncs_run_together_and_tell_the_callers_thread(tmp_path: Path, ow
         for name in names:
             writer.store(name).add_many([{"value": {"i": i}} for i in range(30)])
         writer.sync()
-    with Client(tmp_path / "r.db", own_server.url, retry=fast_policy()) as reader:
+    with Client(tmp_path / "r.db", own_server.url, retry=fast_policy(2)) as reader:
         threads: set[str] = set()
         counts: Counter[str] = Counter()
         for name in names:

@@ -11,17 +11,13 @@ import uuid
 
 import pytest
 
-from idsync_client import AuthError, Client, RetryPolicy, TemporaryError
+from idsync_client import AuthError, Client, TemporaryError
 from idsync_client.jsoncodec import canonical
 from idsync_client.protocol import ProtocolViolation
 from idsync_client.records import same_json
 from idsync_client.testing import Network, ServerProcess
 
-from .conftest import Api
-
-
-def fast_policy() -> RetryPolicy:
-    return RetryPolicy(max_attempts=5, sleep=lambda s: None)
+from .conftest import Api, fast_policy
 
 
 @pytest.fixture
@@ -29,7 +25,7 @@ def make_client(tmp_path, server):
     clients: list[Client] = []
 
     def make(name: str, url: str | None = None, **kwargs) -> Client:
-        kwargs.setdefault("retry", fast_policy())
+        kwargs.setdefault("retry", fast_policy(5))
         client = Client(tmp_path / f"{name}.db", url or server.url, **kwargs)
         clients.append(client)
         return client
@@ -167,7 +163,7 @@ def test_reset_keeps_pending_changes(make_client, api) -> None:
 
 def test_auth_error_pauses_until_the_token_is_replaced(tmp_path) -> None:
     with ServerProcess(tmp_path / "s.db", "--auth-token", "right") as srv:
-        client = Client(tmp_path / "c.db", srv.url, token="wrong", retry=fast_policy())
+        client = Client(tmp_path / "c.db", srv.url, token="wrong", retry=fast_policy(5))
         with client:
             client.store("notes").add(1)
             with pytest.raises(AuthError):
@@ -237,7 +233,7 @@ WRITER = textwrap.dedent("""
 
 def test_two_processes_on_one_file(tmp_path, server, api, store) -> None:
     path = tmp_path / "shared.db"
-    with Client(path, server.url, retry=fast_policy()) as holder:
+    with Client(path, server.url, retry=fast_policy(5)) as holder:
         holder.store(store).add({"from": "holder"})
         holder.start()  # holds the sync lock
         result = subprocess.run(
@@ -268,8 +264,8 @@ def test_two_processes_on_one_file(tmp_path, server, api, store) -> None:
 
 def test_server_with_smaller_pages_is_still_pulled(tmp_path) -> None:
     with ServerProcess(tmp_path / "s.db", "--max-page", "50", "--default-page", "20") as srv:
-        writer = Client(tmp_path / "w.db", srv.url, retry=fast_policy())
-        reader = Client(tmp_path / "r.db", srv.url, retry=fast_policy())
+        writer = Client(tmp_path / "w.db", srv.url, retry=fast_policy(5))
+        reader = Client(tmp_path / "r.db", srv.url, retry=fast_policy(5))
         with writer, reader:
             writer.store("notes").add_many([{"value": i} for i in range(120)])
             writer.sync()
@@ -301,7 +297,7 @@ def test_a_closed_client_applies_nothing_more(make_client, store) -> None:
 
 def test_background_sync_pauses_on_auth_error_and_resumes_with_a_new_token(tmp_path) -> None:
     with ServerProcess(tmp_path / "s.db", "--auth-token", "right") as srv:
-        client = Client(tmp_path / "c.db", srv.url, token="wrong", retry=fast_policy(), long_poll=2)
+        client = Client(tmp_path / "c.db", srv.url, token="wrong", retry=fast_policy(5), long_poll=2)
         paused, done = threading.Event(), threading.Event()
 
         def watch(status) -> None:
