@@ -8,6 +8,7 @@ from pathlib import Path
 from idsync_client import Client
 
 from ..conftest import Api, add, delete
+from . import setcheck
 from .setcheck import Ledger, check
 
 
@@ -45,3 +46,24 @@ def test_an_acknowledgement_file_cut_by_a_kill_keeps_only_whole_lines(tmp_path: 
     ledger = Ledger()
     ledger.merge_file("s", acks)
     assert ledger.adds == {"s": {"k1": {"a": 1}}} and ledger.deletes == {"s": {"k0"}}
+
+
+def test_an_add_logged_twice_is_counted_duplicated(
+    server, api: Api, store: str, monkeypatch
+) -> None:
+    # A server never logs a key twice, so the fault is planted in what the
+    # check reads: the store's log with its first add served again.
+    api.push(store, "writer", [add(1, key="once"), add(2, key="also")])
+    ledger = Ledger()
+    ledger.added(store, "once", {"n": 1})
+    ledger.added(store, "also", {"n": 2})
+    clean = check(ledger, server.url, [store])
+    assert clean.ok and clean.duplicated == 0, clean.problems
+
+    real_log = setcheck.server_log
+    monkeypatch.setattr(
+        setcheck, "server_log", lambda *args: (lambda log: log + log[:1])(real_log(*args))
+    )
+    found = check(ledger, server.url, [store])
+    assert found.duplicated == 1 and found.lost == 0 and not found.ok
+    assert any("added 2 times" in problem for problem in found.problems)
