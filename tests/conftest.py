@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 import sqlite3
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from idsync_client import RetryPolicy
+from idsync_client import Client, RetryPolicy
 from idsync_server_ref.process import ServerProcess
 
 _store_numbers = itertools.count(1)
@@ -89,6 +90,44 @@ def restore_sqlite(copy: Path, database: Path) -> None:
     for suffix in ("-wal", "-shm"):
         Path(f"{database}{suffix}").unlink(missing_ok=True)
     shutil.copyfile(copy, database)
+
+
+class RestorableServer:
+    """A server process on its own SQLite file, which a test backs up and
+    later puts back in place (an operator restoring an older copy)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.database = folder / "server.sqlite3"
+        self.copy = folder / "server-copy.sqlite3"
+        self.process = ServerProcess(self.database)
+
+    @property
+    def url(self) -> str:
+        """The running server's base URL."""
+        return self.process.url
+
+    def backup(self) -> None:
+        """Take the copy that :meth:`restore` puts back."""
+        backup_sqlite(self.database, self.copy)
+
+    def restore(self, start: bool = True) -> None:
+        """Stop the server, put the copy in place, and start it again unless
+        ``start`` is false (the test starts it when it wants)."""
+        self.process.stop()
+        restore_sqlite(self.copy, self.database)
+        if start:
+            self.process.start()
+
+
+@contextlib.contextmanager
+def clients(folder: Path, url: str, *names: str) -> Iterator[tuple[Client, ...]]:
+    """One client per name, each on ``folder/<name>.db`` with :func:`fast_policy`;
+    all closed on exit."""
+    with contextlib.ExitStack() as stack:
+        yield tuple(
+            stack.enter_context(Client(folder / f"{name}.db", url, retry=fast_policy()))
+            for name in names
+        )
 
 
 def live_keys(api: Api, store: str) -> set[str]:
@@ -180,3 +219,14 @@ def pg_cluster() -> Iterator[Any]:
 def pg_url(pg_cluster: Any) -> str:
     """A fresh PostgreSQL database with the current schema, for one test."""
     return str(pg_cluster.database())
+
+
+@pytest.fixture
+def restorable(tmp_path: Path) -> Iterator[RestorableServer]:
+    """A running :class:`RestorableServer` in ``tmp_path``, stopped after the test."""
+    server = RestorableServer(tmp_path)
+    server.process.start()
+    try:
+        yield server
+    finally:
+        server.process.stop()

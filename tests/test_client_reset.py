@@ -10,9 +10,8 @@ from collections import Counter
 import pytest
 
 from idsync_client import Client
-from idsync_client.testing import ServerProcess
 
-from .conftest import Api, backup_sqlite, fast_policy, restore_sqlite
+from .conftest import Api, RestorableServer, clients, fast_policy
 
 
 @pytest.fixture
@@ -41,8 +40,6 @@ def live(api: Api, store: str) -> dict[str, object]:
 
 def adds(api: Api, store: str) -> Counter[str]:
     return Counter(c["key"] for c in api.pull_all(store)[0] if c["op"] == "add")
-
-
 
 
 def test_a_reset_with_pending_changes_keeps_them(make_client, api) -> None:
@@ -98,73 +95,63 @@ def test_a_recreated_store_gets_this_clients_records_again(make_client, api) -> 
     assert theirs not in a.store(name)
 
 
-def test_a_restore_behind_the_cursor_is_seen_from_the_pulled_changes(tmp_path) -> None:
+def wrote_across_a_backup(restorable: RestorableServer, a: Client) -> tuple[str, str]:
+    """``a`` adds two records and syncs, the server is backed up, then ``a``
+    adds a third and deletes one of the first two: returns (kept, later)."""
+    Api(restorable.url).create_store("notes")
+    notes = a.store("notes")
+    kept, doomed = notes.add({"v": "kept"}), notes.add({"v": "doomed"})
+    a.sync()
+    restorable.backup()
+    later = notes.add({"v": "after the backup"})
+    notes.delete(doomed)
+    return kept, later
+
+
+def test_a_restore_behind_the_cursor_is_seen_from_the_pulled_changes(
+    restorable: RestorableServer, tmp_path
+) -> None:
     """The client's cursor is still valid on the restored server, but the
     server logged others' changes at the seqs where this client's own add and
     delete were acknowledged: a new history. The client resets and sends
     both again."""
-    database, saved = tmp_path / "server.db", tmp_path / "saved.db"
-    with ServerProcess(database) as srv:
-        port, url = srv.port, srv.url
-        api = Api(url)
-        api.create_store("notes")
-        a = Client(tmp_path / "a.db", url, retry=fast_policy())
-        notes = a.store("notes")
-        kept, doomed = notes.add({"v": "kept"}), notes.add({"v": "doomed"})
-        a.sync()
-        backup_sqlite(database, saved)
-        later = notes.add({"v": "after the backup"})
-        notes.delete(doomed)
+    url = restorable.url
+    with clients(tmp_path, url, "a") as (a,):
+        kept, later = wrote_across_a_backup(restorable, a)
         a._engine.push("notes")  # acknowledged, but not pulled: the cursor stays behind
-    try:
         assert a.db.pending_count() == 0
-        restore_sqlite(saved, database)
-        with ServerProcess(database, port=port):
-            other = Api(url)
-            other.push(
-                "notes", "b", [{"n": i, "op": "add", "key": f"b{i}", "value": i} for i in (1, 2)]
-            )
-            report = a._engine.sync("notes")
-            assert report.resets == 1 and report.resent == 2
-            assert a.rejected() == [] and a.db.pending_count() == 0
-            assert set(live(api, "notes")) == {kept, later, "b1", "b2"}
-            assert set(adds(api, "notes").values()) == {1}
-            assert {r.key for r in notes} == {kept, later, "b1", "b2"}
-            with Client(tmp_path / "c.db", url, retry=fast_policy()) as c:
-                c.store("notes")
-                c.sync()
-                assert {r.key for r in c.store("notes")} == {kept, later, "b1", "b2"}
-    finally:
-        a.close()
+        restorable.restore()
+        api = Api(url)
+        api.push("notes", "b", [{"n": i, "op": "add", "key": f"b{i}", "value": i} for i in (1, 2)])
+        report = a._engine.sync("notes")
+        assert report.resets == 1 and report.resent == 2
+        assert a.rejected() == [] and a.db.pending_count() == 0
+        assert set(live(api, "notes")) == {kept, later, "b1", "b2"}
+        assert set(adds(api, "notes").values()) == {1}
+        assert {r.key for r in a.store("notes")} == {kept, later, "b1", "b2"}
+        with clients(tmp_path, url, "c") as (c,):
+            c.store("notes")
+            c.sync()
+            assert {r.key for r in c.store("notes")} == {kept, later, "b1", "b2"}
 
 
-def test_a_server_restored_from_an_older_copy_gets_this_clients_changes_back(tmp_path) -> None:
+def test_a_server_restored_from_an_older_copy_gets_this_clients_changes_back(
+    restorable: RestorableServer, tmp_path
+) -> None:
     """The client pulled past the restored server's head: the server answers
     reset_required; the client sends again what it wrote after the backup."""
-    database, saved = tmp_path / "server.db", tmp_path / "saved.db"
-    with ServerProcess(database) as srv:
-        port, url = srv.port, srv.url
+    url = restorable.url
+    with clients(tmp_path, url, "a") as (a,):
+        kept, later = wrote_across_a_backup(restorable, a)
+        a.sync()
+        restorable.restore()
+        report = a._engine.sync("notes")
+        assert report.resets == 1 and report.resent == 2
+        assert a.rejected() == [] and a.db.pending_count() == 0
         api = Api(url)
-        api.create_store("notes")
-        a = Client(tmp_path / "a.db", url, retry=fast_policy())
-        notes = a.store("notes")
-        kept, doomed = notes.add({"v": "kept"}), notes.add({"v": "doomed"})
-        a.sync()
-        backup_sqlite(database, saved)
-        later = notes.add({"v": "after the backup"})
-        notes.delete(doomed)
-        a.sync()
-    try:
-        restore_sqlite(saved, database)
-        with ServerProcess(database, port=port):
-            report = a._engine.sync("notes")
-            assert report.resets == 1 and report.resent == 2
-            assert a.rejected() == [] and a.db.pending_count() == 0
-            assert set(live(api, "notes")) == {kept, later}
-            assert set(adds(api, "notes").values()) == {1}
-            with Client(tmp_path / "c.db", url, retry=fast_policy()) as c:
-                c.store("notes")
-                c.sync()
-                assert {r.key for r in c.store("notes")} == {kept, later}
-    finally:
-        a.close()
+        assert set(live(api, "notes")) == {kept, later}
+        assert set(adds(api, "notes").values()) == {1}
+        with clients(tmp_path, url, "c") as (c,):
+            c.store("notes")
+            c.sync()
+            assert {r.key for r in c.store("notes")} == {kept, later}

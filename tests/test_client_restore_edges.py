@@ -9,89 +9,65 @@ from pathlib import Path
 import pytest
 import requests
 
-from idsync_client import Client
 from idsync_client.errors import ResetRequired
 from idsync_client.localdb import LocalDB
 from idsync_client.protocol import Outcome
-from idsync_client.testing import ServerProcess
 
-from .conftest import backup_sqlite, fast_policy, restore_sqlite
-
-
-def _restore(srv: ServerProcess, db: Path, backup: Path) -> None:
-    srv.stop()
-    restore_sqlite(backup, db)
-    srv.start()
+from .conftest import RestorableServer, clients
 
 
-def _server_values(srv: ServerProcess, store: str) -> list[str]:
-    answer = requests.get(f"{srv.url}/v1/stores/{store}/snapshot", timeout=10).json()
+def _server_values(url: str, store: str) -> list[str]:
+    answer = requests.get(f"{url}/v1/stores/{store}/snapshot", timeout=10).json()
     return sorted(r["value"] for r in answer["records"])
 
 
-def test_flushed_add_lost_by_a_restore_is_sent_again(tmp_path: Path) -> None:
-    server_db = tmp_path / "s.db"
-    srv = ServerProcess(server_db).start()
-    try:
-        a = Client(tmp_path / "a.db", srv.url, retry=fast_policy())
-        b = Client(tmp_path / "b.db", srv.url, retry=fast_policy())
-        try:
-            a.store("n").add("a0")
-            b.store("n")
-            a.sync()
-            b.sync()
-            backup_sqlite(server_db, tmp_path / "backup.db")
-            a.store("n").add("x1")
-            assert a.flush(5)  # acknowledged at seq 2, never pulled
-            _restore(srv, server_db, tmp_path / "backup.db")
+def test_flushed_add_lost_by_a_restore_is_sent_again(
+    restorable: RestorableServer, tmp_path: Path
+) -> None:
+    with clients(tmp_path, restorable.url, "a", "b") as (a, b):
+        a.store("n").add("a0")
+        b.store("n")
+        a.sync()
+        b.sync()
+        restorable.backup()
+        a.store("n").add("x1")
+        assert a.flush(5)  # acknowledged at seq 2, never pulled
+        restorable.restore()
 
-            a.store("n").add("x2")  # the restored server logs it at seq 2 again
-            report = a.sync()
-            a.sync()
-            b.sync()
-            assert report.resets >= 1
-            assert report.resent == 1
-            assert sorted(r.value for r in a.store("n")) == ["a0", "x1", "x2"]
-            seqs = [r.seq for r in a.store("n")]
-            assert len(set(seqs)) == 3, seqs  # one change per sequence number
-            assert sorted(r.value for r in b.store("n")) == ["a0", "x1", "x2"]
-            assert _server_values(srv, "n") == ["a0", "x1", "x2"]
-        finally:
-            a.close()
-            b.close()
-    finally:
-        srv.stop()
+        a.store("n").add("x2")  # the restored server logs it at seq 2 again
+        report = a.sync()
+        a.sync()
+        b.sync()
+        assert report.resets >= 1
+        assert report.resent == 1
+        assert sorted(r.value for r in a.store("n")) == ["a0", "x1", "x2"]
+        seqs = [r.seq for r in a.store("n")]
+        assert len(set(seqs)) == 3, seqs  # one change per sequence number
+        assert sorted(r.value for r in b.store("n")) == ["a0", "x1", "x2"]
+        assert _server_values(restorable.url, "n") == ["a0", "x1", "x2"]
 
 
-def test_pulled_change_at_a_seq_holding_two_local_rows_resets(tmp_path: Path) -> None:
+def test_pulled_change_at_a_seq_holding_two_local_rows_resets(
+    restorable: RestorableServer, tmp_path: Path
+) -> None:
     """Only a pull after the restore (the push outcome came through flush):
     the pulled change sits at a seq where the file knows another change."""
-    server_db = tmp_path / "s.db"
-    srv = ServerProcess(server_db).start()
-    try:
-        a = Client(tmp_path / "a.db", srv.url, retry=fast_policy())
-        b = Client(tmp_path / "b.db", srv.url, retry=fast_policy())
-        try:
-            a.store("n").add("a0")
-            b.store("n")
-            a.sync()
-            b.sync()
-            backup_sqlite(server_db, tmp_path / "backup.db")
-            a.store("n").add("x1")
-            assert a.flush(5)
-            _restore(srv, server_db, tmp_path / "backup.db")
-            b.store("n").add("y2")  # another client takes seq 2 on the restored server
-            b.sync()
-            report = a.sync()
-            assert report.resets >= 1
-            a.sync()
-            assert sorted(r.value for r in a.store("n")) == ["a0", "x1", "y2"]
-            assert _server_values(srv, "n") == ["a0", "x1", "y2"]
-        finally:
-            a.close()
-            b.close()
-    finally:
-        srv.stop()
+    with clients(tmp_path, restorable.url, "a", "b") as (a, b):
+        a.store("n").add("a0")
+        b.store("n")
+        a.sync()
+        b.sync()
+        restorable.backup()
+        a.store("n").add("x1")
+        assert a.flush(5)
+        restorable.restore()
+        b.store("n").add("y2")  # another client takes seq 2 on the restored server
+        b.sync()
+        report = a.sync()
+        assert report.resets >= 1
+        a.sync()
+        assert sorted(r.value for r in a.store("n")) == ["a0", "x1", "y2"]
+        assert _server_values(restorable.url, "n") == ["a0", "x1", "y2"]
 
 
 def test_pull_check_compares_every_local_row_at_a_seq(tmp_path: Path) -> None:
@@ -112,22 +88,19 @@ def test_pull_check_compares_every_local_row_at_a_seq(tmp_path: Path) -> None:
         db.close_all()
 
 
-def test_push_alone_notices_the_restore_and_resends(tmp_path: Path) -> None:
+def test_push_alone_notices_the_restore_and_resends(
+    restorable: RestorableServer, tmp_path: Path
+) -> None:
     """flush() pushes without pulling: the push outcome itself (logged at a
     seq where the file knows its lost change) starts the reload and re-send."""
-    server_db = tmp_path / "s.db"
-    srv = ServerProcess(server_db).start()
-    try:
-        with Client(tmp_path / "a.db", srv.url, retry=fast_policy()) as a:
-            a.store("n").add("a0")
-            a.sync()
-            backup_sqlite(server_db, tmp_path / "backup.db")
-            a.store("n").add("x1")
-            assert a.flush(5)
-            _restore(srv, server_db, tmp_path / "backup.db")
-            a.store("n").add("x2")
-            assert a.flush(5)  # push only: x2 lands at seq 2, where x1 was
-            assert a.status.resets == 1
-            assert _server_values(srv, "n") == ["a0", "x1", "x2"]
-    finally:
-        srv.stop()
+    with clients(tmp_path, restorable.url, "a") as (a,):
+        a.store("n").add("a0")
+        a.sync()
+        restorable.backup()
+        a.store("n").add("x1")
+        assert a.flush(5)
+        restorable.restore()
+        a.store("n").add("x2")
+        assert a.flush(5)  # push only: x2 lands at seq 2, where x1 was
+        assert a.status.resets == 1
+        assert _server_values(restorable.url, "n") == ["a0", "x1", "x2"]
