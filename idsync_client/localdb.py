@@ -6,8 +6,9 @@ Guarantees:
 - Reads see local writes at once: the ``records`` table is the local view,
   synced records (``seq`` set) and pending ones (``seq`` NULL) together.
 - Applying a pulled page and advancing the cursor is one transaction.
-- Outbox numbers (the client's change numbers) are never reused
-  (``AUTOINCREMENT``), so the server's idempotency never confuses two changes.
+- Outbox numbers (the client's change numbers) are never reused (a floor
+  kept by triggers, see :mod:`.schema`), so the server's idempotency never
+  confuses two changes.
 - Deleted keys are remembered (``tombstones``): a pulled add of a key deleted
   here, pending or not, never brings the record back.
 - The file is created at the current schema version, or migrated to it step
@@ -32,14 +33,14 @@ from typing import Any
 
 import peewee
 
-from . import history, instance, jsoncodec, killpoint, migrations
+from . import history, instance, jsoncodec, killpoint, migrations, schema
 from .errors import ClientClosed, LocalStorageError, ResetRequired
 from .localtables import RECORD_COLUMNS as _RECORD
 from .localtables import record_from_row as _record
 from .protocol import prefix_upper_bound
 from .records import ChangeEvent, KeyInUse, OutboxEntry, Record, same_json
 from .revived import settle_revived
-from .schema import ALL_MODELS, SCHEMA_VERSION
+from .schema import SCHEMA_VERSION
 from .settling import CHANGE_NUMBER_CONFLICT, Settled, Settling
 from .snapshotload import SnapshotReload
 from .sqlitedb import open_database, root_failure
@@ -188,8 +189,7 @@ class LocalDB(Settling, SnapshotReload):
         with self.transaction():
             version = migrations.read_version(self.db, self.path)
             if version is None:
-                with self.db.bind_ctx(ALL_MODELS):
-                    self.db.create_tables(ALL_MODELS)
+                schema.create_all(self.db)
                 self._sql(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?), ('client_id', ?)",
                     (str(SCHEMA_VERSION), _new_client_id()),
@@ -616,8 +616,10 @@ class LocalDB(Settling, SnapshotReload):
         if self._has("tombstones", store):
             return False
         low = min([c["seq"] for c in changes])
+        # Pending records are found by their outbox entries: the (store, seq)
+        # index holds synced records only.
         return not self._sql(
-            "SELECT 1 FROM records WHERE store = ? AND seq IS NULL"
+            "SELECT 1 FROM outbox WHERE store = ? AND op = 'add'"
             " UNION ALL SELECT 1 FROM records WHERE store = ? AND seq >= ? LIMIT 1",
             (store, store, low),
         ).fetchone()
