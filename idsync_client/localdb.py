@@ -374,33 +374,37 @@ class LocalDB(Settling, SnapshotReload):
 
     # -- local writes (call inside transaction()) ---------------------------
 
-    def _key_in_use(self, store: str, key: str) -> bool:
-        return bool(
-            self._sql(
-                "SELECT 1 FROM records WHERE store = ? AND key = ?"
-                " UNION ALL SELECT 1 FROM tombstones WHERE store = ? AND key = ? LIMIT 1",
-                (store, key, store, key),
-            ).fetchone()
-        )
-
     def add(self, store: str, key: str, index: tuple[str, ...], value_json: str) -> Record:
         """Add a pending record with its outbox entry. KeyInUse if the key was ever used."""
-        if self._key_in_use(store, key):
-            raise KeyInUse(f"key {key!r} exists or existed in store {store!r}")
         index_json = jsoncodec.dumps(list(index))
-        record_id = self._sql(
-            "INSERT INTO records (store, key, index_json, value_json, seq) VALUES (?, ?, ?, ?, NULL)",
-            (store, key, index_json, value_json),
-        ).lastrowid
-        if index:
-            self._many(
-                "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
-                [(store, item, record_id) for item in index],
+        self._check_open()
+        # Three statements on the connection itself: the record (unless the
+        # key is tombstoned; the unique index refuses a key in the view), its
+        # index rows from its index JSON, its outbox entry.
+        with _wrapped(self.path):
+            execute = self.db.connection().execute
+            try:
+                cursor = execute(
+                    "INSERT INTO records (store, key, index_json, value_json) SELECT ?, ?, ?, ?"
+                    " WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE store = ? AND key = ?)",
+                    (store, key, index_json, value_json, store, key),
+                )
+            except sqlite3.IntegrityError:
+                cursor = None
+            if cursor is None or cursor.rowcount != 1:
+                raise KeyInUse(f"key {key!r} exists or existed in store {store!r}")
+            record_id = cursor.lastrowid
+            if index:
+                execute(
+                    "INSERT INTO index_items (store, item, record_id)"
+                    " SELECT ?, value, ? FROM json_each(?)",
+                    (store, record_id, index_json),
+                )
+            execute(
+                "INSERT INTO outbox (store, op, key, index_json, value_json)"
+                " VALUES (?, 'add', ?, ?, ?)",
+                (store, key, index_json, value_json),
             )
-        self._sql(
-            "INSERT INTO outbox (store, op, key, index_json, value_json) VALUES (?, 'add', ?, ?, ?)",
-            (store, key, index_json, value_json),
-        )
         return Record(key, index, value_json, None)
 
     def add_many(
