@@ -417,12 +417,27 @@ class LocalDB(Settling, SnapshotReload):
             raise KeyInUse("the same key appears twice in the batch")
         if self._has("tombstones", store):
             self._raise_if_used(store, keys, "tombstones")
-        records = [Record(key, index, value_json, None) for key, index, value_json in rows]
+        indexes = [index for _, index, _ in rows]
+        values = [value_json for _, _, value_json in rows]
         try:
             # A savepoint: a refused batch leaves none of its rows, also
             # inside a caller's larger transaction.
             with _wrapped(self.path), self.db.atomic():
-                first = self._insert_records(store, records)
+                # Column by column, ids chosen here (inside the write
+                # transaction): no Python tuple built per record.
+                first = self._scalar("SELECT coalesce(max(id), 0) + 1 FROM records")
+                self._many(
+                    "INSERT INTO records (id, store, key, index_json, value_json)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    zip(
+                        range(first, first + len(rows)),
+                        repeat(store),
+                        keys,
+                        map(jsoncodec.dumps, indexes),
+                        values,
+                    ),
+                )
+                self._index_from(first)
                 # The outbox entries copied from the rows just written, in
                 # their order, by SQLite: nothing bound again from Python.
                 self._sql(
@@ -438,7 +453,7 @@ class LocalDB(Settling, SnapshotReload):
             if isinstance(exc.original, sqlite3.IntegrityError):
                 self._raise_if_used(store, keys, "records")
             raise
-        return records
+        return list(map(Record, keys, indexes, values, repeat(None)))
 
     def _raise_if_used(self, store: str, keys: Sequence[str], table: str) -> None:
         """KeyInUse naming the first of ``keys`` that ``table`` holds for ``store``."""
