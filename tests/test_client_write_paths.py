@@ -341,3 +341,27 @@ def test_change_numbers_that_left_the_outbox_stay_used_after_a_crash(tmp_path: P
         assert numbers(db, "s") == [4]
     finally:
         db.close_all()
+
+
+def test_a_durable_add_is_three_statements_in_its_transaction(tmp_path: Path) -> None:
+    db = LocalDB(tmp_path / "local.db")
+    try:
+        with db.transaction():
+            db.add("s", "first", ("tag:a",), "1")
+        statements: list[str] = []
+        db.db.connection().set_trace_callback(statements.append)
+        with db.transaction():
+            db.add("s", "second", ("tag:a", "tag:b"), '{"v": 2}')
+        db.db.connection().set_trace_callback(None)
+        # A statement that fires a trigger is traced again for it: counted once.
+        own = list(dict.fromkeys(s for s in statements if not s.startswith("--")))
+        assert len(own) <= 5, own  # BEGIN, the record, its index rows, its outbox entry, COMMIT
+        with pytest.raises(KeyInUse), db.transaction():
+            db.add("s", "second", (), "3")
+        with db.transaction():
+            db.delete("s", "first")
+        with pytest.raises(KeyInUse, match="'first'"), db.transaction():
+            db.add("s", "first", (), "4")
+        assert [e.key for e in db.pending("s", 10)] == ["first", "second", "first"]
+    finally:
+        db.close_all()
