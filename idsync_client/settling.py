@@ -174,6 +174,8 @@ def _history_changed(
         if (outcome := by_n.get(entry.n)) is not None and outcome.ok and outcome.seq is not None
     ]
     known = history.known_changes(db, store, [seq for seq, _ in applied])
+    if not known:  # the usual case: nothing known at these seqs yet
+        return False
     return any(history.contradiction(known, seq, change) for seq, change in applied)
 
 
