@@ -152,8 +152,8 @@ class OutboxFloorRow(BaseModel):
     """One row: the greatest change number that has left the outbox (settled,
     rejected or dropped); no change number at or below it is given again.
 
-    Written when entries leave the outbox (a settle, once per transaction's
-    page), never when one is queued.
+    Written when entries leave the outbox (by the trigger of
+    :data:`TRIGGERS`), never when one is queued.
     """
 
     n = IntegerField()
