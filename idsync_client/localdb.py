@@ -6,8 +6,9 @@ Guarantees:
 - Reads see local writes at once: the ``records`` table is the local view,
   synced records (``seq`` set) and pending ones (``seq`` NULL) together.
 - Applying a pulled page and advancing the cursor is one transaction.
-- Outbox numbers (the client's change numbers) are never reused
-  (``AUTOINCREMENT``), so the server's idempotency never confuses two changes.
+- Outbox numbers (the client's change numbers) are never reused (a floor
+  kept by triggers, see :mod:`.schema`), so the server's idempotency never
+  confuses two changes.
 - Deleted keys are remembered (``tombstones``): a pulled add of a key deleted
   here, pending or not, never brings the record back.
 - The file is created at the current schema version, or migrated to it step
@@ -32,14 +33,14 @@ from typing import Any
 
 import peewee
 
-from . import history, instance, jsoncodec, killpoint, migrations
+from . import history, instance, jsoncodec, killpoint, migrations, schema
 from .errors import ClientClosed, LocalStorageError, ResetRequired
 from .localtables import RECORD_COLUMNS as _RECORD
 from .localtables import record_from_row as _record
 from .protocol import prefix_upper_bound
 from .records import ChangeEvent, KeyInUse, OutboxEntry, Record, same_json
 from .revived import settle_revived
-from .schema import ALL_MODELS, SCHEMA_VERSION
+from .schema import SCHEMA_VERSION
 from .settling import CHANGE_NUMBER_CONFLICT, Settled, Settling
 from .snapshotload import SnapshotReload
 from .sqlitedb import open_database, root_failure
@@ -188,8 +189,7 @@ class LocalDB(Settling, SnapshotReload):
         with self.transaction():
             version = migrations.read_version(self.db, self.path)
             if version is None:
-                with self.db.bind_ctx(ALL_MODELS):
-                    self.db.create_tables(ALL_MODELS)
+                schema.create_all(self.db)
                 self._sql(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?), ('client_id', ?)",
                     (str(SCHEMA_VERSION), _new_client_id()),
@@ -374,33 +374,37 @@ class LocalDB(Settling, SnapshotReload):
 
     # -- local writes (call inside transaction()) ---------------------------
 
-    def _key_in_use(self, store: str, key: str) -> bool:
-        return bool(
-            self._sql(
-                "SELECT 1 FROM records WHERE store = ? AND key = ?"
-                " UNION ALL SELECT 1 FROM tombstones WHERE store = ? AND key = ? LIMIT 1",
-                (store, key, store, key),
-            ).fetchone()
-        )
-
     def add(self, store: str, key: str, index: tuple[str, ...], value_json: str) -> Record:
         """Add a pending record with its outbox entry. KeyInUse if the key was ever used."""
-        if self._key_in_use(store, key):
-            raise KeyInUse(f"key {key!r} exists or existed in store {store!r}")
         index_json = jsoncodec.dumps(list(index))
-        record_id = self._sql(
-            "INSERT INTO records (store, key, index_json, value_json, seq) VALUES (?, ?, ?, ?, NULL)",
-            (store, key, index_json, value_json),
-        ).lastrowid
-        if index:
-            self._many(
-                "INSERT INTO index_items (store, item, record_id) VALUES (?, ?, ?)",
-                [(store, item, record_id) for item in index],
+        self._check_open()
+        # Three statements on the connection itself: the record (unless the
+        # key is tombstoned; the unique index refuses a key in the view), its
+        # index rows from its index JSON, its outbox entry.
+        with _wrapped(self.path):
+            execute = self.db.connection().execute
+            try:
+                cursor = execute(
+                    "INSERT INTO records (store, key, index_json, value_json) SELECT ?, ?, ?, ?"
+                    " WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE store = ? AND key = ?)",
+                    (store, key, index_json, value_json, store, key),
+                )
+            except sqlite3.IntegrityError:
+                cursor = None
+            if cursor is None or cursor.rowcount != 1:
+                raise KeyInUse(f"key {key!r} exists or existed in store {store!r}")
+            record_id = cursor.lastrowid
+            if index:
+                execute(
+                    "INSERT INTO index_items (store, item, record_id)"
+                    " SELECT ?, value, ? FROM json_each(?)",
+                    (store, record_id, index_json),
+                )
+            execute(
+                "INSERT INTO outbox (store, op, key, index_json, value_json)"
+                " VALUES (?, 'add', ?, ?, ?)",
+                (store, key, index_json, value_json),
             )
-        self._sql(
-            "INSERT INTO outbox (store, op, key, index_json, value_json) VALUES (?, 'add', ?, ?, ?)",
-            (store, key, index_json, value_json),
-        )
         return Record(key, index, value_json, None)
 
     def add_many(
@@ -413,12 +417,27 @@ class LocalDB(Settling, SnapshotReload):
             raise KeyInUse("the same key appears twice in the batch")
         if self._has("tombstones", store):
             self._raise_if_used(store, keys, "tombstones")
-        records = [Record(key, index, value_json, None) for key, index, value_json in rows]
+        indexes = [index for _, index, _ in rows]
+        values = [value_json for _, _, value_json in rows]
         try:
             # A savepoint: a refused batch leaves none of its rows, also
             # inside a caller's larger transaction.
             with _wrapped(self.path), self.db.atomic():
-                first = self._insert_records(store, records)
+                # Column by column, ids chosen here (inside the write
+                # transaction): no Python tuple built per record.
+                first = self._scalar("SELECT coalesce(max(id), 0) + 1 FROM records")
+                self._many(
+                    "INSERT INTO records (id, store, key, index_json, value_json)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    zip(
+                        range(first, first + len(rows)),
+                        repeat(store),
+                        keys,
+                        map(jsoncodec.dumps, indexes),
+                        values,
+                    ),
+                )
+                self._index_from(first)
                 # The outbox entries copied from the rows just written, in
                 # their order, by SQLite: nothing bound again from Python.
                 self._sql(
@@ -434,7 +453,7 @@ class LocalDB(Settling, SnapshotReload):
             if isinstance(exc.original, sqlite3.IntegrityError):
                 self._raise_if_used(store, keys, "records")
             raise
-        return records
+        return list(map(Record, keys, indexes, values, repeat(None)))
 
     def _raise_if_used(self, store: str, keys: Sequence[str], table: str) -> None:
         """KeyInUse naming the first of ``keys`` that ``table`` holds for ``store``."""
@@ -616,8 +635,10 @@ class LocalDB(Settling, SnapshotReload):
         if self._has("tombstones", store):
             return False
         low = min([c["seq"] for c in changes])
+        # Pending records are found by their outbox entries: the (store, seq)
+        # index holds synced records only.
         return not self._sql(
-            "SELECT 1 FROM records WHERE store = ? AND seq IS NULL"
+            "SELECT 1 FROM outbox WHERE store = ? AND op = 'add'"
             " UNION ALL SELECT 1 FROM records WHERE store = ? AND seq >= ? LIMIT 1",
             (store, store, low),
         ).fetchone()

@@ -45,8 +45,45 @@ def _step_2(db: SqliteDatabase) -> None:
         db.execute_sql(sql)
 
 
+def _step_3(db: SqliteDatabase) -> None:
+    """Fewer B-trees written per local write: partial seq indexes, and an
+    outbox without ``AUTOINCREMENT`` whose numbers stay above a floor."""
+    # The floor starts at the AUTOINCREMENT counter, which is at or above every
+    # number ever given (an entry that left the outbox included).
+    floor = (
+        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0),"
+        " coalesce((SELECT max(n) FROM outbox), 0), coalesce((SELECT max(n) FROM rejected), 0))"
+    )
+    for sql in (
+        'DROP INDEX "recordrow_store_seq"',
+        'CREATE INDEX "recordrow_store_seq" ON "records" ("store", "seq")'
+        ' WHERE ("seq" IS NOT NULL)',
+        'DROP INDEX "tombstonerow_store_seq"',
+        'CREATE INDEX "tombstonerow_store_seq" ON "tombstones" ("store", "seq")'
+        ' WHERE ("seq" IS NOT NULL)',
+        'CREATE TABLE "outbox_floor" ("n" INTEGER NOT NULL)',
+        f'INSERT INTO "outbox_floor" ("n") {floor}',
+        'CREATE TABLE "outbox_v3" ("n" INTEGER NOT NULL PRIMARY KEY, "store" TEXT NOT NULL,'
+        ' "op" TEXT NOT NULL, "key" TEXT NOT NULL, "index_json" TEXT, "value_json" TEXT,'
+        ' "resend" INTEGER NOT NULL DEFAULT 0)',
+        'INSERT INTO "outbox_v3" ("n", "store", "op", "key", "index_json", "value_json", "resend")'
+        ' SELECT "n", "store", "op", "key", "index_json", "value_json", "resend" FROM "outbox"',
+        'DROP TABLE "outbox"',  # with its index and its sqlite_sequence row
+        'ALTER TABLE "outbox_v3" RENAME TO "outbox"',
+        'CREATE INDEX "outboxrow_store_n" ON "outbox" ("store", "n")',
+        'CREATE TRIGGER "outbox_raise_floor" AFTER DELETE ON "outbox"'
+        ' WHEN old."n" > (SELECT "n" FROM "outbox_floor")'
+        ' BEGIN UPDATE "outbox_floor" SET "n" = old."n"; END',
+        'CREATE TRIGGER "outbox_above_floor" AFTER INSERT ON "outbox"'
+        ' WHEN new."n" <= (SELECT "n" FROM "outbox_floor")'
+        ' BEGIN UPDATE "outbox" SET "n" = (SELECT "n" FROM "outbox_floor") + 1'
+        ' WHERE "n" = new."n"; END',
+    ):
+        db.execute_sql(sql)
+
+
 #: Step n brings a file from version n - 1 to n. Never edit a released step: add one.
-STEPS: dict[int, Step] = {2: _step_2}
+STEPS: dict[int, Step] = {2: _step_2, 3: _step_3}
 
 
 def read_version(db: SqliteDatabase, path: Path) -> int | None:

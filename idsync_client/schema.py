@@ -5,13 +5,22 @@
 
 from __future__ import annotations
 
-from peewee import SQL, CompositeKey, FloatField, IntegerField, Model, Node, TextField
+from peewee import (
+    SQL,
+    CompositeKey,
+    Database,
+    FloatField,
+    IntegerField,
+    Model,
+    Node,
+    TextField,
+)
 from playhouse.sqlite_ext import AutoIncrementField
 
 #: The version of the tables below. A fresh file is created at this version;
 #: an older file is brought to it by the numbered steps in :mod:`.migrations`
 #: (add a step with every change here); a newer file is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _ZERO: list[Node] = [SQL("DEFAULT 0")]
 
@@ -46,6 +55,8 @@ class RecordRow(BaseModel):
 
     ``own`` is 1 for a record this client added and the server acknowledged
     (set at settle time): after a reset, the ones the server lacks are sent again.
+    The ``(store, seq)`` index holds synced records only: a local add writes
+    no entry in it (one B-tree page less per durable write).
     """
 
     id = IntegerField(primary_key=True)
@@ -58,7 +69,7 @@ class RecordRow(BaseModel):
 
     class Meta:
         table_name = "records"
-        indexes = ((("store", "key"), True), (("store", "seq"), False))
+        indexes = ((("store", "key"), True),)
 
 
 class IndexItemRow(BaseModel):
@@ -91,7 +102,6 @@ class TombstoneRow(BaseModel):
         table_name = "tombstones"
         primary_key = CompositeKey("store", "key")
         without_rowid = True
-        indexes = ((("store", "seq"), False),)
 
 
 class DeletedRecordRow(BaseModel):
@@ -115,11 +125,17 @@ class DeletedRecordRow(BaseModel):
 class OutboxRow(BaseModel):
     """A local change waiting for upload; ``n`` is its change number, never reused.
 
+    ``n`` is the rowid: a new entry takes the greatest ``n`` in the table plus
+    one, and the triggers of :data:`TRIGGERS` lift it above
+    :class:`OutboxFloorRow` when the entries above the floor have left. Unlike
+    ``AUTOINCREMENT``, whose counter row is written by every insert, nothing
+    but the entry itself is written when a change is queued.
+
     ``resend`` is 1 for a change sent again after a reset (the app acknowledged
     it long ago): if the server refuses it, that is settled quietly.
     """
 
-    n = AutoIncrementField()
+    n = IntegerField(primary_key=True)
     store = TextField()
     op = TextField()
     key = TextField()
@@ -130,6 +146,21 @@ class OutboxRow(BaseModel):
     class Meta:
         table_name = "outbox"
         indexes = ((("store", "n"), False),)
+
+
+class OutboxFloorRow(BaseModel):
+    """One row: the greatest change number that has left the outbox (settled,
+    rejected or dropped); no change number at or below it is given again.
+
+    Written when entries leave the outbox (by the trigger of
+    :data:`TRIGGERS`), never when one is queued.
+    """
+
+    n = IntegerField()
+
+    class Meta:
+        table_name = "outbox_floor"
+        primary_key = False
 
 
 class RejectedRow(BaseModel):
@@ -166,6 +197,28 @@ class SnapshotStageRow(BaseModel):
         without_rowid = True
 
 
+# Partial: pending records (no seq yet) and tombstones of unacknowledged
+# deletes take no entry; every query on seq compares it, which implies NOT NULL.
+RecordRow.add_index(RecordRow.index(RecordRow.store, RecordRow.seq, where=RecordRow.seq.is_null(False)))
+TombstoneRow.add_index(
+    TombstoneRow.index(TombstoneRow.store, TombstoneRow.seq, where=TombstoneRow.seq.is_null(False))
+)
+
+#: Keep outbox numbers above every number that left the outbox. An entry
+#: leaving raises the floor; an entry queued at or below the floor (the
+#: entries above it have all left, so the table's greatest n + 1 is too low)
+#: moves to the floor + 1, which no entry holds. Every insert and delete of
+#: the outbox goes through them, whichever code runs it.
+TRIGGERS = (
+    'CREATE TRIGGER "outbox_raise_floor" AFTER DELETE ON "outbox"'
+    ' WHEN old."n" > (SELECT "n" FROM "outbox_floor")'
+    ' BEGIN UPDATE "outbox_floor" SET "n" = old."n"; END',
+    'CREATE TRIGGER "outbox_above_floor" AFTER INSERT ON "outbox"'
+    ' WHEN new."n" <= (SELECT "n" FROM "outbox_floor")'
+    ' BEGIN UPDATE "outbox" SET "n" = (SELECT "n" FROM "outbox_floor") + 1'
+    ' WHERE "n" = new."n"; END',
+)
+
 ALL_MODELS: list[type[BaseModel]] = [
     MetaRow,
     SyncStateRow,
@@ -174,6 +227,17 @@ ALL_MODELS: list[type[BaseModel]] = [
     TombstoneRow,
     DeletedRecordRow,
     OutboxRow,
+    OutboxFloorRow,
     RejectedRow,
     SnapshotStageRow,
 ]
+
+
+def create_all(db: Database) -> None:
+    """Create every table, index and trigger of a fresh file (inside its
+    first transaction), with the outbox floor at 0."""
+    with db.bind_ctx(ALL_MODELS):
+        db.create_tables(ALL_MODELS)
+    for sql in TRIGGERS:
+        db.execute_sql(sql)
+    db.execute_sql('INSERT INTO "outbox_floor" ("n") VALUES (0)')

@@ -1,6 +1,7 @@
-"""Numbered migrations of the client file: a file made by release 0.1.0 (schema 1)
-opens with the current code, data intact; a failed step changes nothing; a
-newer file is refused untouched."""
+"""Numbered migrations of the client file: files made by release 0.1.0 (schema 1)
+and by the schema-2 code open with the current code, data intact, pending
+changes sent under their own numbers and new ones numbered above every old
+one; a failed step changes nothing; a newer file is refused untouched."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from idsync_client import Client, IdsyncError, RetryPolicy, migrations
+from idsync_client import Client, IdsyncError, RetryPolicy, instance, migrations
 from idsync_client.schema import SCHEMA_VERSION
 from idsync_client.testing import ServerProcess
 
 from .conftest import Api
 
 FIXTURE = Path(__file__).parent / "fixtures" / "v1" / "client.sqlite"
+V2 = Path(__file__).parent / "fixtures" / "v2"
 
 
 def v1_copy(tmp_path: Path) -> Path:
@@ -32,7 +34,8 @@ def meta(path: Path) -> dict[str, str]:
 
 
 def shape(path: Path) -> dict[str, object]:
-    """Every table's columns (name, type, not null, default, pk) and every index."""
+    """Every table's columns (name, type, not null, default, pk), every index
+    (with its WHERE clause) and every trigger."""
     with sqlite3.connect(path) as conn:
         tables = [
             r[0]
@@ -46,6 +49,11 @@ def shape(path: Path) -> dict[str, object]:
             out[table + " indexes"] = sorted(
                 (row[1], row[2]) for row in conn.execute(f'PRAGMA index_list("{table}")')
             )
+        for kind, name, sql in conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE type IN ('index', 'trigger')"
+            " AND sql IS NOT NULL"
+        ):
+            out[f"{kind} {name}"] = " ".join(sql.split())
         return out
 
 
@@ -73,6 +81,9 @@ def test_a_v1_file_opens_with_its_data_and_syncs_its_pending_changes(tmp_path) -
         ]
         assert client.db.cursor("notes") == "b00513ca793b541f.7"
         assert client.db.known_stores() == ["notes", "other"]
+        assert [e.n for e in pending] == [8, 9, 10]
+        client.store("other").add("new", key="other-2")
+        assert client.db.pending("other", 10)[-1].n == 11, "above every old number"
     assert meta(path)["schema_version"] == str(SCHEMA_VERSION)
     assert shape(path) == shape_of_fresh(tmp_path), "migrated and fresh files agree"
 
@@ -86,7 +97,82 @@ def test_a_v1_file_opens_with_its_data_and_syncs_its_pending_changes(tmp_path) -
                 ("delete", "synced-1", "key_not_found")  # the fresh server never had it
             ]
         assert [ch["key"] for ch in api.pull_all("notes")[0]] == ["pending-1"]
-        assert [ch["key"] for ch in api.pull_all("other")[0]] == ["other-1"]
+        assert [ch["key"] for ch in api.pull_all("other")[0]] == ["other-1", "other-2"]
+
+
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def logged_numbers(server_db: Path, client_id: str) -> dict[int, str]:
+    """The change numbers the server logged for ``client_id``, with their status."""
+    return dict(
+        rows(server_db, f"SELECT n, status FROM client_changes WHERE client_id = '{client_id}'")
+    )
+
+
+def test_a_v2_file_keeps_its_data_and_its_change_numbers(tmp_path) -> None:
+    path, server_db = tmp_path / "client.sqlite", tmp_path / "server.sqlite"
+    shutil.copy(V2 / "client.sqlite", path)
+    shutil.copy(V2 / "server.sqlite", server_db)
+    before = meta(path)
+    assert before["schema_version"] == "2"
+    # The file in its place (not a copy): its sidecar names it with its marker.
+    instance.write_sidecar(path, before["instance"])
+    kept = {
+        table: rows(path, f"SELECT * FROM {table} ORDER BY 1, 2")
+        for table in ("records", "index_items", "tombstones", "deleted_records", "sync_state")
+    }
+    assert rows(path, "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'") == [(10,)]
+    with Client(path) as client:
+        assert client.client_id == before["client_id"], "a migration is not a copy"
+        pending = client.db.pending("notes", 10)
+        assert [(e.n, e.op, e.key) for e in pending] == [
+            (7, "add", "pending-1"),
+            (8, "delete", "synced-1"),
+        ]
+        notes, other = client.store("notes"), client.store("other")
+        assert notes.get("pending-1").pending and notes.get("pending-1").index == (
+            "tag:new",
+            "tag:work",
+        )
+        assert [r.key for r in notes.find("tag:work")] == ["synced-3", "pending-1"]
+        assert notes.get("synced-1") is None and notes.get("synced-2") is None
+        assert [(r.key, r.seq) for r in other] == [("other-1", 1), ("other-2", 2), ("other-3", 3)]
+        assert client.status.pending == 2
+    for table, content in kept.items():
+        assert rows(path, f"SELECT * FROM {table} ORDER BY 1, 2") == content, table
+    assert meta(path)["schema_version"] == str(SCHEMA_VERSION)
+    assert rows(path, "SELECT n FROM outbox_floor") == [(10,)]
+    assert shape(path) == shape_of_fresh(tmp_path), "migrated and fresh files agree"
+
+    with ServerProcess(server_db) as srv:
+        api = Api(srv.url)
+        with Client(path, srv.url, retry=RetryPolicy(max_attempts=3, sleep=lambda s: None)) as c:
+            c.store("notes"), c.store("other")
+            c.store("notes").add({"title": "new"}, key="new-1")
+            assert [e.n for e in c.db.pending("notes", 10)] == [7, 8, 11], "above the old 9, 10"
+            report = c.sync()
+            assert c.status.pending == 0 and report.rejected == []
+            logged = logged_numbers(server_db, before["client_id"])
+            assert logged == {n: "applied" for n in range(1, 12)}, "7, 8 under their own numbers"
+            # Every entry has left the outbox: the next number is still new.
+            c.store("other").add("after", key="other-4")
+            assert [e.n for e in c.db.pending("other", 10)] == [12]
+            c.sync()
+        assert [ch["key"] for ch in api.pull_all("notes")[0]][-3:] == [
+            "pending-1",
+            "synced-1",
+            "new-1",
+        ]
+        assert rows(
+            path, "SELECT key, seq IS NOT NULL, own FROM records WHERE key IN ('pending-1', 'new-1')"
+        ) == [("pending-1", 1, 1), ("new-1", 1, 1)]
+        assert rows(path, "SELECT key, own FROM tombstones ORDER BY key") == [
+            ("synced-1", 1),
+            ("synced-2", 1),
+        ]
 
 
 def shape_of_fresh(tmp_path: Path) -> dict[str, object]:

@@ -16,6 +16,7 @@ import pytest
 
 from idsync_client import Client, KeyInUse
 from idsync_client.localdb import LocalDB
+from idsync_client.protocol import Outcome
 
 EPOCH = "0123456789abcdef"
 
@@ -203,3 +204,164 @@ def test_a_key_used_in_another_store_does_not_refuse_a_batch(client: Client) -> 
     assert client.store("b").add_many([{"value": 3, "key": "shared"}, {"value": 4, "key": "gone"}])
     assert client.store("b").get("shared") is not None and client.store("b").get("gone") is not None
     assert client.status.pending == client.db.pending_count() == 5
+
+
+def written_trees(path: Path, write) -> set[str]:
+    """The B-trees (tables and indexes) whose pages ``write()`` put in the WAL."""
+    db = LocalDB(path)
+    try:
+        db._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        write(db)
+        data = path.with_name(path.name + "-wal").read_bytes()
+        page_size = int.from_bytes(data[8:12], "big")
+        pages = {
+            int.from_bytes(data[at : at + 4], "big")
+            for at in range(32, len(data) - 24 - page_size + 1, 24 + page_size)
+        }
+        with sqlite3.connect(path) as conn:
+            owner = dict(conn.execute("SELECT pageno, name FROM dbstat").fetchall())
+    finally:
+        db.close_all()
+    # Page 1 and pointer-map pages change when the file grows: not a tree's.
+    return {owner[page] for page in pages if page in owner} - {"sqlite_schema"}
+
+
+def test_a_durable_add_writes_only_the_record_its_index_rows_and_its_outbox_entry(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "local.db"
+    db = LocalDB(path)
+    with db.transaction():
+        db.add("s", "synced", ("tag:a",), "1")
+    db.settle("s", db.pending("s", 10), [Outcome(db.pending("s", 10)[0].n, "applied", 1)])
+    db.close_all()
+
+    def add(db: LocalDB) -> None:
+        with db.transaction():
+            db.add("s", "new", ("tag:a", "tag:b"), '{"v": 1}')
+
+    # No (store, seq) entry for a pending record, no AUTOINCREMENT counter row.
+    assert written_trees(path, add) == {
+        "records",
+        "recordrow_store_key",
+        "index_items",
+        "outbox",
+        "outboxrow_store_n",
+    }
+
+    def delete(db: LocalDB) -> None:
+        with db.transaction():
+            db.delete("s", "synced")
+
+    # The synced record leaves the seq index; its pending tombstone has no seq.
+    assert written_trees(path, delete) == {
+        "records",
+        "recordrow_store_key",
+        "recordrow_store_seq",
+        "index_items",
+        "deleted_records",
+        "tombstones",
+        "outbox",
+        "outboxrow_store_n",
+    }
+
+
+def numbers(db: LocalDB, store: str) -> list[int]:
+    return [e.n for e in db.pending(store, 1000)]
+
+
+def test_change_numbers_stay_above_every_number_that_left_the_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "local.db"
+    db = LocalDB(path)
+    try:
+        with db.transaction():
+            for key in ("a", "b", "c"):
+                db.add("s", key, (), "1")
+        entries = db.pending("s", 10)
+        assert [e.n for e in entries] == [1, 2, 3]
+        # Settled: the outbox is empty, its greatest number gone with it.
+        db.settle("s", entries, [Outcome(e.n, "applied", i + 1) for i, e in enumerate(entries)])
+        assert db.pending_count() == 0
+        with db.transaction():
+            db.add("s", "d", (), "1")
+        assert numbers(db, "s") == [4]
+        db.reject(db.pending("s", 1)[0], "invalid_change", "no")  # rejected: gone too
+        with db.transaction():
+            db.add("t", "e", (), "1")
+        assert numbers(db, "t") == [5]
+        db._sql("DELETE FROM outbox")  # whatever code removes entries
+        # Several entries queued by one statement (as a reset queues lost adds).
+        with db.transaction():
+            db._sql(
+                "INSERT INTO outbox (store, op, key) SELECT 'u', 'delete', key FROM records"
+                " WHERE store = 's' ORDER BY key"
+            )
+        assert [(e.n, e.key) for e in db.pending("u", 10)] == [(6, "a"), (7, "b"), (8, "c")]
+        db._sql("DELETE FROM outbox WHERE n = 8")  # the greatest leaves, 6 and 7 stay
+    finally:
+        db.close_all()
+    db = LocalDB(path)
+    try:
+        with db.transaction():
+            db.add("s", "f", (), "1")
+        assert numbers(db, "s") == [9], "still above 8 after a reopen"
+    finally:
+        db.close_all()
+
+
+CRASH_WORKER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from idsync_client.localdb import LocalDB
+    from idsync_client.protocol import Outcome
+    db = LocalDB(sys.argv[1])
+    with db.transaction():
+        for key in ("a", "b", "c"):
+            db.add("s", key, (), "1")
+    entries = db.pending("s", 10)
+    db.settle("s", entries, [Outcome(e.n, "applied", i + 1) for i, e in enumerate(entries)])
+    with db.transaction():
+        db.add("s", "lost", (), "1")  # never committed: its number was never used
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_change_numbers_that_left_the_outbox_stay_used_after_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "local.db"
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH_WORKER, str(path)], capture_output=True, timeout=60
+    )
+    assert proc.returncode == -9, proc.stderr
+    db = LocalDB(path)
+    try:
+        assert db.pending_count() == 0
+        with db.transaction():
+            db.add("s", "d", (), "1")
+        assert numbers(db, "s") == [4]
+    finally:
+        db.close_all()
+
+
+def test_a_durable_add_is_three_statements_in_its_transaction(tmp_path: Path) -> None:
+    db = LocalDB(tmp_path / "local.db")
+    try:
+        with db.transaction():
+            db.add("s", "first", ("tag:a",), "1")
+        statements: list[str] = []
+        db.db.connection().set_trace_callback(statements.append)
+        with db.transaction():
+            db.add("s", "second", ("tag:a", "tag:b"), '{"v": 2}')
+        db.db.connection().set_trace_callback(None)
+        # A statement that fires a trigger is traced again for it: counted once.
+        own = list(dict.fromkeys(s for s in statements if not s.startswith("--")))
+        assert len(own) <= 5, own  # BEGIN, the record, its index rows, its outbox entry, COMMIT
+        with pytest.raises(KeyInUse), db.transaction():
+            db.add("s", "second", (), "3")
+        with db.transaction():
+            db.delete("s", "first")
+        with pytest.raises(KeyInUse, match="'first'"), db.transaction():
+            db.add("s", "first", (), "4")
+        assert [e.key for e in db.pending("s", 10)] == ["first", "second", "first"]
+    finally:
+        db.close_all()
