@@ -63,6 +63,16 @@ _STORE_INFO = (
     " LEFT JOIN changes h ON h.store_id = s.id AND h.seq = s.head_seq"
 )
 
+# Per connection. A push batch inserts at random places in the key index and
+# the index items (keys and items are not ordered by arrival): at 100,000
+# records one batch of 1,000 changes dirties about 1,600 pages. With SQLite's
+# default checkpoint at 1,000 WAL pages every such commit was followed by a
+# checkpoint writing the same hot pages back into the file; at 10,000 pages
+# (40 MB of WAL) they are copied back once per several batches. Durability
+# is unchanged: each commit still syncs the WAL. The page cache (16 MiB
+# instead of 2) holds those indexes' pages between batches.
+_TUNING = [("wal_autocheckpoint", 10_000), ("cache_size", -16 * 1024)]
+
 
 class SqliteStorage(Storage):
     """The SQLite backend. ``path`` is created if missing (with its folder).
@@ -86,7 +96,7 @@ class SqliteStorage(Storage):
             self.db = open_database(self.path, "FULL", busy_timeout_ms)
             # Space freed by compaction goes back to the file system on
             # vacuum(); the mode must be set before WAL and the first table.
-            pragmas = [("auto_vacuum", "incremental"), *self.db._pragmas]  # type: ignore[attr-defined]
+            pragmas = [("auto_vacuum", "incremental"), *self.db._pragmas, *_TUNING]  # type: ignore[attr-defined]
             self.db._pragmas = pragmas  # type: ignore[attr-defined]
             # Each connection serves its own thread only; close() may close
             # them from another.
@@ -354,11 +364,19 @@ class SqliteStorage(Storage):
             "DELETE FROM index_items WHERE store_id = ? AND item = ? AND record_id = ?",
             [(store_id, item, r.id) for r in gone for item in jsoncodec.loads(r.index_json)],
         )
+        # Most outcomes have no code and message: their rows bind six values, not eight.
+        plain = [(store_id, client_id, *row[:4]) for row in batch.client_rows if row[4] is None]
         conn.executemany(
-            "INSERT INTO client_changes (store_id, client_id, n, body_hash, status, seq, code,"
-            " message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(store_id, client_id, *row) for row in batch.client_rows],
+            "INSERT INTO client_changes (store_id, client_id, n, body_hash, status, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            plain,
         )
+        if len(plain) < len(batch.client_rows):
+            conn.executemany(
+                "INSERT INTO client_changes (store_id, client_id, n, body_hash, status, seq,"
+                " code, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(store_id, client_id, *row) for row in batch.client_rows if row[4] is not None],
+            )
         if batch.log:
             self._sql(
                 "UPDATE stores SET head_seq = ?, log_length = log_length + ?,"
