@@ -24,7 +24,7 @@ from idsync_client import jsoncodec, killpoint
 from idsync_client.protocol import Change, Cursor, Outcome, prefix_upper_bound
 from idsync_client.sqlitedb import open_database, root_failure
 
-from . import sqlite_history, sqlite_migrations
+from . import client_runs, sqlite_history, sqlite_migrations
 from .accounts import AccountStore
 from .accounts_sql import SqlAccounts
 from .base import (
@@ -240,7 +240,7 @@ class SqliteStorage(Storage):
     def drop_store(self, name: str) -> None:
         with self._write():
             store_id, epoch, _head, _horizon = self._store_row(name)
-            for table in ("changes", "records", "index_items", "client_changes"):
+            for table in ("changes", "records", "index_items", "client_batches"):
                 self._sql(f"DELETE FROM {table} WHERE store_id = ?", (store_id,))
             self._sql("DELETE FROM stores WHERE id = ?", (store_id,))
             self._sql(
@@ -317,13 +317,19 @@ class SqliteStorage(Storage):
     def _prior_outcomes(
         self, store_id: int, client_id: str, numbers: list[int]
     ) -> dict[int, tuple[Any, ...]]:
-        rows = self._chunked(
-            "SELECT n, body_hash, status, seq, code, message FROM client_changes"
-            " WHERE store_id = ? AND client_id = ? AND n IN ({marks})",
-            (store_id, client_id),
-            numbers,
-        )
-        return {row[0]: row[1:] for row in rows}
+        # A client counting up sends numbers past its last row: one lookup
+        # that finds nothing.
+        texts: list[str] = []
+        for low, high, bound in client_runs.lookup_ranges(numbers):
+            texts += [
+                row[0]
+                for row in self._sql(
+                    "SELECT outcomes FROM client_batches WHERE store_id = ? AND client_id = ?"
+                    " AND last_n >= ? AND last_n <= ? AND first_n <= ?",
+                    (store_id, client_id, low, bound, high),
+                )
+            ]
+        return client_runs.unpack(texts, set(numbers))
 
     def _known_records(self, store_id: int, keys: list[str]) -> dict[str, KnownRecord]:
         # A deleted record's entries may be compacted away: its row alone says
@@ -364,19 +370,11 @@ class SqliteStorage(Storage):
             "DELETE FROM index_items WHERE store_id = ? AND item = ? AND record_id = ?",
             [(store_id, item, r.id) for r in gone for item in jsoncodec.loads(r.index_json)],
         )
-        # Most outcomes have no code and message: their rows bind six values, not eight.
-        plain = [(store_id, client_id, *row[:4]) for row in batch.client_rows if row[4] is None]
         conn.executemany(
-            "INSERT INTO client_changes (store_id, client_id, n, body_hash, status, seq)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            plain,
+            "INSERT INTO client_batches (store_id, client_id, last_n, first_n, outcomes)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(store_id, client_id, *run) for run in client_runs.pack(batch.client_rows)],
         )
-        if len(plain) < len(batch.client_rows):
-            conn.executemany(
-                "INSERT INTO client_changes (store_id, client_id, n, body_hash, status, seq,"
-                " code, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(store_id, client_id, *row) for row in batch.client_rows if row[4] is not None],
-            )
         if batch.log:
             self._sql(
                 "UPDATE stores SET head_seq = ?, log_length = log_length + ?,"
