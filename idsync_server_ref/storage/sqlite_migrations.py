@@ -176,8 +176,9 @@ def _step5(db: SqliteDatabase) -> None:
     Each client's rows are read in the order of their numbers, in pages
     (memory stays flat on a large file), cut into runs by the same rule a
     push uses (:func:`.client_runs.pack`), and stored as they were: hashes
-    (``v1:`` ones too), outcomes, codes and messages. A run is never split
-    across pages: a page ends at a client's run boundary.
+    (``v1:`` ones too), outcomes, codes and messages. Rows are stored up to
+    the start of a client's last run read so far, which the next page may
+    continue: the runs are those one pass over all the rows would cut.
     """
     db.execute_sql(
         "CREATE TABLE client_batches (store_id INTEGER NOT NULL, client_id TEXT NOT NULL,"
