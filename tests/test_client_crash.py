@@ -88,8 +88,9 @@ def test_sigkill_anywhere_loses_and_duplicates_nothing(
     duplicated = [k for k, count in logged.items() if count > 1]
     with sqlite3.connect(server.database) as conn:
         resent = conn.execute(
-            "SELECT count(*) FROM client_changes WHERE status != 'applied'"
-            " AND store_id = (SELECT id FROM stores WHERE name = ?)",
+            "SELECT count(*) FROM client_batches b, json_each(b.outcomes) o"
+            " WHERE o.value ->> 2 != 'applied'"
+            " AND b.store_id = (SELECT id FROM stores WHERE name = ?)",
             (store,),
         ).fetchone()[0]
     server_keys = set(logged)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sqlite3
 import threading
@@ -11,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from idsync_client import jsoncodec
-from idsync_client.protocol import Change, Cursor
+from idsync_client.protocol import Change, Cursor, Outcome
 from idsync_server_ref.process import ServerProcess
 from idsync_server_ref.storage import (
     ResetRequired,
     SchemaTooNew,
     SqliteStorage,
     StorageFailure,
+    client_runs,
     sqlite_migrations,
 )
 from idsync_server_ref.storage.equality import legacy_change_hash
@@ -52,6 +54,14 @@ def _columns(path: Path, table: str) -> list[str]:
     return [row[1] for row in _query(path, f"PRAGMA table_info({table})")]
 
 
+def _idempotency_hashes(path: Path) -> dict[int, str]:
+    """``n -> body_hash`` of the stored outcomes of a migrated file (one client)."""
+    rows = _query(
+        path, "SELECT o.value ->> 0, o.value ->> 1 FROM client_batches, json_each(outcomes) o"
+    )
+    return dict(rows)
+
+
 def _stored_changes(path: Path) -> list[Change]:
     """The fixture client's changes, rebuilt from the log (n = seq: all were applied)."""
     changes = []
@@ -66,7 +76,7 @@ def _stored_changes(path: Path) -> list[Change]:
 
 
 def test_the_code_knows_the_version_its_models_describe() -> None:
-    assert latest_version(STEPS) == SCHEMA_VERSION == 4
+    assert latest_version(STEPS) == SCHEMA_VERSION == 5
 
 
 def test_a_v1_file_is_migrated_with_its_data_intact(v1_file: Path) -> None:
@@ -93,7 +103,7 @@ def test_a_v1_file_is_migrated_with_its_data_intact(v1_file: Path) -> None:
     assert len(set(tags)) == len(tags) and all(0 <= t < 2**63 for t in tags)
     assert _query(v1_file, "PRAGMA integrity_check") == [("ok",)]
     # Every row's body was in the log: none keeps a schema-1 hash.
-    hashes = [h for (h,) in _query(v1_file, "SELECT body_hash FROM client_changes")]
+    hashes = list(_idempotency_hashes(v1_file).values())
     assert len(hashes) == 7 and not any(h.startswith("v1:") for h in hashes)
 
 
@@ -153,7 +163,7 @@ def test_rows_whose_body_is_lost_keep_their_schema_1_answers(
     conn.close()
     storage = SqliteStorage(v1_file)
     try:
-        hashes = dict(_query(v1_file, "SELECT n, body_hash FROM client_changes"))
+        hashes = _idempotency_hashes(v1_file)
         assert [n for n, h in sorted(hashes.items()) if h.startswith("v1:")] == [8, 9]
         assert len(hashes) == 9
         replayed = storage.push("notes", CLIENT, _stored_changes(v1_file))
@@ -321,3 +331,81 @@ def test_the_server_refuses_a_newer_file_with_a_clear_message(v1_file: Path) -> 
         ServerProcess(v1_file).start(timeout=30)
     assert f"schema version 7, newer than this server's {SCHEMA_VERSION}" in str(caught.value)
     assert _version(v1_file) == "7"
+
+
+V4 = Path(__file__).parent / "fixtures" / "v4"
+
+
+def _outcome(o: Outcome) -> list[object]:
+    return [o.n, o.status, o.seq, o.code, o.message]
+
+
+@pytest.mark.parametrize("small", [False, True], ids=["runs", "short-runs-and-pages"])
+def test_a_v4_file_answers_as_before_after_step_5(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: bool
+) -> None:
+    # Made by the code of schema 4 (tests/fixtures/v4/make_fixtures.py), with
+    # what it served then: every record, the log, cursors, each batch's first
+    # outcomes and compaction's result.
+    path = tmp_path / "server.sqlite"
+    shutil.copy(V4 / "server.sqlite", path)
+    expected = json.loads((V4 / "expected.json").read_text())
+    assert _version(path) == "4"
+    if small:  # runs of two outcomes, read two rows a page: runs cut across pages
+        monkeypatch.setattr(client_runs, "RUN_SIZE", 2)
+        monkeypatch.setattr(sqlite_migrations, "_PAGE", 2)
+    storage = SqliteStorage(path)
+    try:
+        assert _version(path) == str(SCHEMA_VERSION) == "5"
+        assert "client_changes" not in {t for (t,) in _query(path, "SELECT name FROM sqlite_master")}
+        if not small:  # alice's notes: 1-7 and 10, 5000, the two past 9e9; bob; other
+            assert _query(path, "SELECT count(*) FROM client_batches") == [(5,)]
+        for name, store in expected["stores"].items():
+            info = storage.get_store(name)
+            assert (info.head_seq, info.live_records) == (store["head"], store["live"])
+            page = storage.pull(name, None, 1000, 1 << 20)
+            assert (page.items_json, page.cursor.encode()) == (store["log"], store["cursor"])
+            assert storage.snapshot(name, None, 0, 1000, 1 << 20).records_json == store["records"]
+            held = storage.pull(name, Cursor.decode(store["cursor"]), 1000, 1 << 20)
+            assert (held.items_json, held.cursor.encode()) == ([], store["cursor"])
+        batches = [
+            (name, client, [Change(n, op, key, tuple(index), value) for n, op, key, index, value in rows])
+            for name, client, rows in expected["batches"]
+        ]
+        for (name, client, changes), first in zip(batches, expected["first_outcomes"], strict=True):
+            assert [_outcome(o) for o in storage.push(name, client, changes)] == first
+        # Regrouped: the last of one batch with the first of the next.
+        alice = batches[1][2][-1:] + batches[2][2][:1]
+        regrouped = [_outcome(o) for o in storage.push("notes", "u:alice", alice)]
+        assert regrouped == expected["first_outcomes"][1][-1:] + expected["first_outcomes"][2][:1]
+        other_body = Change(5000, "add", "d", (), "[2,1]")
+        conflict = storage.push("notes", "u:alice", [other_body])
+        assert (conflict[0].status, conflict[0].code) == ("rejected", "change_number_conflict")
+        for name, store in expected["stores"].items():
+            assert storage.get_store(name).head_seq == store["head"]  # nothing applied
+        report = storage.compact(now=4_000_000_000.0)
+        compacted = expected["compaction"]
+        assert (report.entries_removed, report.horizons) == (
+            compacted["removed"],
+            compacted["horizons"],
+        )
+        info = storage.get_store("notes")
+        assert [info.horizon_seq, info.log_length, info.live_records] == compacted["horizon_log"]
+        assert storage.snapshot("notes", None, 0, 1000, 1 << 20).records_json == compacted["records"]
+        # Replays still answer after compaction; new numbers apply.
+        first = expected["first_outcomes"]
+        assert [_outcome(o) for o in storage.push("notes", "u:alice", batches[0][2])] == first[0]
+        new = storage.push("notes", "u:alice", [Change(11, "add", "g", (), "1")])
+        assert (new[0].status, new[0].seq) == ("applied", expected["stores"]["notes"]["head"] + 1)
+    finally:
+        storage.close()
+    assert _query(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_a_migrated_v4_file_has_the_schema_of_a_fresh_one(tmp_path: Path) -> None:
+    path = tmp_path / "server.sqlite"
+    shutil.copy(V4 / "server.sqlite", path)
+    SqliteStorage(path).close()
+    fresh = tmp_path / "fresh.sqlite"
+    SqliteStorage(fresh).close()
+    assert _schema(path) == _schema(fresh)

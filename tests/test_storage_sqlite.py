@@ -105,6 +105,41 @@ def test_close_closes_the_connections_of_every_thread(db_path: Path) -> None:
     assert not Path(f"{db_path}-wal").exists()
 
 
+def test_a_large_push_is_not_copied_back_into_the_file_at_each_commit(db_path: Path) -> None:
+    # One batch writing more than SQLite's default of 1,000 WAL pages was
+    # followed by a checkpoint copying them all into the main file at once.
+    storage = SqliteStorage(db_path)
+    try:
+        storage.create_store("notes")
+        text = "x" * 5000
+        out = storage.push("notes", "c1", [add(n, f"k{n}", {"t": text}) for n in range(1, 1001)])
+        assert {o.status for o in out} == {"applied"}
+        wal_bytes = Path(f"{db_path}-wal").stat().st_size
+        assert wal_bytes > 4_000_000  # the batch's pages are in the WAL (synced at commit)
+        assert db_path.stat().st_size < 1_000_000  # and not yet copied back
+        assert storage.get_record("notes", "k1000") is not None
+        seen: list[tuple[int, int]] = []
+
+        def pragmas() -> None:
+            storage.get_store("notes")  # opens this thread's connection
+            seen.append(
+                (
+                    storage._sql("PRAGMA wal_autocheckpoint").fetchone()[0],
+                    storage._sql("PRAGMA cache_size").fetchone()[0],
+                )
+            )
+
+        worker = threading.Thread(target=pragmas)
+        worker.start()
+        worker.join(timeout=10)
+        assert seen == [(10_000, -16 * 1024)]  # every thread's connection is tuned alike
+    finally:
+        storage.close()
+    # Closing checkpoints: nothing committed stays only in the WAL.
+    assert db_path.stat().st_size > 4_000_000
+    assert not Path(f"{db_path}-wal").exists()
+
+
 @pytest.mark.parametrize("form", ["bare", "path", "url"])
 def test_open_storage_takes_a_path_or_a_sqlite_url(tmp_path: Path, form: str) -> None:
     path = tmp_path / "sub" / "db.sqlite3"

@@ -11,12 +11,14 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from peewee import SqliteDatabase
 
 from idsync_client import jsoncodec
 from idsync_client.protocol import Change
 
+from . import client_runs
 from .accounts_schema import SQLITE_TABLES, create_tables
 from .base import StorageFailure
 from .equality import LEGACY_PREFIX, change_hash, legacy_change_hash
@@ -168,11 +170,70 @@ def _step4(db: SqliteDatabase) -> None:
     create_tables(db, SQLITE_TABLES)
 
 
+def _step5(db: SqliteDatabase) -> None:
+    """Idempotency rows per run of change numbers instead of one per change.
+
+    Each client's rows are read in the order of their numbers, in pages
+    (memory stays flat on a large file), cut into runs by the same rule a
+    push uses (:func:`.client_runs.pack`), and stored as they were: hashes
+    (``v1:`` ones too), outcomes, codes and messages. Rows are stored up to
+    the start of a client's last run read so far, which the next page may
+    continue: the runs are those one pass over all the rows would cut.
+    """
+    db.execute_sql(
+        "CREATE TABLE client_batches (store_id INTEGER NOT NULL, client_id TEXT NOT NULL,"
+        " last_n INTEGER NOT NULL, first_n INTEGER NOT NULL, outcomes TEXT NOT NULL,"
+        " PRIMARY KEY (store_id, client_id, last_n)) WITHOUT ROWID"
+    )
+    last: tuple[int, str, int] = (-1, "", -1)
+    pending: list[tuple[Any, ...]] = []  # one client's rows not yet stored
+    while True:
+        rows = db.execute_sql(
+            "SELECT store_id, client_id, n, body_hash, status, seq, code, message"
+            " FROM client_changes WHERE (store_id, client_id, n) > (?, ?, ?)"
+            " ORDER BY store_id, client_id, n LIMIT ?",
+            (*last, _PAGE),
+        ).fetchall()
+        for row in rows:
+            if pending and pending[-1][:2] != row[:2]:
+                _store_runs(db, pending)
+                pending = []
+            pending.append(row)
+        if not rows:
+            _store_runs(db, pending)
+            break
+        last = rows[-1][:3]
+        if len(pending) > client_runs.RUN_SIZE:
+            # Store all but the last run: it may go on in the next page.
+            cut = _last_run_start(pending)
+            _store_runs(db, pending[:cut])
+            pending = pending[cut:]
+    db.execute_sql("DROP TABLE client_changes")
+
+
+def _last_run_start(rows: list[tuple[Any, ...]]) -> int:
+    """Where the last run of one client's rows (sorted by number) begins."""
+    *_, last_run = client_runs.runs(row[2] for row in rows)
+    return len(rows) - len(last_run)
+
+
+def _store_runs(db: SqliteDatabase, rows: list[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
+    store_id, client_id = rows[0][:2]
+    db.connection().executemany(
+        "INSERT INTO client_batches (store_id, client_id, last_n, first_n, outcomes)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [(store_id, client_id, *run) for run in client_runs.pack([row[2:] for row in rows])],
+    )
+
+
 #: The steps, in order; step N leads from version N-1 to N.
 STEPS: list[Migration[SqliteDatabase]] = [
     Migration(2, "tag every log entry; re-hash idempotency rows unambiguously", _step2),
     Migration(3, "log entry times, store retention, horizon tags, dropped stores", _step3),
     Migration(4, "users, tokens (as hashes) and store access", _step4),
+    Migration(5, "idempotency rows per run of change numbers", _step5),
 ]
 
 

@@ -17,7 +17,7 @@ from peewee import (
 
 #: The version these models describe. Each change of the tables comes with a
 #: numbered step in :mod:`.sqlite_migrations` that leads an older file here.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class BaseModel(Model):
@@ -124,26 +124,25 @@ class IndexItemRow(BaseModel):
         without_rowid = True
 
 
-class ClientChangeRow(BaseModel):
-    """What a client's numbered change did, so a retried upload is answered the same.
+class ClientBatchRow(BaseModel):
+    """What a run of a client's numbered changes did, so a retried upload is answered the same.
 
-    ``body_hash`` is :func:`.equality.change_hash` of the change, or a
-    schema-1 hash marked ``v1:`` for rows whose body could not be recovered
-    when the file was migrated.
+    ``outcomes`` is the JSON list of ``[n, body_hash, status, seq, code,
+    message]`` of the numbers ``first_n`` to ``last_n`` stored together
+    (:mod:`.client_runs`). ``body_hash`` is :func:`.equality.change_hash` of
+    the change, or a schema-1 hash marked ``v1:`` for rows whose body could
+    not be recovered when the file was migrated.
     """
 
     store_id = IntegerField()
     client_id = TextField()
-    n = IntegerField()
-    body_hash = TextField()
-    status = TextField()
-    seq = IntegerField(null=True)
-    code = TextField(null=True)
-    message = TextField(null=True)
+    last_n = IntegerField()
+    first_n = IntegerField()
+    outcomes = TextField()
 
     class Meta:
-        table_name = "client_changes"
-        primary_key = CompositeKey("store_id", "client_id", "n")
+        table_name = "client_batches"
+        primary_key = CompositeKey("store_id", "client_id", "last_n")
         without_rowid = True
 
 
@@ -154,5 +153,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     ChangeRow,
     RecordRow,
     IndexItemRow,
-    ClientChangeRow,
+    ClientBatchRow,
 ]

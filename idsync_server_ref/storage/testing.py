@@ -208,6 +208,32 @@ class StorageContract:
         assert first == again
         assert storage.get_store("notes").head_seq == 1
 
+    def test_replays_are_answered_per_change_number_in_any_grouping(
+        self, storage: Storage
+    ) -> None:
+        # Numbers close together, far apart and at the top of the range; the
+        # retries group them otherwise than the first uploads did.
+        numbers = [1, 2, 3, 900, 2_000, 2_001, 10**12, 2**63 - 1]
+        first = storage.push("notes", "c1", [add(n, f"k{n}") for n in numbers[:5]])
+        first += storage.push(
+            "notes", "c1", [add(n, f"k{n}") for n in numbers[5:]] + [delete(7, "never")]
+        )
+        by_n = {o.n: o for o in first}
+        head = storage.get_store("notes").head_seq
+        mixed = [delete(7, "never"), add(2**63 - 1, f"k{2**63 - 1}"), add(2, "k2"), add(5, "k5")]
+        out = storage.push("notes", "c1", mixed)
+        assert out[:3] == [by_n[7], by_n[2**63 - 1], by_n[2]]
+        assert statuses(out[3:]) == [("applied", head + 1, None)]
+        for n in numbers:  # one at a time
+            assert storage.push("notes", "c1", [add(n, f"k{n}")]) == [by_n[n]]
+        # Another client's numbers are its own.
+        assert statuses(storage.push("notes", "c2", [add(2_000, "new")])) == [
+            ("applied", head + 2, None)
+        ]
+        conflict = storage.push("notes", "c1", [add(10**12, "other")])
+        assert statuses(conflict) == [("rejected", None, "change_number_conflict")]
+        assert storage.get_store("notes").head_seq == head + 2
+
     def test_same_change_number_with_other_body_is_rejected(self, storage: Storage) -> None:
         storage.push("notes", "c1", [add(1, "a")])
         out = storage.push("notes", "c1", [add(1, "b"), add(2, "c")])
