@@ -36,7 +36,7 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .asgi import HttpError, Response
+from .asgi import HANGUP_KEY, Hangup, HttpError, Response
 from .config import ServerConfig
 from .observe import ObservedApp
 from .target import log_safe
@@ -80,6 +80,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._bad_request: str | None = None
         # A 400 held back until the requests read before the bad one are answered.
         self._held_reject: str | None = None
+        # Tells this connection's parked long-polls that it closed.
+        self._hangup = Hangup()
 
     # -- connection limit ---------------------------------------------------
 
@@ -107,6 +109,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         if not self._refused:
             super().connection_lost(exc)
+            self._hangup.fire()
 
     # -- deadlines and header size --------------------------------------------
 
@@ -201,6 +204,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._bad_request = "a Transfer-Encoding must end with chunked"
             raise ValueError(self._bad_request)
         self._arm(self.guards.body_timeout)
+        # uvicorn hands this scope to the app's task, which has not run yet.
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions[HANGUP_KEY] = self._hangup
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
