@@ -17,6 +17,7 @@ import requests
 from idsync_server_ref.api import ServerApp
 from idsync_server_ref.asgi import HANGUP_KEY, Hangup
 from idsync_server_ref.config import ServerConfig
+from idsync_server_ref.http_server import HeadWithBody
 from idsync_server_ref.process import ServerProcess
 from idsync_server_ref.storage import SqliteStorage
 
@@ -239,7 +240,7 @@ def test_a_parked_wait_costs_no_task_and_a_hang_up_frees_it(tmp_path: Path) -> N
         exchanges[40].left.set()
         await _until(lambda: app.notifier.parked() == 20)
         assert all(task.done() for task in requests_[:20]) and requests_[40].done()
-        assert all(not ex.sent for ex in exchanges[:20] + [exchanges[40]])  # no one to answer
+        assert all(not ex.sent for ex in [*exchanges[:20], exchanges[40]])  # no one to answer
         app.notifier.notify("fan", 10**6)
         await asyncio.gather(*requests_[20:40])
         for ex in exchanges[20:40]:
@@ -253,3 +254,44 @@ def test_a_parked_wait_costs_no_task_and_a_hang_up_frees_it(tmp_path: Path) -> N
     finally:
         app.close()
         storage.close()
+
+
+# -- per answer: one send ---------------------------------------------------------
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class _Cycle:
+    response_started = False
+
+
+def test_an_answer_goes_out_in_one_send_with_its_head() -> None:
+    transport, cycle = _Transport(), _Cycle()
+    held = HeadWithBody(transport, cycle)  # type: ignore[arg-type]
+    held.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the response: not held
+    cycle.response_started = True
+    held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    held.write(b"{}")
+    assert transport.writes[1:] == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    assert held.is_closing() is False  # the rest is the real transport's
+    # A head with no body after it (the app failed) still goes out before a close.
+    transport, cycle = _Transport(), _Cycle()
+    held = HeadWithBody(transport, cycle)  # type: ignore[arg-type]
+    cycle.response_started = True
+    held.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    held.close()
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n"] and transport.closed
