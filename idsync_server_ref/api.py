@@ -2,7 +2,8 @@
 
 Every endpoint and its shapes are described in ``docs/protocol.md``. Storage
 is synchronous and runs in a fixed pool of threads sized for the database;
-a long-poll waits on the event loop and holds no thread.
+a long-poll waits on the event loop and holds no thread. The looks of the
+long-polls one write wakes are made together (:mod:`.look_batch`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from . import metrics
 from .account_api import AccountEndpoints, principal_of
 from .asgi import (
     ClientGone,
+    Hangup,
     HttpError,
     Receive,
     Request,
@@ -46,11 +48,12 @@ from .asgi import (
 )
 from .auth import OWNER, READ, WRITE, Authenticator, Principal, may_create, require, visible_stores
 from .config import DEFAULT_RATE, ServerConfig
-from .notify import ChangeNotifier
+from .look_batch import LookBatches
+from .notify import ChangeNotifier, WaitAbandoned
 from .push_body import parse_changes
 from .ratelimit import RateLimiter, retry_after_header
 from .storage import Storage, StoreNotFound
-from .waiting import Look, look, parse_wait_body
+from .waiting import Look, PagePuller, look, parse_wait_body
 
 access_log = logging.getLogger("idsync.server.access")
 
@@ -131,6 +134,8 @@ class ServerApp:
         self.executor = ThreadPoolExecutor(
             max_workers=config.threads, thread_name_prefix="idsync-storage"
         )
+        # Woken long-polls look at storage together, one pull per distinct page.
+        self.looks = LookBatches(storage, self.executor)
         # Requests being worked on; long-polls parked in a wait do not count.
         self._busy = 0
         self._waiting = 0
@@ -222,23 +227,23 @@ class ServerApp:
 
         A client that hangs up ends its wait: nothing is left waiting for no one.
         """
+        hangup = request.hangup
+        watcher: asyncio.Future[None] | None = None
+        if hangup is None:  # an HTTP server without the hang-up signal: read receive()
+            hangup = Hangup()
+            watcher = asyncio.ensure_future(request.disconnected())
+            watcher.add_done_callback(_fire_unless_cancelled(hangup))
         self._busy -= 1
         self._waiting += 1
         try:
-            waiting = asyncio.ensure_future(self.notifier.wait_any(after, seconds))
-            gone = asyncio.ensure_future(request.disconnected())
-            try:
-                await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                gone.cancel()
-                if not waiting.done():
-                    waiting.cancel()
-            if not waiting.done() or waiting.cancelled():
-                raise ClientGone
-            changed = waiting.result()
+            changed = await self.notifier.wait_any(after, seconds, hangup)
+        except WaitAbandoned:
+            raise ClientGone from None
         finally:
             self._busy += 1
             self._waiting -= 1
+            if watcher is not None:
+                watcher.cancel()
         if self.notifier.closed:
             raise HttpError("shutting_down", "the server is stopping; retry shortly")
         return changed
@@ -405,7 +410,10 @@ class ServerApp:
         page = await self._run(self.storage.pull, store, cursor, limit, max_bytes)
         waited = not page.items_json and wait > 0
         if waited and await self._wait(request, {store: page.cursor.seq}, wait):
-            page = await self._run(self.storage.pull, store, page.cursor, limit, max_bytes)
+            # Every poll this write woke pulls the same page: made once, in a batch.
+            after = page.cursor
+            shared = await self.looks.run(lambda pull: pull(store, after, limit, max_bytes))
+            return Response(200, shared.json)
         return Response(200, PullAnswer.to_json(page.items_json, page.cursor, page.more))
 
     async def snapshot(self, request: Request, store: str) -> Response:
@@ -461,18 +469,35 @@ class ServerApp:
             changed = await self._wait(request, found.heads, asked.wait)
             if changed and asked.page_limit is not None:
                 # Look again at the stores that changed: their pages go in the answer.
+                # Made in a batch with the other waits woken now: each checks
+                # its own access, identical pulls are made once.
                 again = {store: asked.cursors[store] for store in changed}
-                found = await self._run(self._look, again, principal, asked.page_limit)
+                found = await self.looks.run(
+                    functools.partial(self._look, again, principal, asked.page_limit)
+                )
             else:
                 found.changed = changed
         pages = found.pages if asked.page_limit is not None else None
         return Response(200, WaitAnswer.to_json(found.changed, found.errors, pages))
 
     def _look(
-        self, cursors: dict[str, Cursor | None], principal: Principal, page_limit: int | None
+        self,
+        cursors: dict[str, Cursor | None],
+        principal: Principal,
+        page_limit: int | None,
+        pull: PagePuller | None = None,
     ) -> Look:
-        """:func:`.waiting.look` at these stores (storage thread)."""
-        return look(self.storage, self.accounts, principal, cursors, self.limits, page_limit)
+        """:func:`.waiting.look` at these stores (storage thread); ``pull``:
+        how pages are pulled (a batch's :class:`.waiting.PageMemo`)."""
+        return look(self.storage, self.accounts, principal, cursors, self.limits, page_limit, pull)
+
+
+def _fire_unless_cancelled(hangup: Hangup) -> Callable[[asyncio.Future[None]], None]:
+    def fire(watcher: asyncio.Future[None]) -> None:
+        if not watcher.cancelled():
+            hangup.fire()
+
+    return fire
 
 
 def _rate_limited(wait: float) -> HttpError:

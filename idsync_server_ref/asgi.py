@@ -18,7 +18,9 @@ from .errors import RETRY_AFTER, HttpError, error_for
 from .target import parse_query, path_segments
 
 __all__ = [
+    "HANGUP_KEY",
     "ClientGone",
+    "Hangup",
     "HttpError",
     "Receive",
     "Request",
@@ -39,6 +41,46 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 class ClientGone(Exception):
     """The client hung up before its request was read: there is no one to answer."""
+
+
+#: Where the HTTP server puts a connection's :class:`Hangup` in a request's
+#: ``scope["extensions"]``.
+HANGUP_KEY = "idsync.hangup"
+
+
+class Hangup:
+    """Tells, by callbacks on the event loop, that a connection closed.
+
+    The HTTP server fires it when the connection is lost, so a parked
+    long-poll learns that its client left without a task reading
+    ``receive()`` for it.
+    """
+
+    __slots__ = ("_callbacks", "closed")
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._callbacks: dict[Callable[[], None], None] = {}
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the connection closes; at once if it has."""
+        if self.closed:
+            callback()
+        else:
+            self._callbacks[callback] = None
+
+    def unwatch(self, callback: Callable[[], None]) -> None:
+        """Forget ``callback`` (no error if it was not watched)."""
+        self._callbacks.pop(callback, None)
+
+    def fire(self) -> None:
+        """The connection closed: call every callback, once."""
+        if self.closed:
+            return
+        self.closed = True
+        callbacks, self._callbacks = self._callbacks, {}
+        for callback in callbacks:
+            callback()
 
 
 def error_envelope(err: HttpError) -> dict[str, Any]:
@@ -117,6 +159,9 @@ class Request:
         self.client_host: str = str((scope.get("client") or ("-",))[0])
         #: Who sent the request, once authenticated (an ``auth.Principal``).
         self.principal: object = None
+        extensions = scope.get("extensions") or {}
+        #: The connection's hang-up signal when the HTTP server gives one.
+        self.hangup: Hangup | None = extensions.get(HANGUP_KEY)
 
     def header(self, name: str) -> str | None:
         """A request header by its HTTP name (any case), or None."""

@@ -13,7 +13,11 @@ added here, in the one protocol class uvicorn lets us choose:
 - a cap on the bytes of a request's headers;
 - a request that frames its body two ways (Content-Length and
   Transfer-Encoding) is refused before the app sees it;
-- the parser's own 400s carry our JSON envelope.
+- the parser's own 400s carry our JSON envelope;
+- a response's status line and headers go out in the same send as its
+  body (uvicorn writes them apart: two sends, two segments per answer);
+- a connection's parked long-polls learn at once that it closed
+  (:class:`.asgi.Hangup`), with no task per request watching for it.
 
 The listening socket is bound before anything else starts
 (:func:`listen_socket`), so a port in use is a clear error at start.
@@ -30,13 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from types import FrameType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from .asgi import HttpError, Response
+from .asgi import HANGUP_KEY, Hangup, HttpError, Response
 from .config import ServerConfig
 from .observe import ObservedApp
 from .target import log_safe
@@ -66,6 +70,51 @@ def error_response_bytes(err: HttpError) -> bytes:
     return b"".join(lines) + b"\r\n" + payload
 
 
+class HeadWithBody:
+    """A response cycle's transport that sends the head with the body's first bytes.
+
+    uvicorn writes the status line and headers as soon as the app starts its
+    response, then the body: held together, a small answer is one send and
+    one segment, which counts when one write answers thousands of clients.
+    The head waits for nothing else: the body's first write, a close or
+    :meth:`flush` sends it. Everything else goes to the real transport.
+    """
+
+    __slots__ = ("_cycle", "_head", "_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._head: bytes | None = None
+        self._held = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Hold the response's head (its first write once started); send the rest."""
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head + bytes(data))
+        elif not self._held and self._cycle.response_started:
+            # "100 Continue" is written before the response starts: never held.
+            self._held = True
+            self._head = bytes(data)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Send a held head now."""
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        """Send a held head, then close the connection."""
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the guards described in this module."""
 
@@ -80,6 +129,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._bad_request: str | None = None
         # A 400 held back until the requests read before the bad one are answered.
         self._held_reject: str | None = None
+        # Tells this connection's parked long-polls that it closed.
+        self._hangup = Hangup()
 
     # -- connection limit ---------------------------------------------------
 
@@ -107,6 +158,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         if not self._refused:
             super().connection_lost(exc)
+            self._hangup.fire()
 
     # -- deadlines and header size --------------------------------------------
 
@@ -164,6 +216,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         return bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
 
     def on_response_complete(self) -> None:
+        transport = self.cycle.transport if self.cycle is not None else None
+        if isinstance(transport, HeadWithBody):
+            transport.flush()
         super().on_response_complete()
         if self._held_reject is not None and not self._answering():
             message, self._held_reject = self._held_reject, None
@@ -201,7 +256,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._bad_request = "a Transfer-Encoding must end with chunked"
             raise ValueError(self._bad_request)
         self._arm(self.guards.body_timeout)
+        # uvicorn hands this scope to the app's task, which has not run yet.
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions[HANGUP_KEY] = self._hangup
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not an upgrade
+            cycle.transport = cast(asyncio.Transport, HeadWithBody(self.transport, cycle))
 
     def on_message_complete(self) -> None:
         self._disarm()

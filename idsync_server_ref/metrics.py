@@ -9,6 +9,7 @@ status (``0`` when the client left before its answer); latency goes to a histogr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -89,6 +90,9 @@ class ServerMetrics:
         )
         self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.registry.register(_LiveValues(self._gauges))
+        # Each request's series, found once: a label look-up costs more than
+        # the count itself, and one write may answer thousands of requests.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def gauge(self, name: str, text: str, read: Callable[[], float]) -> None:
         """Report ``read()`` as gauge ``name`` at each scrape."""
@@ -96,8 +100,13 @@ class ServerMetrics:
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        key = (route, method, status)
+        series = self._series.get(key)
+        if series is None:
+            series = (self.requests.labels(route, method, str(status)), self.latency.labels(route))
+            self._series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def exposition(self) -> bytes:
         """Every metric in the Prometheus text format."""

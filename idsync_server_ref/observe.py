@@ -71,6 +71,16 @@ class ObservedApp:
             "Storage calls waiting for a storage thread.",
             lambda: pending_storage_calls(app),
         )
+        self.metrics.gauge(
+            "idsync_woken_wait_looks",
+            "Storage looks made for long-polls after a write woke them (since start).",
+            lambda: app.looks.looks,
+        )
+        self.metrics.gauge(
+            "idsync_woken_wait_pulls",
+            "Storage pulls those looks made: one per store, cursor and page size at a time.",
+            lambda: app.looks.pulls,
+        )
         self._templates = [("/" + "/".join(pattern.parts), pattern) for pattern, _ in app._routes]
 
     def watch_connections(self, count: Callable[[], int]) -> None:

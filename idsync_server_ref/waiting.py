@@ -8,10 +8,15 @@ built by the same storage call as a pull page; pages are bounded per store
 one answer stays small. A store past the total bound is listed as changed
 without a page: the client pulls it. Everything here runs on a storage
 thread except :func:`parse_wait_body`.
+
+The pulls of a look go through a :data:`PagePuller`: straight to storage,
+or through a :class:`PageMemo` that makes each distinct pull once for a
+batch of looks (see :mod:`.look_batch`), its answer text built once too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +25,7 @@ from idsync_client.wire import PullAnswer
 
 from .asgi import HttpError, error_envelope, error_for
 from .auth import READ, Principal, require
-from .storage import Storage
+from .storage import Page, Storage
 from .storage.accounts import AccountStore
 from .storage.json_text import utf8_size
 
@@ -55,6 +60,64 @@ class Look:
     errors: dict[str, Any] = field(default_factory=dict)
     #: Per changed store given a page: the page as pull-answer JSON text.
     pages: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SharedPage:
+    """A pull page with its pull-answer JSON text and the UTF-8 size of its changes."""
+
+    page: Page
+    json: str
+    size: int
+
+    @classmethod
+    def of(cls, page: Page) -> SharedPage:
+        """Encode ``page`` once."""
+        size = sum(map(utf8_size, page.items_json))
+        return cls(page, PullAnswer.to_json(page.items_json, page.cursor, page.more), size)
+
+
+#: ``(store, cursor, limit, max_bytes)`` -> the page :meth:`Storage.pull` gives.
+PagePuller = Callable[[str, "Cursor | None", int, int], SharedPage]
+
+
+def direct_puller(storage: Storage) -> PagePuller:
+    """A puller that asks storage every time."""
+
+    def pull(store: str, cursor: Cursor | None, limit: int, max_bytes: int) -> SharedPage:
+        return SharedPage.of(storage.pull(store, cursor, limit, max_bytes))
+
+    return pull
+
+
+class PageMemo:
+    """A puller that pulls each distinct (store, cursor, limit, max_bytes) once.
+
+    For looks made at the same moment (one batch on one storage thread):
+    the same inputs give the same page, so every look shares it. A failed
+    pull is remembered too, and raised again for each look that asks it.
+    Access is not its business: each look checks its caller's first.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        #: Storage pulls made.
+        self.pulls = 0
+        self._made: dict[tuple[str, str | None, int, int], SharedPage | Exception] = {}
+
+    def __call__(self, store: str, cursor: Cursor | None, limit: int, max_bytes: int) -> SharedPage:
+        key = (store, cursor.encode() if cursor is not None else None, limit, max_bytes)
+        made = self._made.get(key)
+        if made is None:
+            self.pulls += 1
+            try:
+                made = SharedPage.of(self.storage.pull(store, cursor, limit, max_bytes))
+            except Exception as exc:  # every look asking this pull gets it
+                made = exc
+            self._made[key] = made
+        if isinstance(made, Exception):
+            raise made.with_traceback(None)
+        return made
 
 
 def parse_wait_body(body: object, limits: Limits) -> WaitRequest:
@@ -112,13 +175,17 @@ def look(
     cursors: dict[str, Cursor | None],
     limits: Limits,
     page_limit: int | None,
+    pull: PagePuller | None = None,
 ) -> Look:
     """Per store: the seq to wait past, or changed now (with a page when
     ``page_limit`` is set and the store has a cursor), or its error.
 
     A store without a cursor gets no page: its first sync may load a
-    snapshot instead of replaying the log.
+    snapshot instead of replaying the log. The caller's read access is
+    checked for every store before its pull. ``pull``: how pages are
+    pulled (default: from storage, each time).
     """
+    pull = pull or direct_puller(storage)
     found = Look()
     budget = ANSWER_PAGE_BYTES
     per_store = min(STORE_PAGE_BYTES, limits.max_page_bytes)
@@ -128,17 +195,17 @@ def look(
             require(accounts, principal, store, READ)
             if paged:
                 assert page_limit is not None
-                page = storage.pull(store, cursor, page_limit, min(per_store, budget))
+                shared = pull(store, cursor, page_limit, min(per_store, budget))
             else:
-                page = storage.pull(store, cursor, 1, limits.max_page_bytes)
+                shared = pull(store, cursor, 1, limits.max_page_bytes)
         except Exception as exc:  # reported for this store alone
             found.errors[store] = error_envelope(error_for(exc))["error"]
             continue
-        if not page.items_json:
-            found.heads[store] = page.cursor.seq
+        if not shared.page.items_json:
+            found.heads[store] = shared.page.cursor.seq
             continue
         found.changed.add(store)
         if paged:
-            budget -= sum(map(utf8_size, page.items_json))
-            found.pages[store] = PullAnswer.to_json(page.items_json, page.cursor, page.more)
+            budget -= shared.size
+            found.pages[store] = shared.json
     return found

@@ -1,7 +1,8 @@
 """Many idle live clients on one server process, and slow connections beside a normal one.
 
-An asyncio load generator holds N long-polls (``GET .../changes?wait=``) on
-raw asyncio streams, as N idle apps would. Measured with them parked: health
+An asyncio load generator holds N long-polls on raw asyncio streams, as N
+idle apps would: ``POST /v1/wait`` asking for pages, as the client's live
+channel does (or ``GET .../changes?wait=`` with ``kind="pull"``). Measured with them parked: health
 and push latency (p99, beside the same on an idle server), the time one write
 takes to reach all N (p50/p99 of each poll's answer), and the server's RSS.
 Then 500 connections trickle their headers while a normal client syncs.
@@ -127,8 +128,27 @@ async def _park(
     return time.perf_counter(), status
 
 
-def idle_clients(folder: Path, n: int, samples: int) -> dict[str, float]:
-    """N parked long-polls on one server: latencies beside them, fan-out, RSS."""
+def long_poll_request(kind: str, cursor: str) -> bytes:
+    """The bytes of one parked long-poll of ``kind`` (``wait`` or ``pull``) on store idle."""
+    if kind == "pull":
+        return (
+            f"GET /v1/stores/idle/changes?cursor={cursor}&wait={WAIT} HTTP/1.1\r\n"
+            "Host: bench\r\n\r\n"
+        ).encode()
+    body = json.dumps({"cursors": {"idle": cursor}, "wait": WAIT, "pages": True}).encode()
+    head = (
+        "POST /v1/wait HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def idle_clients(folder: Path, n: int, samples: int, kind: str = "wait") -> dict[str, float]:
+    """N parked long-polls on one server: latencies beside them, fan-out, RSS.
+
+    ``kind``: ``wait`` (``POST /v1/wait`` with pages, the client's live
+    channel) or ``pull`` (``GET .../changes?wait=``).
+    """
     raise_open_files(n + 1024)
     args = ("--max-connections", str(n + 1000), "--max-wait-seconds", str(WAIT))
     with ServerProcess(folder / "idle.sqlite3", *args) as server:
@@ -143,10 +163,7 @@ def idle_clients(folder: Path, n: int, samples: int) -> dict[str, float]:
         result["health_p99_idle_ms"] = p(_latencies(probe.health, samples), 0.99)
         result["push_p99_idle_ms"] = p(_latencies(probe.push, samples), 0.99)
 
-        request = (
-            f"GET /v1/stores/idle/changes?cursor={cursor}&wait={WAIT} HTTP/1.1\r\n"
-            "Host: bench\r\n\r\n"
-        ).encode()
+        request = long_poll_request(kind, cursor)
         loop = asyncio.new_event_loop()
         refused: list[int] = []
         ready = threading.Event()
@@ -232,11 +249,12 @@ def trickling_headers(folder: Path, slow: int, samples: int) -> dict[str, float]
     return result
 
 
-if __name__ == "__main__":  # python -m tests.bench.idle_clients [N]
+if __name__ == "__main__":  # python -m tests.bench.idle_clients [N] [wait|pull]
     import sys
     import tempfile
 
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    how = sys.argv[2] if len(sys.argv) > 2 else "wait"
     with tempfile.TemporaryDirectory() as tmp:
-        print(json.dumps(idle_clients(Path(tmp), size, 50), indent=2))
+        print(json.dumps(idle_clients(Path(tmp), size, 50, how), indent=2))
         print(json.dumps(trickling_headers(Path(tmp), 500, 20), indent=2))
