@@ -177,8 +177,10 @@ class AttributeCleanUp:
             self._checked.add(store)
         if first:
             # A snapshot reload brings values no page event lists: check the
-            # whole store again at the next page after one.
-            self.hub.add(store, self._after_change)
+            # whole store again at the next page after one. Resets only: a
+            # round holds its callbacks, with their events, until it ends,
+            # and every page's records held so would grow with the download.
+            self.hub.add(store, self._after_change, resets_only=True)
         with self.db.transaction():
             removed = self._remove_deleted_entities(store, event, first)
         if removed:
