@@ -1,9 +1,12 @@
-"""A first sync's memory stays bounded by its pages, not by the store's size."""
+"""A first sync's memory and collector work stay bounded by its pages, not
+by the store's size."""
 
 from __future__ import annotations
 
+import gc
 import tracemalloc
 import uuid
+from typing import Any
 
 from idsync_client import Client
 
@@ -14,11 +17,10 @@ PER_PAGE = 300
 VALUE_BYTES = 1000
 
 
-def _seed(api: Api, store: str) -> None:
-    text = "x" * VALUE_BYTES
+def _seed(api: Api, store: str, count: int = PAGES * PER_PAGE, size: int = VALUE_BYTES) -> None:
+    text = "x" * size
     changes = [
-        add(n, value={"n": n, "text": text}, index=[f"tag:{n % 7}"])
-        for n in range(1, PAGES * PER_PAGE + 1)
+        add(n, value={"n": n, "text": text}, index=[f"tag:{n % 7}"]) for n in range(1, count + 1)
     ]
     for start in range(0, len(changes), 1000):
         api.push(store, "seeder-" + uuid.uuid4().hex, changes[start : start + 1000])
@@ -52,3 +54,52 @@ def test_first_sync_holds_no_more_than_a_few_pages(tmp_path, server, api, store)
     # page when every page's event was held until the round ended).
     growth = after_page[-1] - min(after_page[:3])
     assert growth < 2 * page_bytes, (growth, page_bytes)
+
+
+def _collections_while_pages_apply(
+    tmp_path: Any, url: str, store: str, pages: int
+) -> tuple[list[int], bool]:
+    """The generations the collector ran on between the first and the last
+    applied page of a first sync; and whether it is on after the sync."""
+    seen: list[int] = []
+    applied = [0]
+
+    def on_collect(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and 0 < applied[0] < pages:
+            seen.append(info["generation"])
+
+    def on_page(_store: str, _event: Any) -> None:
+        applied[0] += 1
+
+    with Client(tmp_path / "gc.db", url, retry=fast_policy(5)) as client:
+        client.store(store)
+        assert client._engine is not None
+        client._engine.page_size = PER_PAGE
+        client._engine.page_hooks.append(on_page)
+        gc.callbacks.append(on_collect)
+        try:
+            client.sync()
+        finally:
+            gc.callbacks.remove(on_collect)
+    assert applied[0] == pages
+    return seen, gc.isenabled()
+
+
+def test_the_collector_rests_while_pages_stream_in(tmp_path, server, api, store) -> None:
+    """No collection walks the decoded pages while they are applied (they
+    are freed by reference counting); the collector is on again after."""
+    _seed(api, store, 10 * PER_PAGE, 50)
+    assert gc.isenabled()
+    seen, enabled = _collections_while_pages_apply(tmp_path, server.url, store, 10)
+    assert seen == []
+    assert enabled
+
+
+def test_a_collector_the_app_turned_off_stays_off(tmp_path, server, api, store) -> None:
+    _seed(api, store, 2 * PER_PAGE, 50)
+    gc.disable()
+    try:
+        _, enabled = _collections_while_pages_apply(tmp_path, server.url, store, 2)
+    finally:
+        gc.enable()
+    assert not enabled
