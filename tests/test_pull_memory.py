@@ -8,7 +8,7 @@ import tracemalloc
 import uuid
 from typing import Any
 
-from idsync_client import Client
+from idsync_client import Client, gcpause
 
 from .conftest import Api, add, fast_policy
 
@@ -103,3 +103,17 @@ def test_a_collector_the_app_turned_off_stays_off(tmp_path, server, api, store) 
     finally:
         gc.enable()
     assert not enabled
+
+
+def test_overlapping_pauses_resume_the_collector_after_the_last() -> None:
+    """Two downloads at once (first syncs of two stores): the first to end
+    does not turn the collector back on under the other."""
+    assert gc.isenabled()
+    first, second = gcpause.paused(), gcpause.paused()
+    first.__enter__()
+    second.__enter__()
+    assert not gc.isenabled()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
