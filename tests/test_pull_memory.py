@@ -117,3 +117,14 @@ def test_overlapping_pauses_resume_the_collector_after_the_last() -> None:
     assert not gc.isenabled()
     second.__exit__(None, None, None)
     assert gc.isenabled()
+
+
+def test_a_first_sync_thread_leaves_no_connection_open(tmp_path, server, api, store) -> None:
+    """The thread a first sync runs on ends with the round; its connection
+    (and page cache, up to 8 MB) does not stay open until the client closes."""
+    _seed(api, store, 10, 10)
+    with Client(tmp_path / "c.db", server.url, retry=fast_policy(5)) as client:
+        client.store(store)
+        open_before = len(client.db.db._open)
+        assert client.sync().pulled == 10
+        assert len(client.db.db._open) == open_before
