@@ -18,12 +18,13 @@ the caller's thread, as those of the rest of the round do.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from .errors import AuthError, PermanentError, ResetRequired
+from .errors import AuthError, IdsyncError, PermanentError, ResetRequired
 from .sync import SyncEngine, SyncReport
 
 #: Threads that run first syncs of stores at the same time.
@@ -74,6 +75,11 @@ class _FirstSyncs:
                 self.engine.pull(store, report=report)
             except BaseException as exc:  # handed to the caller's thread
                 error = exc
+            finally:
+                # This thread ends with the round: its connection and page
+                # cache would otherwise stay open until the client closes.
+                with contextlib.suppress(IdsyncError):
+                    self.engine.db.close()
         return report, calls, error
 
     def join(self, total: SyncReport, refused: Refusals) -> None:

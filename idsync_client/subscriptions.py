@@ -102,6 +102,8 @@ class Subscription:
     index_item: str | None
     callback: Callback
     _hub: SubscriptionHub | None = field(default=None, repr=False)
+    #: Told of reloads only (``reset`` events), not of changes.
+    resets_only: bool = False
 
     def cancel(self) -> None:
         """Stop calling back. Safe to call twice."""
@@ -110,7 +112,7 @@ class Subscription:
             self._hub = None
 
     def _filter(self, event: ChangeEvent) -> ChangeEvent | None:
-        if event.store != self.store:
+        if event.store != self.store or (self.resets_only and not event.reset):
             return None
         if self.index_item is None or event.reset:
             return event
@@ -137,10 +139,18 @@ class SubscriptionHub:
         self._lock = threading.Lock()
         self.callbacks = callbacks or CallbackQueue()
 
-    def add(self, store: str, callback: Callback, index_item: str | None = None) -> Subscription:
-        """Register ``callback`` for changes of ``store`` (or of one index item in it)."""
+    def add(
+        self,
+        store: str,
+        callback: Callback,
+        index_item: str | None = None,
+        *,
+        resets_only: bool = False,
+    ) -> Subscription:
+        """Register ``callback`` for changes of ``store`` (or of one index item
+        in it); with ``resets_only``, for its reloads from a snapshot only."""
         require_callable(callback)
-        sub = Subscription(store, index_item, callback, self)
+        sub = Subscription(store, index_item, callback, self, resets_only)
         with self._lock:
             self._subs.append(sub)
         return sub

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from . import jsoncodec, killpoint
+from . import gcpause, jsoncodec, killpoint
 from .errors import (
     AuthError,
     IdsyncError,
@@ -440,6 +440,17 @@ class SyncEngine:
         closing), a page that arrives is not applied.
         """
         report = report or SyncReport()
+        # A pull that may wait does not stop the collector while it waits.
+        with gcpause.paused() if not wait else contextlib.nullcontext():
+            return self._pull_pages(store, wait, report, cancelled)
+
+    def _pull_pages(
+        self,
+        store: str,
+        wait: float,
+        report: SyncReport,
+        cancelled: Callable[[], bool] | None,
+    ) -> SyncReport:
         ahead: tuple[str, Future[PullAnswer]] | None = None
         while True:
             cursor = self.db.cursor(store)
@@ -561,6 +572,10 @@ class SyncEngine:
 
     def _reset(self, store: str) -> int:
         log.info("store %s: reloading from a snapshot", store)
+        with gcpause.paused():
+            return self._reload_pages(store)
+
+    def _reload_pages(self, store: str) -> int:
         self.db.stage_clear(store)
         at: str | None = None
         after = 0

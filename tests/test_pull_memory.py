@@ -1,0 +1,130 @@
+"""A first sync's memory and collector work stay bounded by its pages, not
+by the store's size."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+import uuid
+from typing import Any
+
+from idsync_client import Client, gcpause
+
+from .conftest import Api, add, fast_policy
+
+PAGES = 20
+PER_PAGE = 300
+VALUE_BYTES = 1000
+
+
+def _seed(api: Api, store: str, count: int = PAGES * PER_PAGE, size: int = VALUE_BYTES) -> None:
+    text = "x" * size
+    changes = [
+        add(n, value={"n": n, "text": text}, index=[f"tag:{n % 7}"]) for n in range(1, count + 1)
+    ]
+    for start in range(0, len(changes), 1000):
+        api.push(store, "seeder-" + uuid.uuid4().hex, changes[start : start + 1000])
+
+
+def test_first_sync_holds_no_more_than_a_few_pages(tmp_path, server, api, store) -> None:
+    """Python memory during a first sync of 20 pages stays within a few pages'
+    worth: pages applied earlier (their events, their records) are not held
+    until the round ends."""
+    _seed(api, store)
+    page_bytes = PER_PAGE * (VALUE_BYTES + 100)  # about one page's JSON
+    after_page: list[int] = []
+    with Client(tmp_path / "c.db", server.url, retry=fast_policy(5)) as client:
+        client.store(store)
+        assert client._engine is not None
+        client._engine.page_size = PER_PAGE
+        client._engine.page_hooks.append(
+            lambda _store, _event: after_page.append(tracemalloc.get_traced_memory()[0])
+        )
+        tracemalloc.start()
+        try:
+            report = client.sync()
+        finally:
+            tracemalloc.stop()
+        assert report.pulled == PAGES * PER_PAGE
+        assert len(client.store(store)) == PAGES * PER_PAGE
+    assert len(after_page) == PAGES
+    # After each page the client holds the page it applied and the one
+    # fetched meanwhile, whatever came before: the memory after the last
+    # page is that after the first ones (it grew by a page's records each
+    # page when every page's event was held until the round ended).
+    growth = after_page[-1] - min(after_page[:3])
+    assert growth < 2 * page_bytes, (growth, page_bytes)
+
+
+def _collections_while_pages_apply(
+    tmp_path: Any, url: str, store: str, pages: int
+) -> tuple[list[int], bool]:
+    """The generations the collector ran on between the first and the last
+    applied page of a first sync; and whether it is on after the sync."""
+    seen: list[int] = []
+    applied = [0]
+
+    def on_collect(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and 0 < applied[0] < pages:
+            seen.append(info["generation"])
+
+    def on_page(_store: str, _event: Any) -> None:
+        applied[0] += 1
+
+    with Client(tmp_path / "gc.db", url, retry=fast_policy(5)) as client:
+        client.store(store)
+        assert client._engine is not None
+        client._engine.page_size = PER_PAGE
+        client._engine.page_hooks.append(on_page)
+        gc.callbacks.append(on_collect)
+        try:
+            client.sync()
+        finally:
+            gc.callbacks.remove(on_collect)
+    assert applied[0] == pages
+    return seen, gc.isenabled()
+
+
+def test_the_collector_rests_while_pages_stream_in(tmp_path, server, api, store) -> None:
+    """No collection walks the decoded pages while they are applied (they
+    are freed by reference counting); the collector is on again after."""
+    _seed(api, store, 10 * PER_PAGE, 50)
+    assert gc.isenabled()
+    seen, enabled = _collections_while_pages_apply(tmp_path, server.url, store, 10)
+    assert seen == []
+    assert enabled
+
+
+def test_a_collector_the_app_turned_off_stays_off(tmp_path, server, api, store) -> None:
+    _seed(api, store, 2 * PER_PAGE, 50)
+    gc.disable()
+    try:
+        _, enabled = _collections_while_pages_apply(tmp_path, server.url, store, 2)
+    finally:
+        gc.enable()
+    assert not enabled
+
+
+def test_overlapping_pauses_resume_the_collector_after_the_last() -> None:
+    """Two downloads at once (first syncs of two stores): the first to end
+    does not turn the collector back on under the other."""
+    assert gc.isenabled()
+    first, second = gcpause.paused(), gcpause.paused()
+    first.__enter__()
+    second.__enter__()
+    assert not gc.isenabled()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+
+
+def test_a_first_sync_thread_leaves_no_connection_open(tmp_path, server, api, store) -> None:
+    """The thread a first sync runs on ends with the round; its connection
+    (and page cache, up to 8 MB) does not stay open until the client closes."""
+    _seed(api, store, 10, 10)
+    with Client(tmp_path / "c.db", server.url, retry=fast_policy(5)) as client:
+        client.store(store)
+        open_before = len(client.db.db._open)
+        assert client.sync().pulled == 10
+        assert len(client.db.db._open) == open_before
