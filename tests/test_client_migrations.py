@@ -107,9 +107,12 @@ def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
 
 def logged_numbers(server_db: Path, client_id: str) -> dict[int, str]:
     """The change numbers the server logged for ``client_id``, with their status."""
-    return dict(
-        rows(server_db, f"SELECT n, status FROM client_changes WHERE client_id = '{client_id}'")
+    sql = (
+        "SELECT o.value ->> 0, o.value ->> 2 FROM client_batches b, json_each(b.outcomes) o"
+        " WHERE b.client_id = ?"
     )
+    with sqlite3.connect(server_db) as conn:
+        return dict(conn.execute(sql, (client_id,)).fetchall())
 
 
 def test_a_v2_file_keeps_its_data_and_its_change_numbers(tmp_path) -> None:
