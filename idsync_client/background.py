@@ -443,7 +443,8 @@ class BackgroundSync:
         """Run one piece of sync work and report it in the status; True if it went well.
 
         Never raises: the thread must survive every failure. Callbacks (events,
-        status) run after the work, outside the library's locks.
+        status) run after the work, outside the library's locks: a round that
+        went well tells its events before it reads the counts for the status.
         """
         if self._stop.is_set():
             return False
@@ -473,6 +474,9 @@ class BackgroundSync:
             report = self._unless_stopped(work)
             if report is None:
                 return False
+            # The round's work is done and no lock is held: its change events
+            # reach the app now, before the counts are read and the status set.
+            self.status.callbacks.flush()
         except AuthError as exc:
             # Pause only if the refused token is still the current one: a request
             # sent before set_token() may come back refused after it.
