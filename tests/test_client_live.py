@@ -347,3 +347,40 @@ def test_a_change_from_the_live_channel_is_told_before_the_round_reads_its_count
         assert wait_for(lambda: b.status.pending == 0 and waiting(api) == 1)
         assert events == [(key,)], "told once"
         assert locks_free == [True], "outside the library's locks"
+
+
+def test_a_kick_leaves_the_live_thread_listening_and_still_wakes_the_push(
+    tmp_path, own_server
+) -> None:
+    from idsync_client.background import BackgroundSync
+
+    class Counting(threading.Event):
+        """Notes whether each wake-up came from the test's own thread (a kick)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.from_main: list[bool] = []
+
+        def set(self) -> None:
+            self.from_main.append(threading.current_thread() is threading.main_thread())
+            super().set()
+
+    api = Api(own_server.url)
+    with Client(tmp_path / "c.db", own_server.url, retry=fast_policy(2)) as client:
+        notes = client.store("notes")
+        client.sync()
+        assert client._engine is not None
+        background = BackgroundSync(
+            client._engine, client._status, client._lock, client._counts, long_poll=10
+        )
+        wake_live = background._wake_live = Counting()
+        background.start(["notes"])
+        try:
+            assert wait_for(lambda: waiting(api) == 1)
+            notes.add({"n": 1})  # the client's own kick goes to its own (stopped) sync
+            background.kick()
+            assert wait_for(lambda: client.db.pending_count() == 0, 5), "the push was kicked"
+            assert True not in wake_live.from_main, "the listening live thread was left alone"
+        finally:
+            background.stop()
+            background.join_waits(time.monotonic() + 1)
