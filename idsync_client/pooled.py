@@ -23,6 +23,7 @@ requests, which follows it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -120,7 +121,7 @@ class PooledSender:
                 method,
                 url,
                 body=body,
-                headers={**session.headers, **headers},
+                headers=_merged(session.headers, headers),
                 redirect=False,
                 assert_same_host=False,
                 preload_content=True,
@@ -156,6 +157,17 @@ class PooledSender:
     def _netloc(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port is None else f"{host}:{self.port}"
+
+
+def _merged(session_headers: Mapping[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    """The session's headers and the request's, as requests merges them: the
+    request's win, and a header set to None is left out."""
+    merged = {name: value for name, value in session_headers.items() if value is not None}
+    for name in headers:  # case-insensitive, as the session's are
+        for other in [k for k in merged if k.lower() == name.lower()]:
+            del merged[other]
+    merged.update(headers)
+    return merged
 
 
 def _as_requests_error(exc: BaseException) -> requests.RequestException:

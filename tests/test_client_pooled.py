@@ -131,6 +131,20 @@ def test_headers_set_on_the_session_later_are_sent(stub) -> None:
     assert script.seen[0].headers["User-Agent"] == "notes-app/3.1"
 
 
+def test_a_session_header_set_to_none_is_left_out_and_the_requests_own_win(stub) -> None:
+    url, script = stub
+    transport = HttpTransport(url)
+    transport.session.headers["Accept-Encoding"] = None  # requests' way to drop one
+    transport.session.headers["content-type"] = "text/plain"
+    try:
+        transport.request("POST", "/v1/stores/notes/push", raw_body="{}")
+    finally:
+        transport.close()
+    sent = {name.lower(): value for name, value in script.seen[0].headers.items()}
+    assert sent.get("accept-encoding", "identity") == "identity"  # not the session's gzip
+    assert sent["content-type"] == "application/json"
+
+
 def test_a_path_in_the_server_url_prefixes_every_request(stub) -> None:
     url, script = stub
     script.answers["/sync/v1/health"] = (200, {}, {"status": "ok"})
