@@ -103,6 +103,8 @@ class BackgroundSync:
         self._turn = 0
         self._retry_after = 0.0  # the last temporary failure's Retry-After
         self._wait_thread: threading.Thread | None = None  # the last wait sent
+        # True while the live thread listens for a wait's answer (see kick).
+        self._listening = False
         # Wait requests sent and maybe still in flight (see join_waits).
         self._waits: list[threading.Thread] = []
         self._guard = threading.Lock()
@@ -146,7 +148,11 @@ class BackgroundSync:
     def kick(self) -> None:
         """Push soon: a local write happened, or the network may be back."""
         self._kick.set()
-        self._wake_live.set()
+        # The live thread needs waking only from a pause (a backoff after a
+        # failure, no store to wait on). Listening for a wait's answer, it
+        # would wake for nothing, just when the push needs the interpreter.
+        if not self._listening:
+            self._wake_live.set()
 
     def resume(self) -> None:
         """Leave the auth-error pause (new credentials were given)."""
@@ -358,17 +364,21 @@ class BackgroundSync:
             self._waits = [t for t in self._waits if t.is_alive()]
             self._waits.append(thread)
         self._wait_thread = thread
-        thread.start()
-        # Bounded: the request's own read timeout ends it well before this.
-        deadline = time.monotonic() + seconds + 60.0
-        while time.monotonic() < deadline:
-            self._wake_live.wait(max(0.0, deadline - time.monotonic()))
-            self._wake_live.clear()
-            if answered.done():
-                return cursors, answered.result()
-            with self._guard:
-                if self._joined or self._stop.is_set():
-                    return None
+        self._listening = True
+        try:
+            thread.start()
+            # Bounded: the request's own read timeout ends it well before this.
+            deadline = time.monotonic() + seconds + 60.0
+            while time.monotonic() < deadline:
+                self._wake_live.wait(max(0.0, deadline - time.monotonic()))
+                self._wake_live.clear()
+                if answered.done():
+                    return cursors, answered.result()
+                with self._guard:
+                    if self._joined or self._stop.is_set():
+                        return None
+        finally:
+            self._listening = False
         raise TemporaryError("the wait for changes did not end")
 
     def _take(
@@ -443,7 +453,8 @@ class BackgroundSync:
         """Run one piece of sync work and report it in the status; True if it went well.
 
         Never raises: the thread must survive every failure. Callbacks (events,
-        status) run after the work, outside the library's locks.
+        status) run after the work, outside the library's locks: a round that
+        went well tells its events before it reads the counts for the status.
         """
         if self._stop.is_set():
             return False
@@ -473,6 +484,9 @@ class BackgroundSync:
             report = self._unless_stopped(work)
             if report is None:
                 return False
+            # The round's work is done and no lock is held: its change events
+            # reach the app now, before the counts are read and the status set.
+            self.status.callbacks.flush()
         except AuthError as exc:
             # Pause only if the refused token is still the current one: a request
             # sent before set_token() may come back refused after it.

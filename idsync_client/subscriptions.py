@@ -66,6 +66,16 @@ class CallbackQueue:
             taken.extend(queue)
             queue.clear()
 
+    def flush(self) -> None:
+        """Run the calls queued on this thread so far, now, even inside a held
+        section: for a point of it where the thread holds none of the
+        library's locks, so that the app hears of a change without waiting
+        for the rest of the section's work. Inside a callback, a no-op: the
+        queue is being run already."""
+        self._queue()
+        if not self._local.draining:
+            self._drain()
+
     def call(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` now, or after the current held section of this thread."""
         queue = self._queue()

@@ -81,6 +81,11 @@ def _stops_when_dropped(
 _MAX_RENEWALS = 3
 
 
+def _push_body(client_id: str, wire: list[str]) -> str:
+    """A push body for these changes (each already JSON text)."""
+    return f'{{"client_id":{jsoncodec.dumps(client_id)},"changes":[{",".join(wire)}]}}'
+
+
 @dataclass
 class SyncReport:
     """What one sync round did."""
@@ -293,18 +298,26 @@ class SyncEngine:
                     return report
                 limits = self.transport.limits()  # asked once, when there is something to push
                 entries = entries[: limits.max_batch]
-                batch = self._fitting(store, entries, limits, report)
+                # Read once a batch (another process may renew it meanwhile):
+                # the id the batch is sent with is the one its outcomes settle.
+                client_id = self.db.client_id
+                batch = self._fitting(store, entries, limits, report, client_id)
                 if batch:
-                    self._push_batch(store, batch, report)
+                    self._push_batch(store, batch, report, client_id)
 
     def _fitting(
-        self, store: str, entries: Sequence[OutboxEntry], limits: Limits, report: SyncReport
+        self,
+        store: str,
+        entries: Sequence[OutboxEntry],
+        limits: Limits,
+        report: SyncReport,
+        client_id: str,
     ) -> list[OutboxEntry]:
         """The oldest entries whose push body fits ``max_body_bytes``.
 
         Empty when the oldest entry alone is too large: it is rejected here.
         """
-        size = len(self._push_body([]).encode("utf-8"))
+        size = len(_push_body(client_id, []).encode("utf-8"))
         batch: list[OutboxEntry] = []
         for entry in entries:
             size += len(entry.to_wire_json().encode("utf-8")) + 1  # and a comma
@@ -312,16 +325,18 @@ class SyncEngine:
                 break
             batch.append(entry)
         if not batch:
-            self._reject_alone(store, entries[0], limits.max_body_bytes, report)
+            self._reject_alone(store, entries[0], limits.max_body_bytes, report, client_id)
         return batch
 
-    def _push_body(self, wire: list[str]) -> str:
-        return f'{{"client_id":{jsoncodec.dumps(self.db.client_id)},"changes":[{",".join(wire)}]}}'
-
     def _reject_alone(
-        self, store: str, entry: OutboxEntry, max_body: int | None, report: SyncReport
+        self,
+        store: str,
+        entry: OutboxEntry,
+        max_body: int | None,
+        report: SyncReport,
+        client_id: str,
     ) -> None:
-        size = len(self._push_body([entry.to_wire_json()]).encode("utf-8"))
+        size = len(_push_body(client_id, [entry.to_wire_json()]).encode("utf-8"))
         limit = f"the server's {max_body} byte limit" if max_body else "what the server accepts"
         rejection, event = self.db.reject(
             entry,
@@ -331,9 +346,10 @@ class SyncEngine:
         )
         self._rejected([rejection], event, report)
 
-    def _push_batch(self, store: str, entries: Sequence[OutboxEntry], report: SyncReport) -> None:
+    def _push_batch(
+        self, store: str, entries: Sequence[OutboxEntry], report: SyncReport, client_id: str
+    ) -> None:
         wire = [e.to_wire_json() for e in entries]
-        client_id = self.db.client_id
         try:
             try:
                 outcomes = self._call(lambda: self.transport.push(store, client_id, wire))
@@ -341,24 +357,29 @@ class SyncEngine:
                 self._ensure_store(store, exc)
                 outcomes = self._call(lambda: self.transport.push(store, client_id, wire))
         except PermanentError as exc:
-            self._handle_refused_batch(store, entries, exc, report)
+            self._handle_refused_batch(store, entries, exc, report, client_id)
             return
         killpoint.reached("client.push.answered")
-        self._settle(store, entries, outcomes, report)
+        self._settle(store, entries, outcomes, report, client_id)
 
     def _handle_refused_batch(
-        self, store: str, entries: Sequence[OutboxEntry], exc: PermanentError, report: SyncReport
+        self,
+        store: str,
+        entries: Sequence[OutboxEntry],
+        exc: PermanentError,
+        report: SyncReport,
+        client_id: str,
     ) -> None:
         # Any 413 splits, whatever its body: a proxy or the HTTP layer may
         # answer it in plain text.
         too_large = exc.status == 413 or exc.code in _SPLIT_CODES
         if too_large and len(entries) > 1:
             half = len(entries) // 2
-            self._push_batch(store, entries[:half], report)
-            self._push_batch(store, entries[half:], report)
+            self._push_batch(store, entries[:half], report, client_id)
+            self._push_batch(store, entries[half:], report, client_id)
             return
         if too_large:
-            self._reject_alone(store, entries[0], None, report)
+            self._reject_alone(store, entries[0], None, report, client_id)
             return
         bad_n = exc.details.get("n") if exc.code == "invalid_change" else None
         bad = None if bad_n is None else next((e for e in entries if e.n == bad_n), None)
@@ -374,8 +395,9 @@ class SyncEngine:
         entries: Sequence[OutboxEntry],
         outcomes: list[Outcome],
         report: SyncReport,
+        used: str,
     ) -> None:
-        used = self.db.client_id
+        """Settle the outcomes of a batch sent with client id ``used``."""
         settled = self.db.settle(
             store, entries, outcomes, keep_conflicts=self._renewals < _MAX_RENEWALS
         )

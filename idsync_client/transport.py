@@ -34,6 +34,7 @@ from .errors import (
     classify_status,
 )
 from .inflight import OpenSockets, pool_classes
+from .pooled import PooledAnswer, PooledSender
 from .protocol import BACKOFF_HEADER, ERRORS, Limits, Outcome
 from .wire import (
     FindAnswer,
@@ -182,7 +183,7 @@ class KeepAliveAdapter(HTTPAdapter):
         self.open_sockets.cut()
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(response: requests.Response | PooledAnswer) -> float | None:
     value = response.headers.get("Retry-After")
     if value is None:
         return None
@@ -268,12 +269,18 @@ class HttpTransport:
         #: Supplies a fresh token after a 401 (None: the token is fixed).
         self.token_supplier = token if callable(token) else None
         self.token: str | None = None if callable(token) else token
+        # Requests through the transport's own session go straight to its
+        # adapter's pool while nothing asks for more (see pooled.py).
+        self._pooled: PooledSender | None = None
         if session is None:
             session = requests.Session()
             session.mount("http://", KeepAliveAdapter())
             session.mount("https://", KeepAliveAdapter())
             session.proxies, session.verify = environment_settings(self.base_url)
             session.trust_env = False  # read once above, not on every request
+            adapter = session.get_adapter(self.base_url)
+            assert isinstance(adapter, KeepAliveAdapter)
+            self._pooled = PooledSender(self.base_url, session, adapter)
         self.session = session
         self.poll_margin = POLL_MARGIN
         self.contacts = 0
@@ -336,15 +343,24 @@ class HttpTransport:
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        data = raw_body.encode("utf-8") if raw_body is not None else None
+        timeout = (self.connect_timeout, read_timeout or self.read_timeout)
+        pooled = self._pooled
+        response: requests.Response | PooledAnswer | None = None
         try:
-            response = self.session.request(
-                method,
-                self.base_url + path,
-                params=params,
-                headers=headers,
-                data=raw_body.encode("utf-8") if raw_body is not None else None,
-                timeout=(self.connect_timeout, read_timeout or self.read_timeout),
-            )
+            if pooled is not None and pooled.usable():
+                response = pooled.send(method, path, params, headers, data, timeout)
+            if response is None or response.is_redirect:
+                # Every request of the protocol is safe to send again: one
+                # answered with a redirect goes through requests, which follows it.
+                response = self.session.request(
+                    method,
+                    self.base_url + path,
+                    params=params,
+                    headers=headers,
+                    data=data,
+                    timeout=timeout,
+                )
         except requests.RequestException as exc:
             raise self._unreachable(exc) from exc
         self._note_backoff(response)
@@ -376,7 +392,7 @@ class HttpTransport:
             listener(str(error))
         return error
 
-    def _note_backoff(self, response: requests.Response) -> None:
+    def _note_backoff(self, response: requests.Response | PooledAnswer) -> None:
         hint = response.headers.get(BACKOFF_HEADER)
         if hint:
             try:
@@ -387,7 +403,7 @@ class HttpTransport:
                 self._backoff_until = max(self._backoff_until, time.monotonic() + seconds)
 
     @staticmethod
-    def _error(response: requests.Response) -> IdsyncError:
+    def _error(response: requests.Response | PooledAnswer) -> IdsyncError:
         status = response.status_code
         try:
             envelope = jsoncodec.loads(response.content)["error"]

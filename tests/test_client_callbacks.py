@@ -74,3 +74,28 @@ def test_failing_callbacks_never_fail_a_committed_call(
     client.close()
     assert client.status.state == "closed"
     assert "boom" in calls and "never" not in calls
+
+
+def test_flush_runs_the_calls_held_so_far_and_is_a_no_op_inside_a_callback() -> None:
+    from idsync_client.subscriptions import CallbackQueue
+
+    queue = CallbackQueue()
+    ran: list[str] = []
+
+    def nested() -> None:
+        ran.append("nested")
+
+    def first() -> None:
+        ran.append("first")
+        queue.call(nested)
+        queue.flush()  # inside a callback: the running drain takes it, in order
+        ran.append("first done")
+
+    with queue.held():
+        queue.call(first)
+        assert ran == []
+        queue.flush()
+        assert ran == ["first", "first done", "nested"]
+        queue.call(lambda: ran.append("later"))
+        assert ran[-1] == "nested", "held again after the flush"
+    assert ran == ["first", "first done", "nested", "later"]

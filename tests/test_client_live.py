@@ -290,3 +290,97 @@ def test_the_writer_takes_its_own_change_back_from_the_live_channel(
         kinds = [what.split("?")[0] for what, _, _ in net.log[sent:]]
         assert "GET /v1/stores/notes/changes" not in kinds, kinds
         assert heard == ["local"], "the own change is told once, as the local write"
+
+
+def test_a_change_from_the_live_channel_is_told_before_the_round_reads_its_counts(
+    tmp_path, own_server
+) -> None:
+    with (
+        Client(tmp_path / "a.db", own_server.url, retry=fast_policy(2)) as a,
+        Client(tmp_path / "b.db", own_server.url, retry=fast_policy(2), long_poll=10) as b,
+    ):
+        a.store("notes")
+        a.sync()
+        events: list[tuple[str, ...]] = []
+        locks_free: list[bool] = []
+        told = threading.Event()
+
+        def on_change(event: Any) -> None:
+            # A write from another thread goes through while the callback runs:
+            # the thread telling holds no lock of the local file.
+            writer = threading.Thread(target=lambda: other.add(1))
+            writer.start()
+            writer.join(2.0)
+            locks_free.append(not writer.is_alive())
+            events.append(tuple(r.key for r in event.added))
+            told.set()
+
+        b.store("notes").subscribe(on_change)
+        other = b.store("other")
+        b.start()
+        api = Api(own_server.url)
+        assert wait_for(lambda: b.status.state == "online" and waiting(api) == 1)
+        background = b._background
+        assert background is not None
+        # Note, in the round that takes the page, whether the app was told
+        # before the round reads the counts for its status.
+        took = threading.Event()
+        take, counts = background._take, background.counts
+        told_first: list[bool] = []
+
+        def taking(*args: Any) -> None:
+            take(*args)
+            took.set()
+
+        def counting() -> tuple[int, int]:
+            if took.is_set():
+                took.clear()
+                told_first.append(told.wait(2.0))  # bounded: False if told only after
+            return counts()
+
+        background._take = taking  # type: ignore[method-assign]
+        background.counts = counting
+        key = a.store("notes").add({"n": 1})
+        a.sync()
+        assert wait_for(lambda: bool(told_first), 10)
+        assert told_first[0], "told at once, not after the round's status work"
+        assert wait_for(lambda: b.status.pending == 0 and waiting(api) == 1)
+        assert events == [(key,)], "told once"
+        assert locks_free == [True], "outside the library's locks"
+
+
+def test_a_kick_leaves_the_live_thread_listening_and_still_wakes_the_push(
+    tmp_path, own_server
+) -> None:
+    from idsync_client.background import BackgroundSync
+
+    class Counting(threading.Event):
+        """Notes whether each wake-up came from the test's own thread (a kick)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.from_main: list[bool] = []
+
+        def set(self) -> None:
+            self.from_main.append(threading.current_thread() is threading.main_thread())
+            super().set()
+
+    api = Api(own_server.url)
+    with Client(tmp_path / "c.db", own_server.url, retry=fast_policy(2)) as client:
+        notes = client.store("notes")
+        client.sync()
+        assert client._engine is not None
+        background = BackgroundSync(
+            client._engine, client._status, client._lock, client._counts, long_poll=10
+        )
+        wake_live = background._wake_live = Counting()
+        background.start(["notes"])
+        try:
+            assert wait_for(lambda: waiting(api) == 1)
+            notes.add({"n": 1})  # the client's own kick goes to its own (stopped) sync
+            background.kick()
+            assert wait_for(lambda: client.db.pending_count() == 0, 5), "the push was kicked"
+            assert True not in wake_live.from_main, "the listening live thread was left alone"
+        finally:
+            background.stop()
+            background.join_waits(time.monotonic() + 1)

@@ -304,3 +304,28 @@ def test_classification_table_matches_the_code() -> None:
         text = doc.read()
     for rule in CLASSIFICATION:
         assert rule.what in text, f"docs/client.md lacks the row {rule.what!r}"
+
+
+def test_a_single_attempt_runs_without_tenacity_and_keeps_the_budget(monkeypatch) -> None:
+    from idsync_client import retry
+
+    def no_loop(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a retry loop for a single attempt")
+
+    monkeypatch.setattr(retry.tenacity, "Retrying", no_loop)
+    policy = RetryPolicy(max_attempts=5, sleep=lambda s: None)
+    calls: list[int] = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise TemporaryError("down")
+
+    with pytest.raises(TemporaryError, match="down"):
+        policy.call(failing, max_attempts=1)
+    assert calls == [1], "tried once"
+    assert policy.budget.tokens == policy.budget.capacity - policy.budget.retry_cost
+    assert policy.call(lambda: "ok", max_attempts=1) == "ok"
+    assert policy.budget.tokens == policy.budget.capacity - policy.budget.retry_cost + 1
+    with pytest.raises(PermanentError):
+        policy.call(lambda: (_ for _ in ()).throw(PermanentError("no")), max_attempts=1)
+    assert policy.budget.tokens == policy.budget.capacity - policy.budget.retry_cost + 1

@@ -362,3 +362,27 @@ def test_pulled_content_is_compared_as_exact_json(make_client, api, store) -> No
     assert same_json('{"a":1,"b":2}', '{"b":2,"a":1}')
     for a, b in (("false", "0"), ("1", "1.0"), ("[1]", "[true]"), ("0.0", "-0.0")):
         assert not same_json(a, b)
+
+
+def test_a_push_reads_the_client_id_once_a_batch(tmp_path, server, store, monkeypatch) -> None:
+    from idsync_client.localdb import LocalDB
+
+    reads: list[str] = []
+    original = LocalDB.client_id
+
+    def counted(db: LocalDB) -> str:
+        value = original.fget(db)  # type: ignore[attr-defined]
+        reads.append(value)
+        return value
+
+    with Client(tmp_path / "c.db", server.url, retry=fast_policy(2), batch_size=2) as client:
+        notes = client.store(store)
+        client.sync()
+        for i in range(3):
+            notes.add({"i": i})
+        assert client._engine is not None
+        monkeypatch.setattr(LocalDB, "client_id", property(counted))
+        report = client._engine.push(store)
+        monkeypatch.undo()
+        assert report.pushed == 3
+        assert reads == [client.client_id] * 2, "one read for each of the two batches"
