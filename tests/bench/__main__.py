@@ -163,6 +163,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             live = w.live_latency(work, server.url, "live", samples)
             rows.append(Row("live latency p50", "ms", live["live_p50_ms"], size=samples))
             rows.append(Row("live latency p99", "ms", live["live_p99_ms"], size=samples))
+            live = w.live_latency(work, server.url, "live-apart", samples, reader_process=True)
+            rows.append(
+                Row(
+                    "live latency p50, reader in its own process",
+                    "ms",
+                    live["live_p50_ms"],
+                    size=samples,
+                )
+            )
+            rows.append(
+                Row(
+                    "live latency p99, reader in its own process",
+                    "ms",
+                    live["live_p99_ms"],
+                    size=samples,
+                )
+            )
             rows += many_stores.rows(work, server.url, args.quick, not args.no_kinto, note)
             if args.large:
                 size = 1_000_000
@@ -229,11 +246,18 @@ def history_rows(work: Path, live: int, edits: int, note: Any) -> list[Row]:
     note(f"bench: a long-lived store ({live:,} live records, {edits:,} edits) ...")
     h = history.long_lived_store(work, live, edits)
     return [
-        Row("long-lived store: log entries, before compaction", "entries", h["log_before"], size=edits),
+        Row(
+            "long-lived store: log entries, before compaction",
+            "entries",
+            h["log_before"],
+            size=edits,
+        ),
         Row("long-lived store: log entries, after", "entries", h["log_after"], size=edits),
         Row("long-lived store: compaction", "ms", h["compact_ms"], size=edits),
         Row("long-lived store: server file, before", "MB", h["size_before_mb"], size=edits),
-        Row("long-lived store: server file, after (+ vacuum)", "MB", h["size_after_mb"], size=edits),
+        Row(
+            "long-lived store: server file, after (+ vacuum)", "MB", h["size_after_mb"], size=edits
+        ),
         Row("long-lived store: new device's sync, before", "ms", h["sync_before_ms"], size=edits),
         Row("long-lived store: new device's sync, after", "ms", h["sync_after_ms"], size=edits),
     ]
@@ -270,9 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [Row.from_dict(r) for r in results["rows"]]
     table = render_markdown(rows, results["machine"], results["params"])
     if results["postgres_rows"]:
-        kinto_n = results["params"]["peer_n"] if any(
-            r["kinto"] for r in results["postgres_rows"]
-        ) else None
+        kinto_n = (
+            results["params"]["peer_n"]
+            if any(r["kinto"] for r in results["postgres_rows"])
+            else None
+        )
         backends = [BackendRow(**r) for r in results["postgres_rows"]]
         table += "\n" + render_backends(backends, kinto_n)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))

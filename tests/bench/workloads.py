@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import sqlite3
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import requests
@@ -222,49 +226,115 @@ def incremental_and_noop(folder: Path, url: str, store: str) -> dict[str, float]
 
 
 def live_latency(
-    folder: Path, url: str, store: str, samples: int, reader_url: str | None = None
+    folder: Path,
+    url: str,
+    store: str,
+    samples: int,
+    reader_url: str | None = None,
+    reader_process: bool = False,
 ) -> dict[str, float]:
     """A write by A seen by B through the long-poll: p50 and p99 in ms.
 
     B talks to ``reader_url`` when given (another process on the same database).
+    By default A and B are two clients of this process, whose threads share
+    one interpreter lock: B's answer can wait for A's threads (settling the
+    push, taking its own change back). ``reader_process``: B runs in a
+    process of its own, as a second app would; times are read from the same
+    monotonic clock (``perf_counter`` is ``CLOCK_MONOTONIC`` on Linux).
     """
-    arrived = threading.Event()
-    seen_at: dict[str, float] = {}
-
-    def on_change(event) -> None:
-        now = time.perf_counter()
-        for record in event.added:
-            seen_at[record.key] = now
-        arrived.set()
-
-    with (
-        Client(folder / f"live-a-{store}.db", url) as a,
-        Client(folder / f"live-b-{store}.db", reader_url or url) as b,
-    ):
-        b.store(store).subscribe(on_change)
+    with contextlib.ExitStack() as stack:
+        seen = stack.enter_context(_live_reader(folder, reader_url or url, store, reader_process))
+        a = stack.enter_context(Client(folder / f"live-a-{store}.db", url))
         a.store(store)
         a.start()
-        b.start()
         a.sync()
-        b.sync()
         time.sleep(0.3)  # let B's long-poll reach the server before the first sample
         latencies = []
         for i in range(samples):
-            arrived.clear()
             started = time.perf_counter()
             key = a.store(store).add({"sample": i})
-            deadline = started + 5
-            while key not in seen_at and time.perf_counter() < deadline:
-                arrived.wait(0.5)
-                arrived.clear()
-            if key in seen_at:
-                latencies.append((seen_at[key] - started) * 1000)
+            seen_at = seen(key, started + 5)
+            if seen_at is not None:
+                latencies.append((seen_at - started) * 1000)
     latencies.sort()
     return {
         "live_p50_ms": statistics.median(latencies),
         "live_p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
         "live_samples": len(latencies),
     }
+
+
+@contextlib.contextmanager
+def _live_reader(
+    folder: Path, url: str, store: str, own_process: bool
+) -> Iterator[Callable[[str, float], float | None]]:
+    """Client B, subscribed to ``store`` and live, in this process or its own.
+
+    Yields ``seen(key, deadline)``: when B was told of ``key`` (a
+    ``perf_counter`` time), or None if not by ``deadline``.
+    """
+    if not own_process:
+        arrived = threading.Event()
+        seen_at: dict[str, float] = {}
+
+        def on_change(event) -> None:
+            now = time.perf_counter()
+            for record in event.added:
+                seen_at[record.key] = now
+            arrived.set()
+
+        def seen(key: str, deadline: float) -> float | None:
+            while key not in seen_at and time.perf_counter() < deadline:
+                arrived.wait(0.5)
+                arrived.clear()
+            return seen_at.get(key)
+
+        with Client(folder / f"live-b-{store}.db", url) as b:
+            b.store(store).subscribe(on_change)
+            b.start()
+            b.sync()
+            yield seen
+        return
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    reader = context.Process(
+        target=_live_reader_process, args=(theirs, str(folder / f"live-b-{store}.db"), url, store)
+    )
+    reader.start()
+    try:
+        if not ours.poll(60) or ours.recv() != "ready":
+            raise RuntimeError("the live reader process did not start")
+        told: dict[str, float] = {}
+
+        def seen_elsewhere(key: str, deadline: float) -> float | None:
+            while key not in told:
+                left = deadline - time.perf_counter()
+                if left <= 0 or not ours.poll(left):
+                    return None
+                told.update(ours.recv())
+            return told[key]
+
+        yield seen_elsewhere
+    finally:
+        ours.send("stop")
+        reader.join(10)
+        if reader.is_alive():
+            reader.kill()
+
+
+def _live_reader_process(conn: Connection, path: str, url: str, store: str) -> None:
+    """Client B in its own process: sends ``{key: perf_counter()}`` of each add it is told of."""
+
+    def on_change(event) -> None:
+        now = time.perf_counter()
+        conn.send({record.key: now for record in event.added})
+
+    with Client(Path(path), url) as b:
+        b.store(store).subscribe(on_change)
+        b.start()
+        b.sync()
+        conn.send("ready")
+        conn.poll(600)  # until the writer is done (bounded)
 
 
 def index_queries(folder: Path, count: int) -> dict[str, float]:
