@@ -14,7 +14,8 @@ Whatever requests would do more than that goes through requests
 (:meth:`PooledSender.usable` says when): an adapter other than the one
 given (mounted over it, like the testing kit's), ``HTTPAdapter.send``
 replaced (the ``responses`` library), a proxy, cookies in the session's
-jar, credentials in the URL. An answer that sets a cookie has it put in
+jar, credentials in the URL, and what only requests applies that an app
+set on the session (``auth``, default ``params``, ``hooks``). An answer that sets a cookie has it put in
 the session's jar (later requests then go through requests); an answer
 that redirects is returned as it is, for the caller to send again through
 requests, which follows it.
@@ -97,6 +98,10 @@ class PooledSender:
             and not session.proxies
             and not session.cookies
             and not self._url_has_credentials
+            # What an app set on the session that only requests applies.
+            and session.auth is None
+            and not session.params
+            and not any(session.hooks.values())
         )
 
     def send(

@@ -120,6 +120,34 @@ def test_plain_requests_skip_requests_and_keep_its_headers(stub, counted_sends) 
     assert pull.path == "/v1/stores/notes/changes?cursor=c+1&wait=0.5"
 
 
+@pytest.mark.parametrize("setting", ["hook", "auth", "params"])
+def test_what_only_requests_applies_sends_through_requests(
+    stub, counted_sends, setting: str
+) -> None:
+    """An app's response hook, auth or default params on the transport's
+    session are applied: such requests go through requests."""
+    url, script = stub
+    transport = HttpTransport(url)
+    heard: list[int] = []
+    if setting == "hook":
+        transport.session.hooks["response"].append(lambda r, **kw: heard.append(r.status_code))
+    elif setting == "auth":
+        transport.session.auth = ("app", "pw")
+    else:
+        transport.session.params = {"tenant": "a"}
+    try:
+        transport.request("GET", "/v1/health")
+    finally:
+        transport.close()
+    assert len(counted_sends) == 1
+    if setting == "hook":
+        assert heard == [200]
+    elif setting == "auth":
+        assert script.seen[0].headers["Authorization"].startswith("Basic ")
+    else:
+        assert script.seen[0].path == "/v1/health?tenant=a"
+
+
 def test_headers_set_on_the_session_later_are_sent(stub) -> None:
     url, script = stub
     transport = HttpTransport(url)
