@@ -7,8 +7,9 @@ request on a small machine, on threads that share one interpreter lock
 with the app, for a client that makes a few requests per change it syncs
 live. :class:`PooledSender` sends the plain case with urllib3 directly, on
 the very pool requests would use (the same connections, TCP keepalive, the
-sockets that closing cuts), with the session's headers, ``verify`` and
-``cert``, and urllib3's retries as the adapter sets them.
+sockets that closing cuts), with the session's headers and urllib3's
+retries as the adapter sets them. Only plain HTTP: an HTTPS request goes
+through requests, whose certificate checks are its own.
 
 Whatever requests would do more than that goes through requests
 (:meth:`PooledSender.usable` says when): an adapter other than the one
@@ -23,7 +24,6 @@ requests, which follows it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -93,7 +93,10 @@ class PooledSender:
         session = self.session
         adapter = session.get_adapter(self._base_url)
         return (
-            adapter is self.adapter
+            # TLS is left to requests: its certificate checks (which CA
+            # bundle, client certificates) are its own, not redone here.
+            self.scheme == "http"
+            and adapter is self.adapter
             and type(adapter).send is _REQUESTS_SEND
             and not session.proxies
             and not session.cookies
@@ -120,7 +123,7 @@ class PooledSender:
             url += "?" + urlencode(params, doseq=True)
         try:
             pool = self.adapter.poolmanager.connection_from_host(
-                self.host, self.port, self.scheme, pool_kwargs=self._pool_kwargs()
+                self.host, self.port, self.scheme
             )
             response = pool.urlopen(
                 method,
@@ -140,18 +143,6 @@ class PooledSender:
         if "set-cookie" in response.headers:
             self._keep_cookies(method, url, headers, response)
         return answer
-
-    def _pool_kwargs(self) -> dict[str, Any]:
-        """The TLS settings of the pool, as requests derives them from the session."""
-        verify, cert = self.session.verify, self.session.cert
-        kwargs: dict[str, Any] = {"cert_reqs": "CERT_NONE" if verify is False else "CERT_REQUIRED"}
-        if isinstance(verify, str):
-            kwargs["ca_cert_dir" if os.path.isdir(verify) else "ca_certs"] = verify
-        if isinstance(cert, tuple) and len(cert) == 2:
-            kwargs["cert_file"], kwargs["key_file"] = cert
-        elif cert is not None:
-            kwargs["cert_file"] = cert
-        return kwargs
 
     def _keep_cookies(self, method: str, url: str, headers: dict[str, str], response: Any) -> None:
         """Put the cookies an answer sets in the session's jar, as requests would."""

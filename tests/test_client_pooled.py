@@ -212,6 +212,26 @@ def test_a_redirect_is_followed(stub) -> None:
     assert [(s.method, s.path, s.body) for s in script.seen][-1] == ("POST", "/v2/push", b"{}")
 
 
+@pytest.mark.parametrize("route", ["https", "proxy"])
+def test_tls_and_proxies_are_left_to_requests(counted_sends, route: str) -> None:
+    """HTTPS keeps requests' certificate checks (its CA bundle, client
+    certificates); a proxy is requests' to speak to. Nothing listens here:
+    the request fails, but it went through requests."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scheme = "https" if route == "https" else "http"
+    transport = HttpTransport(f"{scheme}://127.0.0.1:{port}")
+    if route == "proxy":
+        transport.session.proxies = {"http": f"http://127.0.0.1:{port}"}
+    try:
+        with pytest.raises(TemporaryError):
+            transport.request("GET", "/v1/health")
+    finally:
+        transport.close()
+    assert counted_sends and all(sent.startswith(scheme) for sent in counted_sends)
+
+
 def test_a_refused_connection_is_temporary_and_heard_at_once() -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
