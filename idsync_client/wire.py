@@ -138,6 +138,8 @@ def _changes_well_formed(changes: list[Any]) -> bool:
     if not _all_of(changes, dict):
         return False
     ops = [change.get("op") for change in changes]
+    if not _all_of(ops, str):  # an op that is a list or an object cannot go in a set
+        return False
     kinds = set(ops)
     if not kinds <= {"add", "delete"}:
         return False
