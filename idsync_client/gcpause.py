@@ -1,13 +1,15 @@
-"""Pausing Python's cyclic garbage collector while pages of changes stream in.
+"""Resting Python's cyclic garbage collector while a pulled page is decoded
+and applied.
 
 A decoded page of 5,000 changes is about 10,000 container objects. Made in
 bursts, they set off collections, and every few pages a full one, which
 walks every object of the process: 8–12 % of a first sync's time, for
 objects that reference counting frees anyway once the page is applied.
-While a download runs the collector is off; it is back on (if it was on)
-when the last download of the process ends, and collects then what other
-threads left meanwhile. Nested and concurrent pauses (several stores'
-first syncs) count: the collector comes back after the last one.
+Callers pause around that CPU work only (milliseconds), never around a
+network wait or a retry's sleep, so the app's own garbage is collected
+between pages. Nested and concurrent pauses (several stores' first syncs)
+count: the collector comes back after the last one, if it was on before
+the first.
 """
 
 from __future__ import annotations

@@ -461,10 +461,7 @@ class SyncEngine:
         the local inserts. When ``cancelled()`` turns true (the client is
         closing), a page that arrives is not applied.
         """
-        report = report or SyncReport()
-        # A pull that may wait does not stop the collector while it waits.
-        with gcpause.paused() if not wait else contextlib.nullcontext():
-            return self._pull_pages(store, wait, report, cancelled)
+        return self._pull_pages(store, wait, report or SyncReport(), cancelled)
 
     def _pull_pages(
         self,
@@ -523,7 +520,8 @@ class SyncEngine:
         one transaction, then tell subscribers, page hooks and progress. False
         when the cursor moved meanwhile (another thread applied it): nothing
         was done. ResetRequired when the page contradicts what this file saw."""
-        event = self.db.apply_pulled(store, page.changes, page.cursor, pulled_from)
+        with gcpause.paused():
+            event = self.db.apply_pulled(store, page.changes, page.cursor, pulled_from)
         if event is None:
             return False
         report.pulled += len(page.changes)
@@ -594,8 +592,7 @@ class SyncEngine:
 
     def _reset(self, store: str) -> int:
         log.info("store %s: reloading from a snapshot", store)
-        with gcpause.paused():
-            return self._reload_pages(store)
+        return self._reload_pages(store)
 
     def _reload_pages(self, store: str) -> int:
         self.db.stage_clear(store)
@@ -605,7 +602,8 @@ class SyncEngine:
             page: SnapshotAnswer = self._call(
                 lambda: self.transport.snapshot(store, at, after)  # noqa: B023
             )
-            self.db.stage_page(store, page.records)
+            with gcpause.paused():
+                self.db.stage_page(store, page.records)
             at, after = page.at, page.after
             if not page.more:
                 break

@@ -22,7 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection
 
-from . import jsoncodec
+from . import gcpause, jsoncodec
 from .errors import (
     AuthError,
     ClientClosed,
@@ -371,7 +371,8 @@ class HttpTransport:
             try:
                 # No validation follows for the values in an answer: refuse
                 # numbers no value can hold here (as a garbled answer).
-                answer = jsoncodec.loads(response.content, finite=True)
+                with gcpause.paused():  # a page is thousands of containers at once
+                    answer = jsoncodec.loads(response.content, finite=True)
             except jsoncodec.JSONDecodeError as exc:
                 raise TemporaryError("the server sent a garbled answer") from exc
             if not isinstance(answer, dict):
