@@ -35,14 +35,16 @@ KINTO_DRIVER = Path(__file__).with_name("kinto_stores_driver.py")
 def _counting(client: Client) -> Counter[str]:
     """Count the client's requests by kind (``POST /v1/wait``, ``GET changes``, ...)."""
     seen: Counter[str] = Counter()
+    transport = client.transport
+    assert transport is not None
+    send = transport.request
 
-    def count(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        path = requests.utils.urlparse(response.request.url).path
+    def counted(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         tail = path.rsplit("/", 1)[-1] if path.startswith("/v1/stores/") else path
-        seen[f"{response.request.method} {tail}"] += 1
+        seen[f"{method} {tail}"] += 1
+        return send(method, path, **kwargs)
 
-    assert client.transport is not None
-    client.transport.session.hooks["response"].append(count)
+    transport.request = counted  # type: ignore[method-assign]
     return seen
 
 
