@@ -45,3 +45,10 @@ def test_packed_outcomes_are_found_by_number() -> None:
 
 def test_lookup_bounds_stay_within_64_bits() -> None:
     assert lookup_ranges([7, 9, INT64_MAX]) == [(7, 9, 9 + MAX_SPAN), (INT64_MAX, INT64_MAX, INT64_MAX)]
+
+
+def test_the_lookup_span_is_the_one_files_were_written_with() -> None:
+    """Rows on disk were cut with spans up to 999,000: a lookup that searched
+    less far would miss them and take their replays as new changes."""
+    assert MAX_SPAN == 999_000
+    assert RUN_GAP * (RUN_SIZE - 1) <= MAX_SPAN

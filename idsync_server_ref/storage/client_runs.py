@@ -25,8 +25,13 @@ from idsync_client.protocol import INT64_MAX
 RUN_GAP = 1000
 #: Outcomes one row holds at most.
 RUN_SIZE = 1000
-#: The widest span (last minus first number) of a row.
-MAX_SPAN = RUN_GAP * (RUN_SIZE - 1)
+#: The widest span (last minus first number) a row may have. Part of the
+#: file format: lookups only search this far, so rows written under a wider
+#: span would be missed and their replays taken as new. Never lower it; the
+#: run constants above may change only while ``RUN_GAP * (RUN_SIZE - 1)``
+#: stays within it.
+MAX_SPAN = 999_000
+assert RUN_GAP * (RUN_SIZE - 1) <= MAX_SPAN
 
 #: An idempotency row as :class:`.push_rules.PushBatch` collects it:
 #: ``(n, body_hash, status, seq, code, message)``.

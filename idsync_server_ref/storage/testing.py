@@ -234,6 +234,19 @@ class StorageContract:
         assert statuses(conflict) == [("rejected", None, "change_number_conflict")]
         assert storage.get_store("notes").head_seq == head + 2
 
+    def test_replays_of_numbers_spread_widely_in_one_batch_get_their_first_answers(
+        self, storage: Storage
+    ) -> None:
+        # 1,000 numbers 1,000 apart: as wide as one batch's numbers can be
+        # kept together; the first, a middle and the last replayed alone.
+        numbers = [1 + i * 1000 for i in range(1000)]
+        first = storage.push("notes", "c1", [add(n, f"k{n}") for n in numbers])
+        by_n = {o.n: o for o in first}
+        head = storage.get_store("notes").head_seq
+        for n in (numbers[0], numbers[500], numbers[-1]):
+            assert storage.push("notes", "c1", [add(n, f"k{n}")]) == [by_n[n]]
+        assert storage.get_store("notes").head_seq == head
+
     def test_same_change_number_with_other_body_is_rejected(self, storage: Storage) -> None:
         storage.push("notes", "c1", [add(1, "a")])
         out = storage.push("notes", "c1", [add(1, "b"), add(2, "c")])
