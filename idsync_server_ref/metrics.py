@@ -43,14 +43,23 @@ storage_errors = Tally()
 class _LiveValues(Collector):
     """Values read when scraped rather than kept up to date."""
 
-    def __init__(self, gauges: dict[str, tuple[str, Callable[[], float]]]) -> None:
+    def __init__(
+        self,
+        gauges: dict[str, tuple[str, Callable[[], float]]],
+        counters: dict[str, tuple[str, Callable[[], float]]],
+    ) -> None:
         self.gauges = gauges
+        self.counters = counters
 
     def collect(self) -> Iterator[Metric]:
         for name, (text, read) in self.gauges.items():
             gauge = GaugeMetricFamily(name, text)
             gauge.add_metric([], read())
             yield gauge
+        for name, (text, read) in self.counters.items():
+            counter = CounterMetricFamily(name, text)
+            counter.add_metric([], read())
+            yield counter
         applied = CounterMetricFamily(
             "idsync_push_applied_outcomes",
             "Changes answered as applied by pushes (a re-sent change counts each time).",
@@ -89,7 +98,8 @@ class ServerMetrics:
             registry=self.registry,
         )
         self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
-        self.registry.register(_LiveValues(self._gauges))
+        self._counters: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.registry.register(_LiveValues(self._gauges, self._counters))
         # Each request's series, found once: a label look-up costs more than
         # the count itself, and one write may answer thousands of requests.
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -97,6 +107,11 @@ class ServerMetrics:
     def gauge(self, name: str, text: str, read: Callable[[], float]) -> None:
         """Report ``read()`` as gauge ``name`` at each scrape."""
         self._gauges[name] = (text, read)
+
+    def counter(self, name: str, text: str, read: Callable[[], float]) -> None:
+        """Report ``read()``, a running total, as counter ``name`` (exposed as
+        ``name_total``) at each scrape."""
+        self._counters[name] = (text, read)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request."""

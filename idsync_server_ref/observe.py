@@ -71,12 +71,12 @@ class ObservedApp:
             "Storage calls waiting for a storage thread.",
             lambda: pending_storage_calls(app),
         )
-        self.metrics.gauge(
+        self.metrics.counter(
             "idsync_woken_wait_looks",
-            "Storage looks made for long-polls after a write woke them (since start).",
+            "Storage looks made for long-polls after a write woke them.",
             lambda: app.looks.looks,
         )
-        self.metrics.gauge(
+        self.metrics.counter(
             "idsync_woken_wait_pulls",
             "Storage pulls those looks made: one per store, cursor and page size at a time.",
             lambda: app.looks.pulls,

@@ -47,7 +47,7 @@ def woken(url: str, headers: dict[str, str] | None = None) -> tuple[float, float
     text = _session().get(f"{url}/metrics", headers=headers, timeout=10).text
     found = {
         name: float(value)
-        for name, value in re.findall(r"^idsync_woken_wait_(looks|pulls) (\S+)$", text, re.M)
+        for name, value in re.findall(r"^idsync_woken_wait_(looks|pulls)_total (\S+)$", text, re.M)
     }
     return found["looks"], found["pulls"]
 
