@@ -552,12 +552,13 @@ class LocalDB(Settling, SnapshotReload):
 
     # -- outbox -------------------------------------------------------------
 
-    def pending(self, store: str, limit: int) -> list[OutboxEntry]:
-        """The oldest ``limit`` changes waiting to be uploaded for ``store``."""
+    def pending(self, store: str, limit: int, after: int = 0) -> list[OutboxEntry]:
+        """The oldest ``limit`` changes waiting to be uploaded for ``store``,
+        numbered above ``after``."""
         rows = self._sql(
             "SELECT n, store, op, key, index_json, value_json FROM outbox"
-            " WHERE store = ? ORDER BY n LIMIT ?",
-            (store, limit),
+            " WHERE store = ? AND n > ? ORDER BY n LIMIT ?",
+            (store, after, limit),
         ).fetchall()
         return [OutboxEntry(*row) for row in rows]
 

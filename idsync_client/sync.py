@@ -86,6 +86,17 @@ def _push_body(client_id: str, wire: list[str]) -> str:
     return f'{{"client_id":{jsoncodec.dumps(client_id)},"changes":[{",".join(wire)}]}}'
 
 
+@dataclass(frozen=True)
+class _SentBatch:
+    """A batch of outbox entries as sent: the client id and the changes' JSON
+    it went with, and its answer when sent ahead on a worker thread."""
+
+    entries: list[OutboxEntry]
+    client_id: str
+    wire: list[str]
+    answer: Future[list[Outcome]] | None
+
+
 @dataclass
 class SyncReport:
     """What one sync round did."""
@@ -292,18 +303,79 @@ class SyncEngine:
         """
         report = report or SyncReport()
         with self._push_lock:
-            while True:
-                entries = self.db.pending(store, self.batch_size)
-                if not entries:
-                    return report
-                limits = self.transport.limits()  # asked once, when there is something to push
-                entries = entries[: limits.max_batch]
-                # Read once a batch (another process may renew it meanwhile):
-                # the id the batch is sent with is the one its outcomes settle.
-                client_id = self.db.client_id
-                batch = self._fitting(store, entries, limits, report, client_id)
-                if batch:
-                    self._push_batch(store, batch, report, client_id)
+            # The batch sent after an answered one: the server takes it while
+            # this thread settles the one before. Never sent before the
+            # answer to the one before: the server applies batches in order.
+            ahead: _SentBatch | None = None
+            try:
+                while True:
+                    if ahead is None:
+                        sent = self._next_batch(store, 0, report)
+                        if sent is None:
+                            return report
+                        outcomes = self._answer(store, sent, report)
+                    else:
+                        sent, ahead = ahead, None
+                        assert sent.answer is not None
+                        try:
+                            outcomes = sent.answer.result()
+                        except Exception:
+                            outcomes = self._answer(store, sent, report)  # as when sent alone
+                    if outcomes is None:
+                        continue  # refused and handled: read the outbox again
+                    killpoint.reached("client.push.answered")
+                    ahead = self._next_batch(store, sent.entries[-1].n, report, send=True)
+                    if not self._settle(store, sent.entries, outcomes, report, sent.client_id):
+                        ahead = self._drop(ahead)  # sent again, from the outbox, next turn
+            finally:
+                self._drop(ahead)
+
+    def _next_batch(
+        self, store: str, after: int, report: SyncReport, send: bool = False
+    ) -> _SentBatch | None:
+        """The next batch of ``store``'s outbox past change number ``after``
+        (None when there is none), sent ahead on a worker thread if ``send``."""
+        while True:
+            entries = self.db.pending(store, self.batch_size, after)
+            if not entries:
+                return None
+            limits = self.transport.limits()  # asked once, when there is something to push
+            entries = entries[: limits.max_batch]
+            # Read once a batch (another process may renew it meanwhile):
+            # the id the batch is sent with is the one its outcomes settle.
+            client_id = self.db.client_id
+            batch = self._fitting(store, entries, limits, report, client_id)
+            if not batch:
+                continue  # its first change was too large: rejected, read on
+            wire = [e.to_wire_json() for e in batch]
+            answer: Future[list[Outcome]] | None = None
+            if send:
+                once = getattr(self._thread, "once", False)  # as on this thread
+                answer = self._prefetcher.submit(self._push_ahead, once, store, client_id, wire)
+            return _SentBatch(batch, client_id, wire, answer)
+
+    def _push_ahead(
+        self, once: bool, store: str, client_id: str, wire: list[str]
+    ) -> list[Outcome]:
+        """The push of a batch on a worker thread, tried once if the caller's are."""
+        self._thread.once = once
+        try:
+            result: list[Outcome] = self._call(
+                lambda: self.transport.push(store, client_id, wire)
+            )
+            return result
+        finally:
+            self._thread.once = False
+
+    @staticmethod
+    def _drop(ahead: _SentBatch | None) -> None:
+        """Leave a batch sent ahead unsettled: its changes stay in the outbox
+        and go again (the server answers a change it has with its first outcome)."""
+        if ahead is not None and ahead.answer is not None:
+            ahead.answer.cancel()
+            with contextlib.suppress(Exception):
+                ahead.answer.exception()  # wait: the next push must not overtake it
+        return None
 
     def _fitting(
         self,
@@ -346,21 +418,31 @@ class SyncEngine:
         )
         self._rejected([rejection], event, report)
 
+    def _answer(self, store: str, sent: _SentBatch, report: SyncReport) -> list[Outcome] | None:
+        """Send ``sent`` on this thread and return its outcomes; None when the
+        server refused the batch (handled: split, or a change rejected)."""
+        client_id, wire = sent.client_id, sent.wire
+        try:
+            try:
+                result: list[Outcome] = self._call(
+                    lambda: self.transport.push(store, client_id, wire)
+                )
+            except StoreNotFound as exc:
+                self._ensure_store(store, exc)
+                result = self._call(lambda: self.transport.push(store, client_id, wire))
+        except PermanentError as exc:
+            self._handle_refused_batch(store, sent.entries, exc, report, client_id)
+            return None
+        return result
+
     def _push_batch(
         self, store: str, entries: Sequence[OutboxEntry], report: SyncReport, client_id: str
     ) -> None:
-        wire = [e.to_wire_json() for e in entries]
-        try:
-            try:
-                outcomes = self._call(lambda: self.transport.push(store, client_id, wire))
-            except StoreNotFound as exc:
-                self._ensure_store(store, exc)
-                outcomes = self._call(lambda: self.transport.push(store, client_id, wire))
-        except PermanentError as exc:
-            self._handle_refused_batch(store, entries, exc, report, client_id)
-            return
-        killpoint.reached("client.push.answered")
-        self._settle(store, entries, outcomes, report, client_id)
+        sent = _SentBatch(list(entries), client_id, [e.to_wire_json() for e in entries], None)
+        outcomes = self._answer(store, sent, report)
+        if outcomes is not None:
+            killpoint.reached("client.push.answered")
+            self._settle(store, entries, outcomes, report, client_id)
 
     def _handle_refused_batch(
         self,
@@ -396,8 +478,10 @@ class SyncEngine:
         outcomes: list[Outcome],
         report: SyncReport,
         used: str,
-    ) -> None:
-        """Settle the outcomes of a batch sent with client id ``used``."""
+    ) -> bool:
+        """Settle the outcomes of a batch sent with client id ``used``; False
+        when they showed a restored server or another copy of this file (a
+        batch sent meanwhile must then not be settled)."""
         settled = self.db.settle(
             store, entries, outcomes, keep_conflicts=self._renewals < _MAX_RENEWALS
         )
@@ -416,6 +500,7 @@ class SyncEngine:
         elif settled.pushed:
             self._renewals = 0
         self._rejected(settled.rejected, settled.event, report)
+        return not (settled.history_changed or settled.conflicts)
 
     def _rejected(
         self, rejected: list[RejectedChange], event: ChangeEvent, report: SyncReport
