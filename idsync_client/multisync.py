@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -65,9 +66,13 @@ class _FirstSyncs:
             max_workers=max(1, min(FIRST_SYNC_THREADS, len(stores))),
             thread_name_prefix="idsync-first",
         )
+        self._unstarted = len(stores)
+        self._lock = threading.Lock()
         self.runs = [(store, self.pool.submit(self._run, store)) for store in stores]
 
     def _run(self, store: str) -> tuple[SyncReport, list[Callable[[], None]], BaseException | None]:
+        with self._lock:
+            self._unstarted -= 1
         report = SyncReport()
         error: BaseException | None = None
         with self.engine.hub.callbacks.collected() as calls:
@@ -76,10 +81,15 @@ class _FirstSyncs:
             except BaseException as exc:  # handed to the caller's thread
                 error = exc
             finally:
-                # This thread ends with the round: its connection and page
-                # cache would otherwise stay open until the client closes.
-                with contextlib.suppress(IdsyncError):
-                    self.engine.db.close()
+                with self._lock:
+                    last = self._unstarted == 0
+                if last:
+                    # No store is left for this thread, which ends with the
+                    # round: its connection and page cache would otherwise
+                    # stay open until the client closes. (Closed after every
+                    # store, each of 50 first syncs paid for a new one.)
+                    with contextlib.suppress(IdsyncError):
+                        self.engine.db.close()
         return report, calls, error
 
     def join(self, total: SyncReport, refused: Refusals) -> None:

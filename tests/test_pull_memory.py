@@ -9,6 +9,8 @@ import uuid
 from typing import Any
 
 from idsync_client import Client, gcpause
+from idsync_client.localdb import _SqliteFile as _Database
+from idsync_client.multisync import FIRST_SYNC_THREADS
 
 from .conftest import Api, add, fast_policy
 
@@ -133,4 +135,30 @@ def test_a_first_sync_thread_leaves_no_connection_open(tmp_path, server, api, st
         client.store(store)
         open_before = len(client.db.db._open)
         assert client.sync().pulled == 10
+        assert len(client.db.db._open) == open_before
+
+
+def test_first_syncs_of_many_stores_open_a_connection_per_thread_not_per_store(
+    tmp_path, server, api, monkeypatch
+) -> None:
+    """First syncs of 12 stores run on a few threads; each thread opens one
+    connection for all the stores it syncs, and closes it when it is done."""
+    names = [f"many-{uuid.uuid4().hex[:8]}-{i}" for i in range(12)]
+    for name in names:
+        api.create_store(name)
+        api.push(name, "seeder", [add(1)])
+    opened: list[object] = []
+    initialize = _Database._initialize_connection
+
+    def counted(self: Any, conn: Any) -> None:
+        opened.append(conn)
+        initialize(self, conn)
+
+    monkeypatch.setattr(_Database, "_initialize_connection", counted)
+    with Client(tmp_path / "c.db", server.url, retry=fast_policy(5)) as client:
+        for name in names:
+            client.store(name)
+        open_before, opened_before = len(client.db.db._open), len(opened)
+        assert client.sync().pulled == 12
+        assert len(opened) - opened_before <= FIRST_SYNC_THREADS
         assert len(client.db.db._open) == open_before
