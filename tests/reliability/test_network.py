@@ -27,7 +27,7 @@ from idsync_client import Client, RetryPolicy, TemporaryError
 from idsync_client.testing import wait_until_synced
 from idsync_server_ref.process import ServerProcess
 
-from ..conftest import Api
+from ..conftest import Api, wait_for
 from .faultproxy import FaultPlan, FaultProxy
 from .figures import CampaignFigures, record
 from .setcheck import Ledger, check, server_records
@@ -231,7 +231,14 @@ def run_campaign(
                 seconds=120,
             )
             settle_seconds = round(time.monotonic() - healed, 1)
-            assert all(w.client.status.state == "online" for w in writers if w.background)
+            # Online after the heal, within a bound: a wait sent into the
+            # outage can still fail after the data converged (reported
+            # offline), and the live thread's next round, after its backoff
+            # (max_offline_delay, 5 s), reports online again.
+            assert wait_for(
+                lambda: all(w.client.status.state == "online" for w in writers if w.background),
+                seconds=15,
+            ), {w.name: w.client.status.state for w in writers if w.background}
             assert states["offline"] > 0, states  # the app was told the link was down
             rejected = {w.name: w.client.rejected() for w in writers}
             assert not any(rejected.values()), rejected
