@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from idsync_client import Client
 from idsync_client.errors import ResetRequired
 from idsync_client.localdb import LocalDB
 from idsync_client.protocol import Outcome
@@ -21,18 +22,24 @@ def _server_values(url: str, store: str) -> list[str]:
     return sorted(r["value"] for r in answer["records"])
 
 
+def acknowledged_then_lost(restorable: RestorableServer, a: Client, b: Client) -> None:
+    """Both clients hold "a0"; then a's "x1" is acknowledged at seq 2 (a push
+    alone, never pulled) and lost: the server is restored from before it."""
+    a.store("n").add("a0")
+    b.store("n")
+    a.sync()
+    b.sync()
+    restorable.backup()
+    a.store("n").add("x1")
+    assert a.flush(5)
+    restorable.restore()
+
+
 def test_flushed_add_lost_by_a_restore_is_sent_again(
     restorable: RestorableServer, tmp_path: Path
 ) -> None:
     with clients(tmp_path, restorable.url, "a", "b") as (a, b):
-        a.store("n").add("a0")
-        b.store("n")
-        a.sync()
-        b.sync()
-        restorable.backup()
-        a.store("n").add("x1")
-        assert a.flush(5)  # acknowledged at seq 2, never pulled
-        restorable.restore()
+        acknowledged_then_lost(restorable, a, b)
 
         a.store("n").add("x2")  # the restored server logs it at seq 2 again
         report = a.sync()
@@ -53,14 +60,7 @@ def test_pulled_change_at_a_seq_holding_two_local_rows_resets(
     """Only a pull after the restore (the push outcome came through flush):
     the pulled change sits at a seq where the file knows another change."""
     with clients(tmp_path, restorable.url, "a", "b") as (a, b):
-        a.store("n").add("a0")
-        b.store("n")
-        a.sync()
-        b.sync()
-        restorable.backup()
-        a.store("n").add("x1")
-        assert a.flush(5)
-        restorable.restore()
+        acknowledged_then_lost(restorable, a, b)
         b.store("n").add("y2")  # another client takes seq 2 on the restored server
         b.sync()
         report = a.sync()
