@@ -12,7 +12,12 @@ sent it again after its reset. Whose delete it was decides what happens:
   that a snapshot contradicts: the tombstone goes and the record shows, so
   this client agrees with the server (the delete's author sends it again).
 
-A key whose delete is still pending is neither: that delete goes as usual.
+A key whose delete is still pending is neither, but the server holds the
+record now, and that delete may already have been answered ``key_not_found``
+(sent while the server lacked the record, not settled yet): the delete is
+queued once more, to go after the record's add. If the pending one is
+applied after all, the second is answered ``duplicate``; if it is refused,
+it leaves quietly (settling.py), as the second carries it.
 """
 
 from __future__ import annotations
@@ -39,9 +44,12 @@ def settle_revived(
     for change in revived:
         key = change["key"]
         pending = db._sql(
-            "SELECT 1 FROM outbox WHERE store = ? AND op = 'delete' AND key = ?", (store, key)
-        ).fetchone()
+            "SELECT op FROM outbox WHERE store = ? AND key = ?", (store, key)
+        ).fetchall()
+        if ("add",) in pending:
+            continue  # our own add, sent before our delete: that delete finds it
         if pending:
+            queue_delete_again(db, store, key)
             continue
         row = db._sql(
             "SELECT own FROM tombstones WHERE store = ? AND key = ?", (store, key)
@@ -63,7 +71,12 @@ def settle_revived(
                 change["seq"],
             ),
         )
-        db._sql(
-            "INSERT INTO outbox (store, op, key, resend) VALUES (?, 'delete', ?, 1)", (store, key)
-        )
+        queue_delete_again(db, store, key)
     return shown
+
+
+def queue_delete_again(db: LocalTables, store: str, key: str) -> None:
+    """Queue a delete of ``key`` sent again (behind any change already queued)."""
+    db._sql(
+        "INSERT INTO outbox (store, op, key, resend) VALUES (?, 'delete', ?, 1)", (store, key)
+    )

@@ -93,7 +93,9 @@ class Settling:
                     target.append((outcome.seq, store, entry.key))
                     continue
                 code = outcome.code or "rejected"
-                if _settle_resent(self, entry, code, undone):
+                if _settle_superseded(self, entry, code) or _settle_resent(
+                    self, entry, code, undone
+                ):
                     continue
                 rejection, gone, back = _reject(self, entry, code, outcome.message or "")
                 result.rejected.append(rejection)
@@ -179,6 +181,23 @@ def _history_changed(
     return any(history.contradiction(known, seq, change) for seq, change in applied)
 
 
+def _settle_superseded(db: LocalTables, entry: OutboxEntry, code: str) -> bool:
+    """A delete answered ``key_not_found`` while another delete of its key
+    waits behind it: the record came back to the server after this one was
+    answered (revived.py), and the later delete carries it. This one leaves
+    quietly. False otherwise."""
+    if entry.op != "delete" or code != "key_not_found":
+        return False
+    later = db._sql(
+        "SELECT 1 FROM outbox WHERE store = ? AND op = 'delete' AND key = ? AND n > ?",
+        (entry.store, entry.key, entry.n),
+    ).fetchone()
+    if later is None:
+        return False
+    db._sql("DELETE FROM outbox WHERE n = ?", (entry.n,))
+    return True
+
+
 def _settle_resent(db: LocalTables, entry: OutboxEntry, code: str, undone: list[Record]) -> bool:
     """A change sent again after a reset that the server refuses because it
     knows better: settled without troubling the app. False otherwise."""
@@ -188,8 +207,12 @@ def _settle_resent(db: LocalTables, entry: OutboxEntry, code: str, undone: list[
         return False
     db._sql("DELETE FROM outbox WHERE n = ?", (entry.n,))
     if entry.op == "delete":
-        # The server has no such record: the delete holds already.
+        # The server has no such record: the delete holds already, and it is
+        # ours (sent again should the record come back).
         db._sql("DELETE FROM deleted_records WHERE store = ? AND key = ?", (entry.store, entry.key))
+        db._sql(
+            "UPDATE tombstones SET own = 1 WHERE store = ? AND key = ?", (entry.store, entry.key)
+        )
         return True
     gone = _remove_pending(db, entry.store, entry.key)
     if gone is not None:

@@ -9,7 +9,11 @@ record hidden while the server holds it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from idsync_client import Client
 
@@ -91,3 +95,86 @@ def test_a_delete_by_another_client_that_the_restore_lost_does_not_hide_the_reco
         converge(reader, author, reader)  # the deleter never comes back
         assert live_keys(api, "notes") == {kept, lost}
         assert views(author, reader) == [{kept, lost}, {kept, lost}]
+
+
+# -- a delete answered key_not_found, settled only after the record came back --------------
+#
+# The deleter sends its delete while the restored server lacks the record
+# (answered key_not_found); before that answer is settled, the record's author
+# sends the record again and the deleter hears of it (a pull or a reset on
+# another thread). Settling then must not make the delete "hold" locally
+# while the server keeps the record.
+
+
+def reload_from_server(client: Client, store: str) -> None:
+    """What a reset on another thread does: the server's snapshot into the file."""
+    db, transport = client.db, client.transport
+    assert transport is not None
+    db.stage_clear(store)
+    at, after = None, 0
+    while True:
+        page = transport.snapshot(store, at, after)
+        db.stage_page(store, page.records)
+        at, after = page.at, page.after
+        if not page.more:
+            break
+    assert at is not None
+    db.stage_install(store, at)
+
+
+def pull_into(client: Client, api: Api, store: str) -> None:
+    """What a pull on another thread does: the server's new changes into the file."""
+    cursor = client.db.cursor(store)
+    changes, new_cursor = api.pull_all(store, cursor)
+    assert client.db.apply_pulled(store, changes, new_cursor, cursor) is not None
+
+
+def settle_after(client: Client, key: str, before_settling: Callable[[], None]) -> list[str]:
+    """Run ``before_settling`` between the server's answer to the delete of
+    ``key`` and its settling; returns the codes that answer held."""
+    settle, codes = client.db.settle, []
+
+    def delayed(store: str, entries: Any, outcomes: Any, *args: Any, **kwargs: Any) -> Any:
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            if entry.key == key and entry.op == "delete" and not codes:
+                codes.append(outcome.code)
+                before_settling()
+        return settle(store, entries, outcomes, *args, **kwargs)
+
+    client.db.settle = delayed  # type: ignore[method-assign]
+    return codes
+
+
+@pytest.mark.parametrize("heard_by", ["pull", "reset"])
+def test_a_delete_refused_before_the_record_came_back_is_sent_again(
+    restorable: RestorableServer, tmp_path: Path, heard_by: str
+) -> None:
+    api = Api(restorable.url)
+    api.create_store("notes")
+    with clients(tmp_path, restorable.url, "author", "deleter") as (author, deleter):
+        kept = author.store("notes").add({"v": "before the copy"})
+        deleter.store("notes")
+        converge(author, deleter)
+        restorable.backup()
+        lost = author.store("notes").add({"v": "after the copy"})
+        converge(author, deleter)
+        deleter.store("notes").delete(lost)  # pending: the server never saw it
+        restorable.restore()
+        if heard_by == "pull":
+            reload_from_server(deleter, "notes")  # the deleter's reset, the record lost
+
+        def record_comes_back() -> None:
+            converge(author)  # the author resets and sends the record again
+            assert live_keys(api, "notes") == {kept, lost}
+            if heard_by == "pull":
+                pull_into(deleter, api, "notes")
+            else:
+                reload_from_server(deleter, "notes")
+
+        codes = settle_after(deleter, lost, record_comes_back)
+        converge(deleter, author, deleter)
+        assert codes == ["key_not_found"], "the delete went while the server lacked the record"
+        assert live_keys(api, "notes") == {kept}, "the delete the app was told of happened"
+        assert views(author, deleter) == [{kept}, {kept}]
+        assert deleter.rejected() == [], "a delete that happened is no rejection"
+        assert deleter.status.pending == 0
