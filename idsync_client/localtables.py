@@ -1,8 +1,8 @@
 """What the parts of the local database share: the SQL access they need, and
 how a record row is read.
 
-:class:`~.localdb.LocalDB` provides it; :mod:`.settling` and
-:mod:`.snapshotload` add their methods to it and are typed against this
+:class:`~.localdb.LocalDB` provides it; :mod:`.settling`, :mod:`.snapshotload`
+and :mod:`.pulledpages` add their methods to it and are typed against this
 protocol, so each part only sees the access it uses.
 """
 
@@ -31,7 +31,7 @@ def record_from_row(row: Sequence[Any]) -> Record:
 class LocalTables(Protocol):
     """The SQL access of one local database file (see :class:`~.localdb.LocalDB`)."""
 
-    def transaction(self) -> contextlib.AbstractContextManager[None]:
+    def transaction(self, durable: bool = True) -> contextlib.AbstractContextManager[None]:
         """One write transaction; nested ones are savepoints."""
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor: ...
@@ -39,6 +39,12 @@ class LocalTables(Protocol):
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
     def _remove(self, store: str, record_id: int, index: Sequence[str]) -> None: ...
+
+    def _remove_index(self, store: str, record_id: int, index: Sequence[str]) -> None: ...
+
+    def _has(self, table: str, store: str) -> bool: ...
+
+    def _index_from(self, first: int) -> None: ...
 
     def _insert_records(self, store: str, records: Sequence[Record]) -> int: ...
 
