@@ -285,8 +285,11 @@ class HttpTransport:
         self.poll_margin = POLL_MARGIN
         self.contacts = 0
         #: Called with a message after each request that found no server (the
-        #: connection failed, or no answer in time), while retries go on.
+        #: connection failed, or no answer in time), while retries go on; not
+        #: for one that a request sent after it outlived with an answer.
         self.on_unreachable: Callable[[str], None] | None = None
+        # When the latest-sent request that got an answer was sent (monotonic).
+        self._answered_sent_at = 0.0
         self._backoff_until = 0.0
         self._lock = threading.Lock()
         self._limits: Limits | None = None
@@ -347,6 +350,7 @@ class HttpTransport:
         timeout = (self.connect_timeout, read_timeout or self.read_timeout)
         pooled = self._pooled
         response: requests.Response | PooledAnswer | None = None
+        sent_at = time.monotonic()
         try:
             if pooled is not None and pooled.usable():
                 response = pooled.send(method, path, params, headers, data, timeout)
@@ -362,7 +366,9 @@ class HttpTransport:
                     timeout=timeout,
                 )
         except requests.RequestException as exc:
-            raise self._unreachable(exc) from exc
+            raise self._unreachable(exc, sent_at) from exc
+        with self._lock:
+            self._answered_sent_at = max(self._answered_sent_at, sent_at)
         self._note_backoff(response)
         if classify_status(response.status_code) is not TemporaryError:
             with self._lock:
@@ -380,16 +386,21 @@ class HttpTransport:
             return answer
         raise self._error(response)
 
-    def _unreachable(self, exc: requests.RequestException) -> IdsyncError:
-        """The error for a request that found no server; the listener hears of it."""
+    def _unreachable(self, exc: requests.RequestException, sent_at: float) -> IdsyncError:
+        """The error for a request (sent at ``sent_at``) that found no server;
+        the listener hears of it, unless a request sent later was answered: a
+        long-poll sent into an outage that fails after the link came back says
+        nothing about the link now."""
         if self._closed:  # cut by close(): not a fact about the link
             return ClientClosed("the client is closed")
         if isinstance(exc, requests.Timeout):
             error = TemporaryError(f"the server did not answer in time ({exc})", timeout=True)
         else:
             error = TemporaryError(f"cannot reach the server ({exc})")
+        with self._lock:
+            outdated = self._answered_sent_at > sent_at
         listener = self.on_unreachable
-        if listener is not None:
+        if listener is not None and not outdated:
             listener(str(error))
         return error
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -161,3 +162,83 @@ def test_resets_are_reported_in_the_status(tmp_path, server, api) -> None:
         assert client.status.resets == 1
         assert client.status.last_reset is not None and client.status.last_reset >= before
         assert any(s.resets == 1 for s in seen), "listeners hear of the reset"
+
+
+@pytest.fixture
+def holding_server() -> Iterator[tuple[str, threading.Event, list[socket.socket]]]:
+    """A server that answers every request with ``{}``, except those whose
+    path holds ``/hold``: those it keeps unanswered (the test cuts them)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    held: list[socket.socket] = []
+    holding = threading.Event()
+    done = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while not done.is_set():
+                head = conn.recv(65536)
+                if not head:
+                    return
+                if b"/hold" in head.split(b"\r\n", 1)[0]:
+                    held.append(conn)
+                    holding.set()
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", holding, held
+    done.set()
+    thread.join(2)
+    listener.close()
+    for conn in held:
+        conn.close()
+
+
+def test_a_request_failing_after_a_later_one_was_answered_is_not_heard(
+    holding_server: tuple[str, threading.Event, list[socket.socket]],
+) -> None:
+    """A long-poll sent into an outage that fails once the link is back
+    (another request got its answer since) must not say offline."""
+    url, holding, held = holding_server
+    transport = HttpTransport(url)
+    heard: list[str] = []
+    transport.on_unreachable = heard.append
+    failed: list[BaseException] = []
+
+    def long_poll() -> None:
+        try:
+            transport.request("GET", "/hold", read_timeout=30)
+        except TemporaryError as exc:
+            failed.append(exc)
+
+    try:
+        older = threading.Thread(target=long_poll)
+        older.start()
+        assert holding.wait(5), "the first request reached the server"
+        assert transport.request("GET", "/v1/health") == {}  # sent later, answered
+        held.pop().close()  # the first fails now, with no answer
+        older.join(10)
+        assert len(failed) == 1, "the caller still gets its error (and retries)"
+        assert heard == [], "a later request was answered: the link is up"
+        # With no later answer, a failure is heard at once.
+        newer = threading.Thread(target=long_poll)
+        holding.clear()
+        newer.start()
+        assert holding.wait(5)
+        held.pop().close()
+        newer.join(10)
+        assert len(failed) == 2 and heard == [str(failed[1])]
+    finally:
+        transport.close()
