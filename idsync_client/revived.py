@@ -12,12 +12,15 @@ sent it again after its reset. Whose delete it was decides what happens:
   that a snapshot contradicts: the tombstone goes and the record shows, so
   this client agrees with the server (the delete's author sends it again).
 
-A key whose delete is still pending is neither, but the server holds the
-record now, and that delete may already have been answered ``key_not_found``
-(sent while the server lacked the record, not settled yet): the delete is
-queued once more, to go after the record's add. If the pending one is
-applied after all, the second is answered ``duplicate``; if it is refused,
-it leaves quietly (settling.py), as the second carries it.
+A key whose delete is still pending is neither: that delete goes as usual.
+But the server holds the record now, and the delete may already have been
+answered ``key_not_found`` (sent while the server lacked the record, the
+answer not settled yet). The tombstone is marked as ours, which settling
+reads: a delete refused ``key_not_found`` whose record was seen on the
+server meanwhile goes again (settling.py).
+
+An add that the same page deletes again is no revival: the server holds
+the delete.
 """
 
 from __future__ import annotations
@@ -37,19 +40,20 @@ def settle_revived(
 
     Runs inside the transaction that applies the page.
     """
-    revived = [c for c in changes if c["op"] == "add" and c["key"] in dead]
+    deleted_again = {c["key"] for c in changes if c["op"] == "delete"}
+    revived = [
+        c for c in changes if c["op"] == "add" and c["key"] in dead and c["key"] not in deleted_again
+    ]
     if not revived:
         return set()
     shown: set[str] = set()
     for change in revived:
         key = change["key"]
         pending = db._sql(
-            "SELECT op FROM outbox WHERE store = ? AND key = ?", (store, key)
-        ).fetchall()
-        if ("add",) in pending:
-            continue  # our own add, sent before our delete: that delete finds it
+            "SELECT 1 FROM outbox WHERE store = ? AND op = 'delete' AND key = ?", (store, key)
+        ).fetchone()
         if pending:
-            queue_delete_again(db, store, key)
+            mark_seen_on_server(db, store, [key])
             continue
         row = db._sql(
             "SELECT own FROM tombstones WHERE store = ? AND key = ?", (store, key)
@@ -76,7 +80,19 @@ def settle_revived(
 
 
 def queue_delete_again(db: LocalTables, store: str, key: str) -> None:
-    """Queue a delete of ``key`` sent again (behind any change already queued)."""
+    """Queue a delete of ``key`` sent again (behind any change already queued);
+    its tombstone is not marked seen on the server since (see below)."""
     db._sql(
         "INSERT INTO outbox (store, op, key, resend) VALUES (?, 'delete', ?, 1)", (store, key)
+    )
+    db._sql("UPDATE tombstones SET own = 0 WHERE store = ? AND key = ?", (store, key))
+
+
+def mark_seen_on_server(db: LocalTables, store: str, keys: Sequence[str]) -> None:
+    """The server was seen holding ``keys``, whose deletes are pending: their
+    tombstones are marked (``own`` is read this way only while a delete of
+    the key waits), so that a refusal ``key_not_found`` of such a delete,
+    answered before the record came back, sends it again (settling.py)."""
+    db._many(
+        "UPDATE tombstones SET own = 1 WHERE store = ? AND key = ?", [(store, k) for k in keys]
     )

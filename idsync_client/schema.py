@@ -90,7 +90,9 @@ class TombstoneRow(BaseModel):
 
     ``seq`` is where the server logged the delete, when known; ``own`` is 1
     for a delete this client made and the server acknowledged (sent again
-    after a reset if the server lost it).
+    after a reset if the server lost it). While a delete of the key waits in
+    the outbox, ``own`` is 1 once the server was seen holding the record (a
+    refusal ``key_not_found`` then sends the delete again).
     """
 
     store = TextField()

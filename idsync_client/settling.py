@@ -18,6 +18,7 @@ from .localtables import LocalTables
 from .localtables import record_from_row as _record
 from .protocol import Outcome
 from .records import ChangeEvent, OutboxEntry, Record, RejectedChange
+from .revived import queue_delete_again
 
 #: The server's answer when a change number was used before with another body.
 CHANGE_NUMBER_CONFLICT = "change_number_conflict"
@@ -93,7 +94,7 @@ class Settling:
                     target.append((outcome.seq, store, entry.key))
                     continue
                 code = outcome.code or "rejected"
-                if _settle_superseded(self, entry, code) or _settle_resent(
+                if _send_again_if_seen(self, entry, code) or _settle_resent(
                     self, entry, code, undone
                 ):
                     continue
@@ -181,20 +182,20 @@ def _history_changed(
     return any(history.contradiction(known, seq, change) for seq, change in applied)
 
 
-def _settle_superseded(db: LocalTables, entry: OutboxEntry, code: str) -> bool:
-    """A delete answered ``key_not_found`` while another delete of its key
-    waits behind it: the record came back to the server after this one was
-    answered (revived.py), and the later delete carries it. This one leaves
-    quietly. False otherwise."""
+def _send_again_if_seen(db: LocalTables, entry: OutboxEntry, code: str) -> bool:
+    """A delete refused ``key_not_found`` whose record the server was seen
+    holding while the delete waited (its tombstone marked, see revived.py):
+    the record came back after the refusal, so the delete goes again rather
+    than holding. False otherwise."""
     if entry.op != "delete" or code != "key_not_found":
         return False
-    later = db._sql(
-        "SELECT 1 FROM outbox WHERE store = ? AND op = 'delete' AND key = ? AND n > ?",
-        (entry.store, entry.key, entry.n),
+    row = db._sql(
+        "SELECT own FROM tombstones WHERE store = ? AND key = ?", (entry.store, entry.key)
     ).fetchone()
-    if later is None:
+    if row is None or not row[0]:
         return False
     db._sql("DELETE FROM outbox WHERE n = ?", (entry.n,))
+    queue_delete_again(db, entry.store, entry.key)
     return True
 
 

@@ -113,22 +113,10 @@ def _carry_own_marks(db: LocalTables, store: str) -> None:
 
 def _queue_lost_deletes(db: LocalTables, store: str) -> int:
     """Queue again our acknowledged deletes of records the snapshot still holds
-    (returns how many), and a second time our pending ones."""
+    (returns how many); mark the pending ones as seen on the server."""
     where = (
         "FROM tombstones t JOIN snapshot_stage s ON s.store = t.store AND s.key = t.key"
         f" WHERE t.store = ? AND t.own = 1 AND t.key NOT IN ({_PENDING_DELETES})"
-    )
-    # A pending delete of a key the snapshot holds may have been answered
-    # key_not_found already (sent while the server lacked the record, not yet
-    # settled): it is queued once more, behind, as in revived.py. Not one
-    # that our own pending add precedes.
-    db._sql(
-        "INSERT INTO outbox (store, op, key, resend)"
-        " SELECT DISTINCT o.store, 'delete', o.key, 1 FROM outbox o"
-        " JOIN snapshot_stage s ON s.store = o.store AND s.key = o.key"
-        " WHERE o.store = ? AND o.op = 'delete'"
-        " AND o.key NOT IN (SELECT key FROM outbox WHERE store = ? AND op = 'add')",
-        (store, store),
     )
     # The snapshot's content is what comes back if the server refuses the delete.
     db._sql(
@@ -136,10 +124,18 @@ def _queue_lost_deletes(db: LocalTables, store: str) -> int:
         f" SELECT s.store, s.key, s.index_json, s.value_json, s.seq {where}",
         (store, store),
     )
-    return db._sql(
+    resent = db._sql(
         f"INSERT INTO outbox (store, op, key, resend) SELECT t.store, 'delete', t.key, 1 {where}",
         (store, store),
     ).rowcount
+    # The server holds the records of these pending deletes: one refused
+    # key_not_found before the record came back goes again (revived.py).
+    db._sql(
+        f"UPDATE tombstones SET own = 1 WHERE store = ? AND key IN ({_PENDING_DELETES})"
+        " AND key IN (SELECT key FROM snapshot_stage WHERE store = ?)",
+        (store, store, store),
+    )
+    return resent
 
 
 def _queue_lost_adds(db: LocalTables, store: str) -> int:

@@ -178,3 +178,50 @@ def test_a_delete_refused_before_the_record_came_back_is_sent_again(
         assert views(author, deleter) == [{kept}, {kept}]
         assert deleter.rejected() == [], "a delete that happened is no rejection"
         assert deleter.status.pending == 0
+
+
+# -- and nothing is sent twice without a restore -------------------------------------------
+
+
+def test_our_own_add_heard_back_after_its_delete_queues_nothing_more(
+    server, api: Api, store: str, tmp_path: Path
+) -> None:
+    """Acknowledged, deleted, then heard back by a pull (the live thread): a
+    record the server holds in the same history; one delete goes, once."""
+    with clients(tmp_path, server.url, "a") as (a,):
+        notes = a.store(store)
+        a.sync()
+        key = notes.add({"v": 1})
+        assert a.flush(5.0)  # acknowledged, not pulled back yet
+        notes.delete(key)
+        pull_into(a, api, store)
+        assert a.db.pending_count(store) == 1
+        assert a.sync().pushed == 1
+        assert live_keys(api, store) == set() and a.rejected() == []
+
+
+def test_resets_while_a_delete_waits_queue_nothing_more(
+    server, api: Api, store: str, tmp_path: Path
+) -> None:
+    with clients(tmp_path, server.url, "a") as (a,):
+        notes = a.store(store)
+        key = notes.add({"v": 1})
+        a.sync()
+        notes.delete(key)
+        for _ in range(3):
+            reload_from_server(a, store)
+        assert a.db.pending_count(store) == 1
+        assert a.sync().pushed == 1
+        assert live_keys(api, store) == set() and a.rejected() == []
+
+
+def test_an_add_and_its_delete_heard_back_in_one_page_queue_nothing(
+    server, api: Api, store: str, tmp_path: Path
+) -> None:
+    with clients(tmp_path, server.url, "a") as (a,):
+        notes = a.store(store)
+        a.sync()
+        notes.delete(notes.add({"v": 1}))
+        assert a.flush(5.0)  # both acknowledged; the page holds both
+        pull_into(a, api, store)
+        assert a.db.pending_count(store) == 0
