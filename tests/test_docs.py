@@ -144,3 +144,15 @@ def test_client_doc_session_example_runs(tmp_path, monkeypatch) -> None:
     session = namespace["session"]
     assert namespace["client"].transport.session is session
     assert session.headers["User-Agent"] == "my-app/2.0"
+
+
+def test_the_architecture_map_names_every_module() -> None:
+    """docs/architecture.md is the map of the code: a module it does not
+    name (a new one, or a renamed one) fails here."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`([\w/]+\.py)`", text))
+    for package in ("idsync_client", "idsync_server_ref", "idsync_server_ref/storage", "demo_app"):
+        for module in sorted((ROOT / package).glob("*.py")):
+            if module.name == "__init__.py":
+                continue
+            assert module.name in named, f"docs/architecture.md does not name {module}"
