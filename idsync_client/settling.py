@@ -288,14 +288,14 @@ def _reject(
         gone = _remove_pending(db, entry.store, entry.key)
     else:
         back = _restore_deleted(db, entry.store, entry.key, code)
-        if code == "key_not_found":
-            # The delete holds, and it is this client's: should the server get
-            # the record back (its author sends it again after a restore), the
-            # delete goes again (see revived.py).
-            db._sql(
-                "UPDATE tombstones SET own = 1 WHERE store = ? AND key = ?",
-                (entry.store, entry.key),
-            )
+        # key_not_found: the delete holds, and it is this client's: should the
+        # server get the record back (its author sends it again after a
+        # restore), the delete goes again (see revived.py). Any other refusal:
+        # not a delete of ours to send again (a tombstone left has no mark).
+        db._sql(
+            "UPDATE tombstones SET own = ? WHERE store = ? AND key = ?",
+            (code == "key_not_found", entry.store, entry.key),
+        )
     assert cursor.lastrowid is not None
     rejection = RejectedChange(
         cursor.lastrowid,

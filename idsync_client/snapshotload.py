@@ -128,11 +128,12 @@ def _queue_lost_deletes(db: LocalTables, store: str) -> int:
         f"INSERT INTO outbox (store, op, key, resend) SELECT t.store, 'delete', t.key, 1 {where}",
         (store, store),
     ).rowcount
-    # The server holds the records of these pending deletes: one refused
-    # key_not_found before the record came back goes again (revived.py).
+    # Pending deletes are marked by what the server holds now (revived.py):
+    # one refused key_not_found before its record came back goes again; a
+    # mark from before this reset (an older history, an older epoch) goes.
     db._sql(
-        f"UPDATE tombstones SET own = 1 WHERE store = ? AND key IN ({_PENDING_DELETES})"
-        " AND key IN (SELECT key FROM snapshot_stage WHERE store = ?)",
+        "UPDATE tombstones SET own = key IN (SELECT key FROM snapshot_stage WHERE store = ?)"
+        f" WHERE store = ? AND key IN ({_PENDING_DELETES})",
         (store, store, store),
     )
     return resent

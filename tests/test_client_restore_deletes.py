@@ -225,3 +225,47 @@ def test_an_add_and_its_delete_heard_back_in_one_page_queue_nothing(
         assert a.flush(5.0)  # both acknowledged; the page holds both
         pull_into(a, api, store)
         assert a.db.pending_count(store) == 0
+
+
+# -- the mark "seen on the server" lasts only while its delete waits -----------------------
+
+
+def test_a_delete_refused_otherwise_is_not_sent_again_by_a_later_reset(
+    server, api: Api, store: str, tmp_path: Path
+) -> None:
+    """Deleted while its add was pending; the add goes alone and comes back
+    (the delete is marked); the delete is then refused for another reason.
+    The app was told so: a later reset must not send it after all."""
+    with clients(tmp_path, server.url, "a") as (a,):
+        notes = a.store(store)
+        a.sync()
+        key = notes.add({"v": 1})
+        notes.delete(key)
+        add, delete = a.db.pending(store, 10)
+        transport = a.transport
+        assert transport is not None and (add.op, delete.op) == ("add", "delete")
+        outcomes = transport.push(store, a.client_id, [add.to_wire_json()])
+        a.db.settle(store, [add], outcomes)
+        pull_into(a, api, store)  # our add heard back while the delete waits
+        a.db.reject(delete, "invalid_change", "refused")
+        reload_from_server(a, store)
+        a.sync()
+        assert live_keys(api, store) == {key}, "the refused delete stays refused"
+        assert notes.get(key) is not None and a.db.pending_count(store) == 0
+
+
+def test_a_reset_that_lacks_the_record_takes_the_mark_back(
+    server, api: Api, store: str, tmp_path: Path
+) -> None:
+    with clients(tmp_path, server.url, "a") as (a,):
+        notes = a.store(store)
+        key = notes.add({"v": 1})
+        a.sync()
+        notes.delete(key)
+        reload_from_server(a, store)  # a reset while the delete waits: marked
+        assert api.call("DELETE", f"/v1/stores/{store}").status_code == 200
+        api.create_store(store, recreate=True)
+        reload_from_server(a, store)  # the new store lacks the record: the mark goes
+        a.sync()
+        assert [r.code for r in a.rejected()] == ["key_not_found"], "listed, as without a mark"
+        assert a.db.pending_count(store) == 0
