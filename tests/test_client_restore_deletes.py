@@ -30,19 +30,27 @@ def views(*clients: Client) -> list[set[str]]:
     return [{r.key for r in client.store("notes")} for client in clients]
 
 
+def added_after_a_backup(
+    restorable: RestorableServer, author: Client, *others: Client
+) -> tuple[str, str]:
+    """The author's record ``kept`` is in a backup of the server; its record
+    ``lost`` is added after it; every client has seen both. Returns (kept, lost)."""
+    kept = author.store("notes").add({"v": "before the copy"})
+    for client in others:
+        client.store("notes")
+    converge(author, *others)
+    restorable.backup()
+    lost = author.store("notes").add({"v": "after the copy"})
+    converge(author, *others)
+    return kept, lost
+
+
 def lost_after_a_delete(
     restorable: RestorableServer, author: Client, deleter: Client, *others: Client
 ) -> tuple[str, str]:
-    """The author's record ``kept`` is in the backup; its record ``lost`` is
-    added after it, and ``deleter`` deletes ``lost``, acknowledged and seen by
-    ``others``; then the server is restored. Returns (kept, lost)."""
-    kept = author.store("notes").add({"v": "before the copy"})
-    for client in (deleter, *others):
-        client.store("notes")
-    converge(author, deleter, *others)
-    restorable.backup()
-    lost = author.store("notes").add({"v": "after the copy"})
-    converge(author, deleter, *others)
+    """:func:`added_after_a_backup`, then ``deleter`` deletes ``lost``,
+    acknowledged and seen by ``others``; then the server is restored."""
+    kept, lost = added_after_a_backup(restorable, author, deleter, *others)
     deleter.store("notes").delete(lost)
     converge(deleter, *others)  # the delete is acknowledged, the others saw it
     restorable.restore()
@@ -55,12 +63,7 @@ def test_a_pending_delete_of_a_record_the_restore_lost_happens_when_it_comes_bac
     api = Api(restorable.url)
     api.create_store("notes")
     with clients(tmp_path, restorable.url, "author", "deleter") as (author, deleter):
-        kept = author.store("notes").add({"v": "before the copy"})
-        deleter.store("notes")
-        converge(author, deleter)
-        restorable.backup()
-        lost = author.store("notes").add({"v": "after the copy"})
-        converge(author, deleter)
+        kept, lost = added_after_a_backup(restorable, author, deleter)
         restorable.restore(start=False)
         deleter.store("notes").delete(lost)  # while the server is away
         restorable.process.start()
@@ -152,12 +155,7 @@ def test_a_delete_refused_before_the_record_came_back_is_sent_again(
     api = Api(restorable.url)
     api.create_store("notes")
     with clients(tmp_path, restorable.url, "author", "deleter") as (author, deleter):
-        kept = author.store("notes").add({"v": "before the copy"})
-        deleter.store("notes")
-        converge(author, deleter)
-        restorable.backup()
-        lost = author.store("notes").add({"v": "after the copy"})
-        converge(author, deleter)
+        kept, lost = added_after_a_backup(restorable, author, deleter)
         deleter.store("notes").delete(lost)  # pending: the server never saw it
         restorable.restore()
         if heard_by == "pull":

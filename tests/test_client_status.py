@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import responses
@@ -18,9 +18,11 @@ from idsync_client.transport import HttpTransport
 from .conftest import fast_policy, wait_for
 
 
-@pytest.fixture
-def black_hole() -> Iterator[str]:
-    """A server that accepts connections and never answers (a dead link)."""
+@contextlib.contextmanager
+def tcp_server(handle: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A server on 127.0.0.1 that hands each connection it accepts to
+    ``handle`` (on its accepting thread); its URL. On exit it stops, and
+    every connection it accepted is closed."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     accepted: list[socket.socket] = []
@@ -35,15 +37,25 @@ def black_hole() -> Iterator[str]:
             except OSError:
                 return
             accepted.append(conn)
+            handle(conn)
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    done.set()
-    thread.join(2)
-    listener.close()
-    for conn in accepted:
-        conn.close()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(2)
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A server that accepts connections and never answers (a dead link)."""
+    with tcp_server(lambda conn: None) as url:
+        yield url
 
 
 def quick(client: Client) -> Client:
@@ -168,42 +180,23 @@ def test_resets_are_reported_in_the_status(tmp_path, server, api) -> None:
 def holding_server() -> Iterator[tuple[str, threading.Event, list[socket.socket]]]:
     """A server that answers every request with ``{}``, except those whose
     path holds ``/hold``: those it keeps unanswered (the test cuts them)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
     held: list[socket.socket] = []
     holding = threading.Event()
-    done = threading.Event()
 
     def serve(conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
-            while not done.is_set():
-                head = conn.recv(65536)
-                if not head:
-                    return
+            while head := conn.recv(65536):
                 if b"/hold" in head.split(b"\r\n", 1)[0]:
                     held.append(conn)
                     holding.set()
                     return
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
 
-    def accept() -> None:
-        while not done.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    def handle(conn: socket.socket) -> None:
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}", holding, held
-    done.set()
-    thread.join(2)
-    listener.close()
-    for conn in held:
-        conn.close()
+    with tcp_server(handle) as url:
+        yield url, holding, held
 
 
 def test_a_request_failing_after_a_later_one_was_answered_is_not_heard(
