@@ -20,7 +20,8 @@ reads: a delete refused ``key_not_found`` whose record was seen on the
 server meanwhile goes again (settling.py).
 
 An add that the same page deletes again is no revival: the server holds
-the delete.
+the delete; nor is an add logged before the delete's known sequence number
+(the delete comes in a later page of the same history).
 """
 
 from __future__ import annotations
@@ -56,8 +57,13 @@ def settle_revived(
             mark_seen_on_server(db, store, [key])
             continue
         row = db._sql(
-            "SELECT own FROM tombstones WHERE store = ? AND key = ?", (store, key)
+            "SELECT own, seq FROM tombstones WHERE store = ? AND key = ?", (store, key)
         ).fetchone()
+        if row is not None and row[1] is not None and change["seq"] < row[1]:
+            # The delete sits later in this history (a page to come): our own
+            # add heard back before our delete, no revival. (Were the history
+            # rewritten, the change found at that seq tells: a reset.)
+            continue
         if row is None or not row[0]:
             db._sql("DELETE FROM tombstones WHERE store = ? AND key = ?", (store, key))
             shown.add(key)

@@ -132,6 +132,18 @@ def pull_into(client: Client, api: Api, store: str) -> None:
     assert client.db.apply_pulled(store, changes, new_cursor, cursor) is not None
 
 
+def pull_by_pages_of_one(client: Client, store: str) -> None:
+    """A pull whose pages hold one change each (as a long history is pulled)."""
+    transport = client.transport
+    assert transport is not None
+    while True:
+        cursor = client.db.cursor(store)
+        page = transport.pull(store, cursor, limit=1)
+        assert client.db.apply_pulled(store, page.changes, page.cursor, cursor) is not None
+        if not page.more:
+            return
+
+
 def settle_after(client: Client, key: str, before_settling: Callable[[], None]) -> list[str]:
     """Run ``before_settling`` between the server's answer to the delete of
     ``key`` and its settling; returns the codes that answer held."""
@@ -223,6 +235,22 @@ def test_an_add_and_its_delete_heard_back_in_one_page_queue_nothing(
         assert a.flush(5.0)  # both acknowledged; the page holds both
         pull_into(a, api, store)
         assert a.db.pending_count(store) == 0
+
+
+def test_an_add_and_its_delete_heard_back_in_two_pages_queue_nothing(
+    server, api: Api, store: str, tmp_path: Path
+) -> None:
+    """A long history pulled back: our add in one page, our delete in the next."""
+    with clients(tmp_path, server.url, "a") as (a,):
+        notes = a.store(store)
+        a.sync()
+        key = notes.add({"v": 1})
+        assert a.flush(5.0)
+        notes.delete(key)
+        assert a.flush(5.0)  # both acknowledged, neither pulled back
+        pull_by_pages_of_one(a, store)
+        assert a.db.pending_count(store) == 0 and notes.get(key) is None
+        assert live_keys(api, store) == set()
 
 
 # -- the mark "seen on the server" lasts only while its delete waits -----------------------
