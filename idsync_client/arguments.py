@@ -7,6 +7,7 @@ wrong value) with a message naming it; nothing is created or changed.
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,12 +25,16 @@ def _number(name: str, value: object) -> float:
 
 
 def seconds(name: str, value: object, *, positive: bool = False) -> float:
-    """A finite number of seconds, at least 0 (above 0 with ``positive``)."""
+    """A finite number of seconds, at least 0 (above 0 with ``positive``).
+
+    More than ``threading.TIMEOUT_MAX`` (about 292 years) counts as that
+    much: no wait of the platform can be longer.
+    """
     number = _number(name, value)
     if number < 0 or (positive and number == 0):
         bound = "above 0" if positive else "at least 0"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return number
+    return min(number, threading.TIMEOUT_MAX)
 
 
 def server_url(server: object) -> str | None:
@@ -39,6 +44,8 @@ def server_url(server: object) -> str | None:
     if not isinstance(server, str):
         raise TypeError(f"server must be a URL string or None, not {type(server).__name__}")
     parts = urlsplit(server)
+    if any(ch.isspace() or not ch.isprintable() for ch in server):
+        raise ValueError(f"server must be a URL without spaces or control characters, got {server!r}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"server must be an http:// or https:// URL with a host, got {server!r}")
     return server
@@ -50,13 +57,17 @@ def token_or_supplier(value: object) -> object:
 
 
 def token(value: object) -> str | None:
-    """None, or a bearer token: a non-empty string that fits in one header line."""
+    """None, or a bearer token: a non-empty string of visible ASCII characters
+    (what an HTTP header carries as it is)."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"token must be a string or None, not {type(value).__name__}")
-    if not value or any(ch in value for ch in "\r\n\x00"):
-        raise ValueError("token must be a non-empty string without line breaks")
+    if not value or not all("!" <= ch <= "~" for ch in value):
+        raise ValueError(
+            "token must be a non-empty string of visible ASCII characters"
+            " (no spaces, line breaks or accented letters)"
+        )
     return value
 
 

@@ -205,6 +205,15 @@ class Client:
     def _counts(self) -> tuple[int, int]:
         return self.db.pending_count(), len(self.db.rejected())
 
+    def _counted(self) -> dict[str, int]:
+        """The pending and rejected counts after a round that failed part way
+        (some batches may have gone); none when the file cannot say."""
+        try:
+            pending, rejected = self._counts()
+        except IdsyncError:
+            return {}
+        return {"pending": pending, "rejected": rejected}
+
     # -- sync ---------------------------------------------------------------
 
     def _require_engine(self) -> SyncEngine:
@@ -249,17 +258,17 @@ class Client:
             if refusals:
                 raise refusals[min(refusals)]
         except AuthError as exc:
-            self._status.update(state="auth_error", last_error=str(exc))
+            self._status.update(state="auth_error", last_error=str(exc), **self._counted())
             raise
         except TemporaryError as exc:
-            self._status.update(state="offline", last_error=str(exc))
+            self._status.update(state="offline", last_error=str(exc), **self._counted())
             raise
         except BaseException as exc:
             # The server may have answered (a permanent error) or not been
             # asked at all (the local file failed): say which, never "syncing".
             answered = engine.transport.contacts != contacts
             state = "online" if answered else before
-            self._status.update(state=state, last_error=str(exc))
+            self._status.update(state=state, last_error=str(exc), **self._counted())
             raise
         finally:
             self._status.reset_seen(total.resets)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import attributes, killpoint
 from .attributes import ConflictCallback
-from .protocol import Limits, encode_value, validate_index_items, validate_key
+from .protocol import Limits, ProtocolViolation, encode_value, validate_index_items, validate_key
 from .records import ChangeEvent, Record
 from .subscriptions import Callback, Subscription
 
@@ -24,7 +24,18 @@ def _index_items(index: Iterable[str], limits: Limits) -> tuple[str, ...]:
     # A lone string is iterable too: refuse it rather than index its letters.
     if isinstance(index, str | bytes):
         raise ValueError("index must be a list of strings, not a single string")
-    return validate_index_items(list(index), limits, "invalid_change")
+    items = validate_index_items(list(index), limits, "invalid_change")
+    for item in items:
+        # A plain record under these items would count as an attribute value
+        # or an entity's deletion on every client.
+        if item.startswith((attributes.PREFIX, attributes.DELETED_PREFIX)):
+            raise ProtocolViolation(
+                "invalid_change",
+                f"index item {item!r}: items starting with {attributes.PREFIX!r} or"
+                f" {attributes.DELETED_PREFIX!r} are kept for attribute records"
+                " (set_attr, delete_entity)",
+            )
+    return items
 
 
 def _attr_item(entity: str, name: str, limits: Limits) -> str:
@@ -276,5 +287,8 @@ class Store:
         """Every entity that has at least one attribute in this store and was not deleted."""
         found: set[str] = set()
         for record in self.find(attributes.PREFIX, prefix=True):
-            found.add(record.value["entity"])
+            # By the index item: another program's record there may hold any value.
+            entity = attributes.entity_of(record)
+            if entity is not None:
+                found.add(entity)
         return sorted(found - attributes.deleted_entities(self._client._local(), self.name))

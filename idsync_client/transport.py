@@ -22,7 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection
 
-from . import gcpause, jsoncodec
+from . import arguments, gcpause, jsoncodec
 from .errors import (
     AuthError,
     ClientClosed,
@@ -312,13 +312,13 @@ class HttpTransport:
             raw_body = jsoncodec.dumps(body)
         start = token = self.token
         if token is None and self.token_supplier is not None:
-            token = self.token_supplier()
+            token = self._supplied_token()
         try:
             answer = self._send(method, path, params, raw_body, read_timeout, token)
         except AuthError as exc:
             if exc.status != 401 or self.token_supplier is None:
                 raise
-            fresh = self.token_supplier()
+            fresh = self._supplied_token()
             if not fresh or fresh == token:
                 raise
             # A refusal of this one too leaves self.token as it was: background
@@ -329,6 +329,20 @@ class HttpTransport:
             if self.token == start:  # set_token() may have replaced it meanwhile
                 self.token = token
         return answer
+
+    def _supplied_token(self) -> str | None:
+        """A token from the app's supplier. The supplier failing is temporary
+        (tried again with backoff); a token no header can carry is refused as
+        credentials are."""
+        assert self.token_supplier is not None
+        try:
+            value = self.token_supplier()
+        except Exception as exc:
+            raise TemporaryError(f"the token supplier failed: {exc!r}") from exc
+        try:
+            return arguments.token(value)
+        except (TypeError, ValueError) as exc:
+            raise AuthError(f"the token supplier gave an unusable token: {exc}") from exc
 
     def _send(
         self,

@@ -20,6 +20,12 @@ BAD: list[tuple[str, dict[str, Any], type[Exception]]] = [
     ("token int", {"server": "http://127.0.0.1:9", "token": 5}, TypeError),
     ("token with a line break", {"server": "http://127.0.0.1:9", "token": "a\nb"}, ValueError),
     ("token empty", {"server": "http://127.0.0.1:9", "token": ""}, ValueError),
+    # An HTTP header carries Latin-1 at most; requests would fail at send time.
+    ("token with a euro sign", {"server": "http://127.0.0.1:9", "token": "abc€"}, ValueError),
+    ("token with an accent", {"server": "http://127.0.0.1:9", "token": "tökén"}, ValueError),
+    ("token with a space", {"server": "http://127.0.0.1:9", "token": "a b"}, ValueError),
+    ("server with a space", {"server": "http://exa mple.com"}, ValueError),
+    ("server with a newline", {"server": "http://127.0.0.1:9\n"}, ValueError),
     ("limits str", {"limits": "x"}, TypeError),
     ("retry str", {"retry": "x"}, TypeError),
     ("long_poll negative", {"long_poll": -1}, ValueError),
@@ -84,3 +90,20 @@ def test_close_and_flush_refuse_a_bad_timeout_before_starting_anything(
         client.store("s").add("w")  # still open
     finally:
         client.close()
+
+
+def test_a_flush_timeout_beyond_what_the_platform_waits_counts_as_the_longest_wait(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    with Client(tmp_path / "c.db", server.url) as client:
+        client.store("s").add("v")
+        assert client.flush(10**20) and client.flush(1e10)
+    assert not [t for t in _idsync_threads() if t == "idsync-flush"]
+
+
+def test_set_token_follows_the_token_rule(tmp_path: Path, server: ServerProcess) -> None:
+    with Client(tmp_path / "c.db", server.url) as client:
+        for bad in ("tök€n", "a\tb", ""):
+            with pytest.raises(ValueError):
+                client.set_token(bad)
+        client.set_token("visible-ascii_token.1~+/=")

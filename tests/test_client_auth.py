@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from idsync_client import AuthError, Client, PermanentError, RetryPolicy
+from idsync_client import AuthError, Client, PermanentError, RetryPolicy, TemporaryError
 from idsync_server_ref.process import ServerProcess
 
 from .test_server_auth import make_users
@@ -89,6 +89,32 @@ def test_a_supplier_with_nothing_better_pauses_sync(users_server: Server, tmp_pa
         with pytest.raises(AuthError):
             client.sync()
         assert client.status.state == "auth_error" and len(calls) == 2
+        client.set_token(users_server.tokens["owner"])
+        client.sync()
+        assert client.status.pending == 0
+
+
+def test_a_supplier_that_fails_is_a_temporary_error_and_an_unusable_token_an_auth_error(
+    users_server: Server, tmp_path: Path
+) -> None:
+    failing = [True]
+
+    def supplier() -> str:
+        if failing[0]:
+            raise ZeroDivisionError("no token service")
+        return "tök€n"
+
+    policy = RetryPolicy(max_attempts=1)
+    with Client(tmp_path / "c.sqlite3", users_server.proc.url, token=supplier, retry=policy) as client:
+        client.store("alice.notes").add({"a": 1})
+        with pytest.raises(TemporaryError, match="token supplier failed") as failed:
+            client.sync()
+        assert isinstance(failed.value.__cause__, ZeroDivisionError)
+        assert client.status.state == "offline"
+        failing[0] = False
+        with pytest.raises(AuthError, match="unusable token"):
+            client.sync()
+        assert client.status.state == "auth_error" and client.status.pending == 1
         client.set_token(users_server.tokens["owner"])
         client.sync()
         assert client.status.pending == 0

@@ -90,3 +90,18 @@ def test_a_client_that_first_syncs_after_the_delete_never_shows_the_entity(
         b.sync()
         assert b.store(store).entities() == []
         assert b.store(store).attrs("e1") == {}
+
+
+def test_a_record_another_program_put_under_an_attribute_item_is_read_without_failing(
+    tmp_path, server, api: Api, store: str
+) -> None:
+    """Another program (not this library) logs a plain value under
+    ``@attr:x/y``: the entity is listed, its attribute read, nothing raises."""
+    api.push(store, "other-program", [
+        {"n": 1, "op": "add", "key": "foreign", "index": ["@attr:x/y"], "value": {"title": "hi"}}
+    ])
+    with Client(tmp_path / "c.db", server.url, retry=fast_policy()) as client:
+        notes = client.store(store)
+        client.sync()
+        assert notes.entities() == ["x"]
+        assert notes.attrs("x") == {"y": None}  # the value record has no "value" member

@@ -235,3 +235,29 @@ def test_a_request_failing_after_a_later_one_was_answered_is_not_heard(
         assert len(failed) == 2 and heard == [str(failed[1])]
     finally:
         transport.close()
+
+
+def test_a_round_that_fails_part_way_counts_pending_from_the_file(
+    tmp_path, server, store
+) -> None:
+    """Two batches of ten went before the link failed: the status says what
+    is still pending, not what was pending before the round."""
+    client = Client(tmp_path / "c.db", server.url, batch_size=10, retry=fast_policy(1))
+    with client:
+        notes = client.store(store)
+        notes.add_many([{"value": {"i": i}} for i in range(30)])
+        transport = client.transport
+        assert transport is not None
+        push, calls = transport.push, [0]
+
+        def down_after_two(*args: object) -> object:
+            calls[0] += 1
+            if calls[0] > 2:
+                raise TemporaryError("the link went down")
+            return push(*args)  # type: ignore[arg-type]
+
+        transport.push = down_after_two  # type: ignore[method-assign]
+        with pytest.raises(TemporaryError):
+            client.sync()
+        assert client.db.pending_count(store) == 10
+        assert client.status.pending == 10 and client.status.state == "offline"

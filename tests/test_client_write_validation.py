@@ -30,6 +30,10 @@ BAD_WRITES: dict[str, Callable[[Store], Any]] = {
     "add NUL index": lambda s: s.add(1, index=["a\x00b"]),
     "add long index": lambda s: s.add(1, index=[LONG]),
     "add_many long index": lambda s: s.add_many([{"value": 1}, {"value": 2, "index": [LONG]}]),
+    # A plain record there would count as an attribute value or a deletion.
+    "add attribute item": lambda s: s.add({"title": "x"}, index=["@attr:note/title"]),
+    "add deleted item": lambda s: s.add("junk", index=["tag", "@deleted:note"]),
+    "add_many attribute item": lambda s: s.add_many([{"value": 1, "index": ["@attr:a/b"]}]),
 }
 
 
