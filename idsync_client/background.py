@@ -64,6 +64,9 @@ class BackgroundSync:
     ``aside_interval``: seconds a store whose pull or wait failed for good
     (a permanent error of its own) stays out of the wait before it is tried
     again, so one failing store does not hold the others' news back.
+    ``outside_write_interval``: how often the idle push thread looks for
+    changes another process wrote into the same file (they kick no thread
+    here).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class BackgroundSync:
         standby_interval: float = 1.0,
         max_offline_delay: float = 5.0,
         aside_interval: float = 30.0,
+        outside_write_interval: float = 1.0,
     ) -> None:
         self.engine = engine
         self.status = status
@@ -87,6 +91,7 @@ class BackgroundSync:
         self.standby_interval = standby_interval
         self.max_offline_delay = max_offline_delay
         self.aside_interval = aside_interval
+        self.outside_write_interval = outside_write_interval
         self._stop = threading.Event()
         self._kick = threading.Event()
         # Wakes the live thread: a wait answered, a store joined, a kick, stop.
@@ -226,7 +231,9 @@ class BackgroundSync:
                 self._kick.clear()
                 continue
             with self.status.callbacks.held():
-                self._report(state="standby")
+                # The syncing process uploads this one's writes: the counts
+                # change without a round here.
+                self._report(**self._with_counts({"state": "standby"}))
             self._stop.wait(self.standby_interval)
         return False
 
@@ -234,13 +241,30 @@ class BackgroundSync:
         delay = 0.0
         while self._ready():
             self._kick.clear()
+            newest = self._newest_change()
             if self._round(self._push_all):
                 delay = 0.0
-                self._kick.wait(self.idle_interval)
+                self._idle(newest)
             else:
                 delay = min(self.max_offline_delay, max(0.5, delay * 2))
                 self._kick.wait(max(delay, self._retry_after))
         self._close_connection()
+
+    def _newest_change(self) -> int | None:
+        with contextlib.suppress(IdsyncError):
+            return self.engine.db.newest_change_number()
+        return None
+
+    def _idle(self, newest: int | None) -> None:
+        """Wait for a kick, at most ``idle_interval``. A change another process
+        wrote into this file since ``newest`` was read (before the round)
+        counts as one: it is looked for every ``outside_write_interval``."""
+        deadline = time.monotonic() + self.idle_interval
+        while (left := deadline - time.monotonic()) > 0:
+            if self._kick.wait(min(left, self.outside_write_interval)):
+                return
+            if self._newest_change() != newest:
+                return
 
     def _push_all(self) -> SyncReport:
         report = SyncReport()

@@ -570,6 +570,14 @@ class LocalDB(PulledPages, Settling, SnapshotReload):
 
     # -- sync state and pulled changes ---------------------------------------
 
+    def newest_change_number(self) -> int:
+        """The greatest change number given so far (waiting in the outbox, or
+        left it): it grows when any process writes into this file, and only
+        then."""
+        return self._scalar(
+            "SELECT max(coalesce((SELECT max(n) FROM outbox), 0), (SELECT n FROM outbox_floor))"
+        )
+
     def known_stores(self) -> list[str]:
         """Stores this database has synced or has pending changes for."""
         rows = self._sql("SELECT store FROM sync_state UNION SELECT store FROM outbox")

@@ -17,7 +17,7 @@ from idsync_client.protocol import ProtocolViolation
 from idsync_client.records import same_json
 from idsync_client.testing import Network, ServerProcess
 
-from .conftest import Api, fast_policy
+from .conftest import Api, fast_policy, live_keys, wait_for
 
 
 @pytest.fixture
@@ -260,6 +260,26 @@ def test_two_processes_on_one_file(tmp_path, server, api, store) -> None:
     )
     assert result.stdout.strip() == "synced", result.stderr
     assert api.call("GET", f"/v1/stores/{store}").json()["live_records"] == 22
+
+
+def test_a_write_by_a_process_in_standby_is_uploaded_soon_and_counted_there(
+    tmp_path, server: ServerProcess, api: Api, store: str
+) -> None:
+    """Two windows of one app on one file: the one in standby writes; the one
+    that syncs uploads it within seconds (it is not kicked by that write),
+    and the standby one's pending count comes back to 0."""
+    path = tmp_path / "shared.db"
+    with Client(path, server.url, retry=fast_policy()) as syncing:
+        syncing.store(store)
+        syncing.start()
+        assert wait_for(lambda: syncing.status.state == "online", 10)
+        with Client(path, server.url, retry=fast_policy()) as other:
+            notes = other.store(store)
+            other.start()
+            assert wait_for(lambda: other.status.state == "standby", 10)
+            key = notes.add({"from": "the other window"})
+            assert wait_for(lambda: key in live_keys(api, store), 5), "uploaded within seconds"
+            assert wait_for(lambda: other.status.pending == 0, 5), other.status
 
 
 def test_server_with_smaller_pages_is_still_pulled(tmp_path) -> None:
