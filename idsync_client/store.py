@@ -20,11 +20,26 @@ if TYPE_CHECKING:
 _ITEM_FIELDS = frozenset({"value", "index", "key"})
 
 
+def _text(what: str, value: object) -> str:
+    """``value`` if it is a string: a wrong type is a TypeError (the protocol's
+    checks of its content are ValueErrors)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _key(key: object, limits: Limits, code: str = "invalid_request") -> str:
+    return validate_key(_text("key", key), limits, code)
+
+
 def _index_items(index: Iterable[str], limits: Limits) -> tuple[str, ...]:
     # A lone string is iterable too: refuse it rather than index its letters.
     if isinstance(index, str | bytes):
         raise ValueError("index must be a list of strings, not a single string")
-    items = validate_index_items(list(index), limits, "invalid_change")
+    if not isinstance(index, Iterable):
+        raise TypeError(f"index must be a list of strings, not {type(index).__name__}")
+    listed = [_text("an index item", item) for item in index]
+    items = validate_index_items(listed, limits, "invalid_change")
     for item in items:
         # A plain record under these items would count as an attribute value
         # or an entity's deletion on every client.
@@ -41,11 +56,13 @@ def _index_items(index: Iterable[str], limits: Limits) -> tuple[str, ...]:
 def _attr_item(entity: str, name: str, limits: Limits) -> str:
     # The attribute's index item must pass the server's checks (no control
     # characters, not too long): refused here, before anything is written.
-    return validate_index_items([attributes.index_item(entity, name)], limits, "invalid_change")[0]
+    item = attributes.index_item(_text("entity", entity), _text("name", name))
+    return validate_index_items([item], limits, "invalid_change")[0]
 
 
 def _deleted_item(entity: str, limits: Limits) -> str:
-    return validate_index_items([attributes.deleted_item(entity)], limits, "invalid_change")[0]
+    item = attributes.deleted_item(_text("entity", entity))
+    return validate_index_items([item], limits, "invalid_change")[0]
 
 
 class Store:
@@ -72,7 +89,7 @@ class Store:
         :class:`~idsync_client.localdb.KeyInUse` if the key was ever used here).
         """
         limits = self._client.limits
-        key = str(uuid.uuid4()) if key is None else validate_key(key, limits, "invalid_change")
+        key = str(uuid.uuid4()) if key is None else _key(key, limits, "invalid_change")
         items = _index_items(index, limits)
         value_json = encode_value(value, limits, "invalid_change")
         db = self._client._local()
@@ -99,7 +116,7 @@ class Store:
             if not _ITEM_FIELDS.issuperset(item):
                 raise ValueError(f"unknown item fields {sorted(set(item) - _ITEM_FIELDS)}")
             key = item.get("key")
-            key = str(new_key()) if key is None else validate_key(key, limits, "invalid_change")
+            key = str(new_key()) if key is None else _key(key, limits, "invalid_change")
             index = item.get("index")
             rows.append(
                 (
@@ -116,7 +133,7 @@ class Store:
 
     def delete(self, key: str) -> None:
         """Delete a record by key; ``KeyError`` if this store has no such record."""
-        validate_key(key, self._client.limits)
+        _key(key, self._client.limits)
         db = self._client._local()
         with db.transaction():
             record = db.delete(self.name, key)
@@ -127,7 +144,7 @@ class Store:
 
     def get(self, key: str) -> Record | None:
         """The record with ``key`` (synced or pending), or None."""
-        validate_key(key, self._client.limits)
+        _key(key, self._client.limits)
         return self._client._local().get(self.name, key)
 
     def __contains__(self, key: object) -> bool:
@@ -144,7 +161,7 @@ class Store:
         """
         # The same checks the server makes on its find endpoint: the same
         # input gets the same answer both ways, prefix or not.
-        validate_index_items([item], self._client.limits)
+        validate_index_items([_text("item", item)], self._client.limits)
         if page_size < 1:
             raise ValueError("page_size must be positive")
         return self._find_pages(item, prefix, page_size)
@@ -182,7 +199,7 @@ class Store:
         long): no record could ever carry it.
         """
         if index is not None:
-            index = validate_index_items([index], self._client.limits)[0]
+            index = validate_index_items([_text("index", index)], self._client.limits)[0]
         return self._client._hub.add(self.name, callback, index)
 
     # -- attribute records --------------------------------------------------
@@ -270,7 +287,7 @@ class Store:
     def attrs(self, entity: str) -> dict[str, Any]:
         """Every attribute of ``entity`` with its current value (none once deleted)."""
         grouped: dict[str, list[Record]] = {}
-        prefix = attributes.entity_prefix(entity)
+        prefix = attributes.entity_prefix(_text("entity", entity))
         validate_index_items([prefix], self._client.limits, "invalid_change")
         if attributes.is_deleted(self._client._local(), self.name, entity):
             return {}

@@ -89,11 +89,40 @@ def test_bad_keys_are_refused(client: Client, key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "index", ["tag:a", [1], [""], ["a\tb"], ["x" * 257], [f"i{i}" for i in range(33)]]
+    "index", ["tag:a", [""], ["a\tb"], ["x" * 257], [f"i{i}" for i in range(33)]]
 )
 def test_bad_index_items_are_refused(client: Client, index) -> None:
     with pytest.raises(ValueError):
         client.store("notes").add(1, index=index)
+    assert pending_rows(client) == 0
+
+
+@pytest.mark.parametrize("index", [[1], None, 5, [b"bytes"], ["ok", None]])
+def test_index_items_of_a_wrong_type_are_a_type_error(client: Client, index) -> None:
+    with pytest.raises(TypeError):
+        client.store("notes").add(1, index=index)
+    assert pending_rows(client) == 0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.get(5),
+        lambda s: s.delete(None),
+        lambda s: s.add(1, key=5),
+        lambda s: list(s.find(None)),
+        lambda s: s.subscribe(print, index=["a"]),
+        lambda s: s.set_attr(5, "title", 1),
+        lambda s: s.get_attr("note", None),
+        lambda s: s.attrs(None),
+        lambda s: s.delete_entity(3.0),
+    ],
+)
+def test_arguments_of_a_wrong_type_are_a_type_error(client: Client, call) -> None:
+    with pytest.raises(TypeError):
+        call(client.store("notes"))
+    with pytest.raises(TypeError):
+        client.store(None)  # type: ignore[arg-type]
     assert pending_rows(client) == 0
 
 
@@ -131,7 +160,7 @@ def test_bulk_add_is_all_or_nothing(client: Client) -> None:
 @pytest.mark.parametrize("name", ["../x", "A", "", "x" * 65, 5])
 def test_bad_store_names(client: Client, name) -> None:
     client.store("kept")
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError if name == 5 else ValueError):
         client.store(name)
     assert client.stores == ["kept"], "a refused name was recorded"
 

@@ -140,7 +140,10 @@ def test_records_other_programs_wrote_are_skipped_or_shown_never_fatal(model: No
     store.add({"tag": 5}, index=[f"note:{mine}", "tag:5"])  # a tag record of odd shape
     store.add(7, index=["note:no-such-note", "tag:ghost"])
     store.set_attr("odd-created", "title", {"rich": ["text"]})  # a title that is not a string
-    store.add("not an attribute value", index=["@attr:huge-created/body"])
+    # Another program, not through add() (which keeps @attr: items for attributes):
+    db = model.client.db
+    with db.transaction():
+        db.add(store.name, "foreign", ("@attr:huge-created/body",), '"not an attribute value"')
 
     listed = {n.id: n for n in model.notes()}
     assert mine in listed and listed[mine].title == "Mine"
