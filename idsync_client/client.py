@@ -417,6 +417,7 @@ class Client:
         TypeError if ``callback`` is not callable. A listener that raises is
         logged; the call that changed the status is not affected.
         """
+        self._check_open()
         return self._status.listen(callback)
 
     def on_progress(self, callback: Callable[[SyncProgress], None]) -> Callable[[], None]:
@@ -429,6 +430,7 @@ class Client:
         the library's locks (while the round goes on, not after it). TypeError
         if ``callback`` is not callable; a callback that raises is logged.
         """
+        self._check_open()
         return self._progress.listen(callback)
 
     def rejected(self) -> list[RejectedChange]:

@@ -198,6 +198,7 @@ class Store:
         ``index`` is not a valid index item (empty, a control character, too
         long): no record could ever carry it.
         """
+        self._client._check_open()
         if index is not None:
             index = validate_index_items([_text("index", index)], self._client.limits)[0]
         return self._client._hub.add(self.name, callback, index)

@@ -187,10 +187,15 @@ def test_misuse_of_the_client(tmp_path) -> None:
         local.sync()
     with pytest.raises(TypeError):
         local.store("notes").subscribe("not callable")  # type: ignore[arg-type]
+    notes = local.store("notes")
     local.close()
     local.close()
     with pytest.raises(ClientClosed):
         local.store("notes")
+    # Listening to a closed client would never hear anything: said at once.
+    for listen in (local.on_status, local.on_progress, notes.subscribe):
+        with pytest.raises(ClientClosed):
+            listen(print)
 
 
 def test_limits_can_be_tightened(tmp_path) -> None:
