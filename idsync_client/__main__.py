@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .client import Client
 from .errors import IdsyncError
@@ -74,15 +75,22 @@ def _stores(args: argparse.Namespace) -> list[str]:
 
 def sync_once(args: argparse.Namespace) -> int:
     """Open the file, sync every store once, report; the exit status."""
+    named = _stores(args)
+    if not named and not Path(args.db).exists():
+        # Nothing could be synced: say so before creating the file (a typo
+        # in --db would otherwise leave a new, empty one behind).
+        print("idsync_client: no store to sync (name one with --store)", file=sys.stderr)
+        return 2
     try:
         client = Client(args.db, args.server, token=args.token)
     except (IdsyncError, TypeError, ValueError) as exc:
         print(f"idsync_client: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, (TypeError, ValueError)) else 1
     try:
-        for name in _stores(args):
+        for name in named:
             client.store(name)
         if not client.stores:
+            client.close()
             print("idsync_client: no store to sync (name one with --store)", file=sys.stderr)
             return 2
         client.on_progress(lambda p: print(progress_line(p), file=sys.stderr, flush=True))

@@ -205,8 +205,11 @@ def test_cli_help_and_errors(tmp_path) -> None:
     missing = run_cli("sync", "--db", str(tmp_path / "x.db"))
     assert missing.returncode == 2 and "--server" in missing.stderr
     db = tmp_path / "none.db"
-    nothing = run_cli("sync", "--db", str(db), "--server", "http://127.0.0.1:9")
-    assert nothing.returncode == 2 and "no store to sync" in nothing.stderr
+    typo = tmp_path / "typo" / "y.db"
+    for new_file in (db, typo):
+        nothing = run_cli("sync", "--db", str(new_file), "--server", "http://127.0.0.1:9")
+        assert nothing.returncode == 2 and "no store to sync" in nothing.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "no file or folder left behind"
     unreachable = run_cli(
         "sync", "--db", str(db), "--server", "http://127.0.0.1:9", "--store", "s",
         env={"IDSYNC_DB": "unused"},
