@@ -82,8 +82,15 @@ def _step_3(db: SqliteDatabase) -> None:
         db.execute_sql(sql)
 
 
+def _step_4(db: SqliteDatabase) -> None:
+    """A pending delete notes that the server was seen holding its record
+    (``outbox.seen``), so that a refusal answered before it came back sends
+    the delete again."""
+    db.execute_sql('ALTER TABLE "outbox" ADD COLUMN "seen" INTEGER NOT NULL DEFAULT 0')
+
+
 #: Step n brings a file from version n - 1 to n. Never edit a released step: add one.
-STEPS: dict[int, Step] = {2: _step_2, 3: _step_3}
+STEPS: dict[int, Step] = {2: _step_2, 3: _step_3, 4: _step_4}
 
 
 def read_version(db: SqliteDatabase, path: Path) -> int | None:

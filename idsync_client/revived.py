@@ -15,13 +15,12 @@ sent it again after its reset. Whose delete it was decides what happens:
 A key whose delete is still pending is neither: that delete goes as usual.
 But the server holds the record now, and the delete may already have been
 answered ``key_not_found`` (sent while the server lacked the record, the
-answer not settled yet). The tombstone is marked as ours, which settling
-reads: a delete refused ``key_not_found`` whose record was seen on the
-server meanwhile goes again (settling.py).
+answer not settled yet). The outbox entry notes it (``seen``), which
+settling reads: such a refusal sends the delete again (settling.py).
 
-An add that the same page deletes again is no revival: the server holds
-the delete; nor is an add logged before the delete's known sequence number
-(the delete comes in a later page of the same history).
+An add logged before the known sequence number of this client's delete is
+no revival: the delete comes later in the same history (a later page, or
+further on in this one).
 """
 
 from __future__ import annotations
@@ -41,10 +40,7 @@ def settle_revived(
 
     Runs inside the transaction that applies the page.
     """
-    deleted_again = {c["key"] for c in changes if c["op"] == "delete"}
-    revived = [
-        c for c in changes if c["op"] == "add" and c["key"] in dead and c["key"] not in deleted_again
-    ]
+    revived = [c for c in changes if c["op"] == "add" and c["key"] in dead]
     if not revived:
         return set()
     shown: set[str] = set()
@@ -86,19 +82,17 @@ def settle_revived(
 
 
 def queue_delete_again(db: LocalTables, store: str, key: str) -> None:
-    """Queue a delete of ``key`` sent again (behind any change already queued);
-    its tombstone is not marked seen on the server since (see below)."""
+    """Queue a delete of ``key`` sent again (behind any change already queued)."""
     db._sql(
         "INSERT INTO outbox (store, op, key, resend) VALUES (?, 'delete', ?, 1)", (store, key)
     )
-    db._sql("UPDATE tombstones SET own = 0 WHERE store = ? AND key = ?", (store, key))
 
 
 def mark_seen_on_server(db: LocalTables, store: str, keys: Sequence[str]) -> None:
-    """The server was seen holding ``keys``, whose deletes are pending: their
-    tombstones are marked (``own`` is read this way only while a delete of
-    the key waits), so that a refusal ``key_not_found`` of such a delete,
-    answered before the record came back, sends it again (settling.py)."""
+    """The server was seen holding ``keys``, whose deletes are pending: a
+    refusal ``key_not_found`` of those deletes, answered before the records
+    came back, sends them again (settling.py)."""
     db._many(
-        "UPDATE tombstones SET own = 1 WHERE store = ? AND key = ?", [(store, k) for k in keys]
+        "UPDATE outbox SET seen = 1 WHERE store = ? AND op = 'delete' AND key = ?",
+        [(store, k) for k in keys],
     )

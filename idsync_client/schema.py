@@ -20,7 +20,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 #: The version of the tables below. A fresh file is created at this version;
 #: an older file is brought to it by the numbered steps in :mod:`.migrations`
 #: (add a step with every change here); a newer file is refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _ZERO: list[Node] = [SQL("DEFAULT 0")]
 
@@ -90,9 +90,7 @@ class TombstoneRow(BaseModel):
 
     ``seq`` is where the server logged the delete, when known; ``own`` is 1
     for a delete this client made and the server acknowledged (sent again
-    after a reset if the server lost it). While a delete of the key waits in
-    the outbox, ``own`` is 1 once the server was seen holding the record (a
-    refusal ``key_not_found`` then sends the delete again).
+    after a reset if the server lost it).
     """
 
     store = TextField()
@@ -135,6 +133,11 @@ class OutboxRow(BaseModel):
 
     ``resend`` is 1 for a change sent again after a reset (the app acknowledged
     it long ago): if the server refuses it, that is settled quietly.
+
+    ``seen`` is 1 for a delete once the server was seen holding its record
+    while the delete waited (a pulled add, or the snapshot of the latest
+    reset): a refusal ``key_not_found``, answered before the record came
+    back, then sends the delete again.
     """
 
     n = IntegerField(primary_key=True)
@@ -144,6 +147,7 @@ class OutboxRow(BaseModel):
     index_json = TextField(null=True)
     value_json = TextField(null=True)
     resend = IntegerField(constraints=_ZERO)
+    seen = IntegerField(constraints=_ZERO)
 
     class Meta:
         table_name = "outbox"

@@ -184,14 +184,12 @@ def _history_changed(
 
 def _send_again_if_seen(db: LocalTables, entry: OutboxEntry, code: str) -> bool:
     """A delete refused ``key_not_found`` whose record the server was seen
-    holding while the delete waited (its tombstone marked, see revived.py):
-    the record came back after the refusal, so the delete goes again rather
-    than holding. False otherwise."""
+    holding while the delete waited (``outbox.seen``, see revived.py): the
+    record came back after the refusal, so the delete goes again rather than
+    holding. False otherwise."""
     if entry.op != "delete" or code != "key_not_found":
         return False
-    row = db._sql(
-        "SELECT own FROM tombstones WHERE store = ? AND key = ?", (entry.store, entry.key)
-    ).fetchone()
+    row = db._sql("SELECT seen FROM outbox WHERE n = ?", (entry.n,)).fetchone()
     if row is None or not row[0]:
         return False
     db._sql("DELETE FROM outbox WHERE n = ?", (entry.n,))
@@ -291,7 +289,7 @@ def _reject(
         # key_not_found: the delete holds, and it is this client's: should the
         # server get the record back (its author sends it again after a
         # restore), the delete goes again (see revived.py). Any other refusal:
-        # not a delete of ours to send again (a tombstone left has no mark).
+        # not a delete of ours to send again (a tombstone left is not ours).
         db._sql(
             "UPDATE tombstones SET own = ? WHERE store = ? AND key = ?",
             (code == "key_not_found", entry.store, entry.key),

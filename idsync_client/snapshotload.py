@@ -118,25 +118,25 @@ def _queue_lost_deletes(db: LocalTables, store: str) -> int:
         "FROM tombstones t JOIN snapshot_stage s ON s.store = t.store AND s.key = t.key"
         f" WHERE t.store = ? AND t.own = 1 AND t.key NOT IN ({_PENDING_DELETES})"
     )
+    # Pending deletes note whether the server holds their records now
+    # (revived.py): one refused key_not_found before its record came back
+    # goes again; a note from before this reset (an older history, an older
+    # epoch) goes.
+    db._sql(
+        "UPDATE outbox SET seen = key IN (SELECT key FROM snapshot_stage WHERE store = ?)"
+        " WHERE store = ? AND op = 'delete'",
+        (store, store),
+    )
     # The snapshot's content is what comes back if the server refuses the delete.
     db._sql(
         "INSERT OR REPLACE INTO deleted_records (store, key, index_json, value_json, seq)"
         f" SELECT s.store, s.key, s.index_json, s.value_json, s.seq {where}",
         (store, store),
     )
-    resent = db._sql(
+    return db._sql(
         f"INSERT INTO outbox (store, op, key, resend) SELECT t.store, 'delete', t.key, 1 {where}",
         (store, store),
     ).rowcount
-    # Pending deletes are marked by what the server holds now (revived.py):
-    # one refused key_not_found before its record came back goes again; a
-    # mark from before this reset (an older history, an older epoch) goes.
-    db._sql(
-        "UPDATE tombstones SET own = key IN (SELECT key FROM snapshot_stage WHERE store = ?)"
-        f" WHERE store = ? AND key IN ({_PENDING_DELETES})",
-        (store, store, store),
-    )
-    return resent
 
 
 def _queue_lost_adds(db: LocalTables, store: str) -> int:

@@ -1,5 +1,5 @@
 """Numbered migrations of the client file: files made by release 0.1.0 (schema 1)
-and by the schema-2 code open with the current code, data intact, pending
+and by the schema-2 and schema-3 code open with the current code, data intact, pending
 changes sent under their own numbers and new ones numbered above every old
 one; a failed step changes nothing; a newer file is refused untouched."""
 
@@ -20,6 +20,7 @@ from .conftest import Api
 
 FIXTURE = Path(__file__).parent / "fixtures" / "v1" / "client.sqlite"
 V2 = Path(__file__).parent / "fixtures" / "v2"
+V3 = Path(__file__).parent / "fixtures" / "v3"
 
 
 def v1_copy(tmp_path: Path) -> Path:
@@ -175,6 +176,41 @@ def test_a_v2_file_keeps_its_data_and_its_change_numbers(tmp_path) -> None:
         assert rows(path, "SELECT key, own FROM tombstones ORDER BY key") == [
             ("synced-1", 1),
             ("synced-2", 1),
+        ]
+
+
+def test_a_v3_file_keeps_its_pending_changes_and_their_numbers(tmp_path) -> None:
+    path, server_db = tmp_path / "client.sqlite", tmp_path / "server.sqlite"
+    shutil.copy(V3 / "client.sqlite", path)
+    shutil.copy(V3 / "server.sqlite", server_db)
+    before = meta(path)
+    assert before["schema_version"] == "3"
+    instance.write_sidecar(path, before["instance"])
+    with Client(path) as client:
+        assert client.client_id == before["client_id"], "a migration is not a copy"
+        pending = client.db.pending("notes", 10)
+        assert [(e.n, e.op, e.key) for e in pending] == [
+            (5, "add", "pending-1"),
+            (6, "delete", "synced-1"),
+        ]
+        assert client.store("notes").get("synced-1") is None
+    assert meta(path)["schema_version"] == str(SCHEMA_VERSION)
+    assert rows(path, "SELECT n, seen FROM outbox ORDER BY n") == [(5, 0), (6, 0)]
+    assert shape(path) == shape_of_fresh(tmp_path), "migrated and fresh files agree"
+    with ServerProcess(server_db) as srv:
+        api = Api(srv.url)
+        with Client(path, srv.url, retry=RetryPolicy(max_attempts=3, sleep=lambda s: None)) as c:
+            c.store("notes")
+            report = c.sync()
+            assert c.status.pending == 0 and report.rejected == []
+            assert logged_numbers(server_db, before["client_id"]) == {
+                n: "applied" for n in range(1, 7)
+            }, "5, 6 under their own numbers"
+        assert sorted(r["key"] for r in api.pull_all("notes")[0] if r["op"] == "add") == [
+            "pending-1",
+            "synced-1",
+            "synced-2",
+            "synced-3",
         ]
 
 

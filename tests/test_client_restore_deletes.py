@@ -295,3 +295,33 @@ def test_a_reset_that_lacks_the_record_takes_the_mark_back(
         a.sync()
         assert [r.code for r in a.rejected()] == ["key_not_found"], "listed, as without a mark"
         assert a.db.pending_count(store) == 0
+
+
+def test_a_delete_sent_again_and_refused_again_settles(
+    server, api: Api, store: str, tmp_path: Path
+) -> None:
+    """Seen on the server while it waited, then refused key_not_found (the
+    store was re-created meanwhile): sent once more, refused once more,
+    settled quietly. Not sent for ever."""
+    with clients(tmp_path, server.url, "a") as (a,):
+        notes = a.store(store)
+        key = notes.add({"v": 1})
+        a.sync()
+        notes.delete(key)
+        reload_from_server(a, store)  # seen on the server while it waits
+        assert api.call("DELETE", f"/v1/stores/{store}").status_code == 200
+        api.create_store(store, recreate=True)
+        sent: list[int] = []
+        transport = a.transport
+        assert transport is not None
+        push = transport.push
+
+        def counted(*args: Any) -> Any:
+            sent.append(len(args[2]))
+            assert len(sent) < 10, "the delete is sent over and over"
+            return push(*args)
+
+        transport.push = counted  # type: ignore[method-assign]
+        a.sync()
+        assert a.db.pending_count(store) == 0 and notes.get(key) is None
+        assert sum(sent) == 2, "sent twice: first, and once more as the record was seen"
