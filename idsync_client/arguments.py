@@ -24,6 +24,14 @@ def _number(name: str, value: object) -> float:
     return float(value)
 
 
+def text(what: str, value: object) -> str:
+    """``value`` if it is a string: a wrong type is a TypeError naming
+    ``what`` (the protocol's checks of the content are ValueErrors)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
+    return value
+
+
 def seconds(name: str, value: object, *, positive: bool = False) -> float:
     """A finite number of seconds, at least 0 (above 0 with ``positive``).
 
@@ -45,7 +53,9 @@ def server_url(server: object) -> str | None:
         raise TypeError(f"server must be a URL string or None, not {type(server).__name__}")
     parts = urlsplit(server)
     if any(ch.isspace() or not ch.isprintable() for ch in server):
-        raise ValueError(f"server must be a URL without spaces or control characters, got {server!r}")
+        raise ValueError(
+            f"server must be a URL without spaces or control characters, got {server!r}"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"server must be an http:// or https:// URL with a host, got {server!r}")
     return server

@@ -159,9 +159,7 @@ class Client:
         file has synced before.
         """
         self._check_open()
-        if not isinstance(name, str):
-            raise TypeError(f"a store name must be a string, not {type(name).__name__}")
-        validate_store_name(name)
+        validate_store_name(arguments.text("a store name", name))
         if name not in self._stores:
             self._stores[name] = Store(self, name)
             if self._background is not None:

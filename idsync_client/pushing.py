@@ -20,10 +20,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import jsoncodec, killpoint
+from . import killpoint
 from .errors import PermanentError, StoreNotFound
 from .protocol import Limits, Outcome
 from .records import ChangeEvent, OutboxEntry, RejectedChange
+from .wire import push_body
 
 if TYPE_CHECKING:
     from .localdb import LocalDB
@@ -39,11 +40,6 @@ _SPLIT_CODES = ("batch_too_large", "body_too_large")
 #: conflict counts as a rejection (a fresh id cannot conflict: only a broken
 #: server makes this limit matter).
 _MAX_RENEWALS = 3
-
-
-def _push_body(client_id: str, wire: list[str]) -> str:
-    """A push body for these changes (each already JSON text)."""
-    return f'{{"client_id":{jsoncodec.dumps(client_id)},"changes":[{",".join(wire)}]}}'
 
 
 @dataclass(frozen=True)
@@ -164,7 +160,7 @@ class Pushing:
 
         Empty when the oldest entry alone is too large: it is rejected here.
         """
-        size = len(_push_body(client_id, []).encode("utf-8"))
+        size = len(push_body(client_id, []).encode("utf-8"))
         batch: list[OutboxEntry] = []
         for entry in entries:
             size += len(entry.to_wire_json().encode("utf-8")) + 1  # and a comma
@@ -183,7 +179,7 @@ class Pushing:
         report: SyncReport,
         client_id: str,
     ) -> None:
-        size = len(_push_body(client_id, [entry.to_wire_json()]).encode("utf-8"))
+        size = len(push_body(client_id, [entry.to_wire_json()]).encode("utf-8"))
         limit = f"the server's {max_body} byte limit" if max_body else "what the server accepts"
         rejection, event = self.db.reject(
             entry,

@@ -83,9 +83,7 @@ def settle_revived(
 
 def queue_delete_again(db: LocalTables, store: str, key: str) -> None:
     """Queue a delete of ``key`` sent again (behind any change already queued)."""
-    db._sql(
-        "INSERT INTO outbox (store, op, key, resend) VALUES (?, 'delete', ?, 1)", (store, key)
-    )
+    db._sql("INSERT INTO outbox (store, op, key, resend) VALUES (?, 'delete', ?, 1)", (store, key))
 
 
 def mark_seen_on_server(db: LocalTables, store: str, keys: Sequence[str]) -> None:

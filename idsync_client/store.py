@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import attributes, killpoint
+from . import arguments, attributes, killpoint
 from .attributes import ConflictCallback
 from .protocol import Limits, ProtocolViolation, encode_value, validate_index_items, validate_key
 from .records import ChangeEvent, Record
@@ -20,16 +20,8 @@ if TYPE_CHECKING:
 _ITEM_FIELDS = frozenset({"value", "index", "key"})
 
 
-def _text(what: str, value: object) -> str:
-    """``value`` if it is a string: a wrong type is a TypeError (the protocol's
-    checks of its content are ValueErrors)."""
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
-    return value
-
-
 def _key(key: object, limits: Limits, code: str = "invalid_request") -> str:
-    return validate_key(_text("key", key), limits, code)
+    return validate_key(arguments.text("key", key), limits, code)
 
 
 def _index_items(index: Iterable[str], limits: Limits) -> tuple[str, ...]:
@@ -38,7 +30,7 @@ def _index_items(index: Iterable[str], limits: Limits) -> tuple[str, ...]:
         raise ValueError("index must be a list of strings, not a single string")
     if not isinstance(index, Iterable):
         raise TypeError(f"index must be a list of strings, not {type(index).__name__}")
-    listed = [_text("an index item", item) for item in index]
+    listed = [arguments.text("an index item", item) for item in index]
     items = validate_index_items(listed, limits, "invalid_change")
     for item in items:
         # A plain record under these items would count as an attribute value
@@ -56,12 +48,12 @@ def _index_items(index: Iterable[str], limits: Limits) -> tuple[str, ...]:
 def _attr_item(entity: str, name: str, limits: Limits) -> str:
     # The attribute's index item must pass the server's checks (no control
     # characters, not too long): refused here, before anything is written.
-    item = attributes.index_item(_text("entity", entity), _text("name", name))
+    item = attributes.index_item(arguments.text("entity", entity), arguments.text("name", name))
     return validate_index_items([item], limits, "invalid_change")[0]
 
 
 def _deleted_item(entity: str, limits: Limits) -> str:
-    item = attributes.deleted_item(_text("entity", entity))
+    item = attributes.deleted_item(arguments.text("entity", entity))
     return validate_index_items([item], limits, "invalid_change")[0]
 
 
@@ -161,7 +153,7 @@ class Store:
         """
         # The same checks the server makes on its find endpoint: the same
         # input gets the same answer both ways, prefix or not.
-        validate_index_items([_text("item", item)], self._client.limits)
+        validate_index_items([arguments.text("item", item)], self._client.limits)
         if page_size < 1:
             raise ValueError("page_size must be positive")
         return self._find_pages(item, prefix, page_size)
@@ -200,7 +192,7 @@ class Store:
         """
         self._client._check_open()
         if index is not None:
-            index = validate_index_items([_text("index", index)], self._client.limits)[0]
+            index = validate_index_items([arguments.text("index", index)], self._client.limits)[0]
         return self._client._hub.add(self.name, callback, index)
 
     # -- attribute records --------------------------------------------------
@@ -288,7 +280,7 @@ class Store:
     def attrs(self, entity: str) -> dict[str, Any]:
         """Every attribute of ``entity`` with its current value (none once deleted)."""
         grouped: dict[str, list[Record]] = {}
-        prefix = attributes.entity_prefix(_text("entity", entity))
+        prefix = attributes.entity_prefix(arguments.text("entity", entity))
         validate_index_items([prefix], self._client.limits, "invalid_change")
         if attributes.is_deleted(self._client._local(), self.name, entity):
             return {}

@@ -44,6 +44,7 @@ from .wire import (
     SnapshotAnswer,
     WaitAnswer,
     WireError,
+    push_body,
 )
 
 #: Seconds to open a connection.
@@ -478,7 +479,7 @@ class HttpTransport:
 
     def push(self, store: str, client_id: str, changes_json: list[str]) -> list[Outcome]:
         """Upload changes (each already JSON text); one outcome per change, in order."""
-        raw = f'{{"client_id":{jsoncodec.dumps(client_id)},"changes":[{",".join(changes_json)}]}}'
+        raw = push_body(client_id, changes_json)
         answer = self.request("POST", self._store_path(store, "/push"), raw_body=raw)
         return PushAnswer.parse(answer, sent=len(changes_json)).outcomes
 

@@ -318,6 +318,13 @@ class WaitAnswer:
         return cls(changed, errors, pages)
 
 
+def push_body(client_id: str, changes_json: list[str]) -> str:
+    """The body of ``POST /v1/stores/{store}/push`` for these changes (each
+    already JSON text): built once here, so that a batch sized against the
+    server's ``max_body_bytes`` is the body sent."""
+    return f'{{"client_id":{jsoncodec.dumps(client_id)},"changes":[{",".join(changes_json)}]}}'
+
+
 @dataclass(frozen=True)
 class PushAnswer:
     """One outcome per uploaded change (``POST /v1/stores/{store}/push``)."""

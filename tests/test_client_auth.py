@@ -105,7 +105,9 @@ def test_a_supplier_that_fails_is_a_temporary_error_and_an_unusable_token_an_aut
         return "tök€n"
 
     policy = RetryPolicy(max_attempts=1)
-    with Client(tmp_path / "c.sqlite3", users_server.proc.url, token=supplier, retry=policy) as client:
+    with Client(
+        tmp_path / "c.sqlite3", users_server.proc.url, token=supplier, retry=policy
+    ) as client:
         client.store("alice.notes").add({"a": 1})
         with pytest.raises(TemporaryError, match="token supplier failed") as failed:
             client.sync()

@@ -97,9 +97,11 @@ def test_a_record_another_program_put_under_an_attribute_item_is_read_without_fa
 ) -> None:
     """Another program (not this library) logs a plain value under
     ``@attr:x/y``: the entity is listed, its attribute read, nothing raises."""
-    api.push(store, "other-program", [
-        {"n": 1, "op": "add", "key": "foreign", "index": ["@attr:x/y"], "value": {"title": "hi"}}
-    ])
+    api.push(
+        store,
+        "other-program",
+        [{"n": 1, "op": "add", "key": "foreign", "index": ["@attr:x/y"], "value": {"title": "hi"}}],
+    )
     with Client(tmp_path / "c.db", server.url, retry=fast_policy()) as client:
         notes = client.store(store)
         client.sync()

@@ -121,9 +121,13 @@ def test_index_items_of_a_wrong_type_are_a_type_error(client: Client, index) -> 
 def test_arguments_of_a_wrong_type_are_a_type_error(client: Client, call) -> None:
     with pytest.raises(TypeError):
         call(client.store("notes"))
-    with pytest.raises(TypeError):
-        client.store(None)  # type: ignore[arg-type]
     assert pending_rows(client) == 0
+
+
+def test_a_store_name_of_a_wrong_type_is_a_type_error(client: Client) -> None:
+    with pytest.raises(TypeError, match="store name must be a string"):
+        client.store(None)  # type: ignore[arg-type]
+    assert client.stores == []
 
 
 def test_keys_are_never_reused(client: Client) -> None:

@@ -237,9 +237,7 @@ def test_a_request_failing_after_a_later_one_was_answered_is_not_heard(
         transport.close()
 
 
-def test_a_round_that_fails_part_way_counts_pending_from_the_file(
-    tmp_path, server, store
-) -> None:
+def test_a_round_that_fails_part_way_counts_pending_from_the_file(tmp_path, server, store) -> None:
     """Two batches of ten went before the link failed: the status says what
     is still pending, not what was pending before the round."""
     client = Client(tmp_path / "c.db", server.url, batch_size=10, retry=fast_policy(1))
