@@ -202,6 +202,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _reject(self, message: str) -> None:
         self._disarm()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            # The request whose body was being read is the broken one (a bad
+            # chunk): its app hears a disconnect instead of waiting for a body
+            # that will not come, and this 400 answers it.
+            cycle.disconnected = True
+            cycle.message_event.set()
         if self._answering():
             # Answers go out in the order the requests came (pipelining): the
             # requests read before this one are answered first, then this 400.
@@ -213,7 +220,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _answering(self) -> bool:
         """True while a request read earlier on this connection is not yet answered."""
         cycle = self.cycle
-        return bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
+        answering = cycle is not None and not cycle.response_complete and not cycle.disconnected
+        return bool(self.pipeline) or answering
 
     def on_response_complete(self) -> None:
         transport = self.cycle.transport if self.cycle is not None else None

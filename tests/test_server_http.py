@@ -605,6 +605,27 @@ def test_chunked_body_over_the_limit(tmp_path) -> None:
         assert _envelope(raw, 413)["code"] == "body_too_large"
 
 
+@pytest.mark.parametrize("size_line", [b"zz", b"1" * 20])
+def test_a_malformed_chunk_is_answered_at_once_and_frees_the_connection(
+    tmp_path, size_line: bytes
+) -> None:
+    """A body whose chunk size does not parse: 400 and closed, not a
+    connection held open (a few of those would use up --max-connections)."""
+    with ServerProcess(tmp_path / "s.sqlite3", "--max-connections", "3") as proc:
+        Api(proc.url).create_store("ch")
+        for _ in range(4):  # more than the connection limit, one after the other
+            started = time.monotonic()
+            raw = _exchange(
+                proc,
+                b"POST /v1/stores/ch/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" + size_line + b"\r\n",
+                timeout=8.0,
+            )
+            assert _envelope(raw, 400)["code"] == "invalid_request"
+            assert time.monotonic() - started < 4, "answered at once, not after a timeout"
+        assert Api(proc.url).call("GET", "/v1/health").status_code == 200
+
+
 def test_request_framed_two_ways_is_refused(server: ServerProcess, api: Api) -> None:
     name = f"smuggle-{uuid.uuid4().hex[:6]}"
     body = json.dumps({"name": name}).encode()
