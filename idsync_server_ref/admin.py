@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from idsync_client.protocol import ProtocolViolation, validate_store_name
+
 from .compaction import parse_duration
 from .config import default_database_path
 from .storage import (
@@ -31,6 +33,7 @@ from .storage import (
     StoreNotFound,
     open_storage,
 )
+from .storage.open import sqlite_file
 
 #: The subcommands, by name.
 COMMANDS = ("compact", "vacuum", "export", "import", "drop", "retention")
@@ -94,6 +97,10 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run = _RUNNERS[args.command]
+    problem = _refused_arguments(args)
+    if problem is not None:
+        print(f"idsync-server {args.command}: {problem}", file=sys.stderr)
+        return 2
     try:
         storage = open_storage(args.database)
     except (StorageError, ValueError) as exc:
@@ -114,6 +121,21 @@ def main(argv: Sequence[str]) -> int:
     finally:
         storage.close()
     return 1
+
+
+def _refused_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments before the database is opened (and,
+    for SQLite, created): a database file that does not exist (only ``import``
+    may create one), a store name no client could reach."""
+    path = sqlite_file(args.database)
+    if args.command != "import" and path is not None and not path.exists():
+        return f"no database at {path} (check --db)"
+    if args.command == "import":
+        try:
+            validate_store_name(args.store)
+        except ProtocolViolation as exc:
+            return str(exc)
+    return None
 
 
 def _compact(storage: Storage, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -152,14 +174,25 @@ def _vacuum(storage: Storage, args: argparse.Namespace, parser: argparse.Argumen
 def _export(storage: Storage, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     lines = storage.export_store(args.store)
     if args.output is None:
-        _write_lines(lines, sys.stdout)
+        try:
+            _write_lines(lines, sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader stopped (``| head``): not an error of the export. Python
+            # would complain again when it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     # Written beside the target and renamed: a failed export leaves no half file.
     target = Path(args.output)
     partial = target.with_name(target.name + ".partial")
-    with partial.open("w", encoding="utf-8", newline="\n") as out:
-        count = _write_lines(lines, out)
-    partial.replace(target)
+    try:
+        with partial.open("w", encoding="utf-8", newline="\n") as out:
+            count = _write_lines(lines, out)
+        partial.replace(target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        print(f"idsync-server export: cannot write {target}: {exc}", file=sys.stderr)
+        return 1
     print(f"exported {args.store}: {count - 1} lines after the header to {target}")
     return 0
 

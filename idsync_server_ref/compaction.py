@@ -22,17 +22,24 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 
 
+#: The longest duration :func:`parse_duration` takes: 100 years.
+MAX_DURATION_SECONDS = 100 * 365 * 86_400
+
+
 def parse_duration(text: str) -> int:
     """Seconds in ``text``: a whole number with an optional unit (s, m, h, d, w): ``7d``, ``90m``.
 
-    ValueError for anything else.
+    ValueError for anything else, and for more than :data:`MAX_DURATION_SECONDS`.
     """
     match = _DURATION.fullmatch(text.strip().lower())
     if match is None:
         raise ValueError(
             f"{text!r} is not a duration: give a whole number and a unit, such as 30s, 90m, 12h, 7d"
         )
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{text!r} is over 100 years ({MAX_DURATION_SECONDS} seconds)")
+    return seconds
 
 
 class CompactionSchedule:

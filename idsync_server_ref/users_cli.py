@@ -15,6 +15,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from idsync_client.protocol import validate_store_name
+
 from .accounts import Accounts, store_owner, validate_role, validate_user_name
 from .config import default_database_path
 from .storage import StorageError, open_storage
@@ -142,7 +144,8 @@ def _access(args: argparse.Namespace, store: AccountStore, out: Callable[[str], 
         for grant in store.grants(args.store):
             out(f"{grant.user}\t{grant.role}")
     elif args.action == "grant":
-        grant = store.grant(args.store, validate_user_name(args.user), validate_role(args.role))
+        name = validate_store_name(args.store)  # ValueError: no client could reach it
+        grant = store.grant(name, validate_user_name(args.user), validate_role(args.role))
         out(f"{grant.user} is a {grant.role} of {grant.store}")
     else:
         had = store.revoke_access(args.store, validate_user_name(args.user))

@@ -73,6 +73,9 @@ def test_users_tokens_and_access_from_the_command_line(tmp_path: Path) -> None:
     token_id = listed.split()[0]
     assert cli(db, "token", "create", "nobody").returncode == 1
 
+    for unreachable in ("Alice.Notes", "a b/../é"):  # no client could sync such a store
+        refused = cli(db, "access", "grant", unreachable, "bob", "--role", "writer")
+        assert refused.returncode == 2 and "store name" in refused.stderr
     assert cli(db, "access", "grant", "alice.notes", "bob", "--role", "writer").returncode == 0
     assert cli(db, "access", "list", "alice.notes").stdout.split() == [
         "alice",

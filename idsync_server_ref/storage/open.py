@@ -19,16 +19,22 @@ def open_storage(url: str | Path, busy_timeout_ms: int = 5000) -> Storage:
       parameters included): PostgreSQL, which needs the ``postgresql`` extra.
 
     ``busy_timeout_ms`` is how long a write waits for a lock before it fails
-    with :class:`StorageBusy`. Raises ValueError for another ``scheme://``,
-    and :class:`StorageError` when the database cannot be opened.
+    with :class:`StorageBusy`. Raises ValueError for another ``scheme://``
+    or a PostgreSQL URL without the extra installed, and
+    :class:`StorageError` when the database cannot be opened.
     """
     if isinstance(url, Path):
         return _sqlite(url, busy_timeout_ms)
     if url.startswith(_SQLITE):
         return _sqlite(Path(url[len(_SQLITE) :]), busy_timeout_ms)
     if url.startswith(_POSTGRESQL):
-        from .postgresql import PostgresqlStorage  # psycopg is an optional extra
-
+        try:
+            from .postgresql import PostgresqlStorage  # psycopg is an optional extra
+        except ImportError as exc:
+            raise ValueError(
+                "PostgreSQL needs the postgresql extra: pip install 'idsync[postgresql]'"
+                f" ({exc})"
+            ) from exc
         return PostgresqlStorage(url, busy_timeout_ms=busy_timeout_ms)
     if "://" in url:
         scheme = url.split("://", 1)[0]
@@ -37,6 +43,17 @@ def open_storage(url: str | Path, busy_timeout_ms: int = 5000) -> Storage:
             " or postgresql://user@host:port/dbname"
         )
     return _sqlite(Path(url), busy_timeout_ms)
+
+
+def sqlite_file(url: str | Path) -> Path | None:
+    """The file of a SQLite database URL or path (None for PostgreSQL)."""
+    if isinstance(url, Path):
+        return url
+    if url.startswith(_SQLITE):
+        return Path(url[len(_SQLITE) :])
+    if url.startswith(_POSTGRESQL) or "://" in url:
+        return None
+    return Path(url)
 
 
 def _sqlite(path: Path, busy_timeout_ms: int) -> Storage:

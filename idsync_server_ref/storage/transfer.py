@@ -18,13 +18,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from idsync_client import jsoncodec
-from idsync_client.protocol import INT64_MAX, Limits, ProtocolViolation, parse_change
+from idsync_client.protocol import Limits, ProtocolViolation, parse_change
 
 from .base import InvalidImport
 
 FORMAT = "idsync-store"
 #: Version of the export format; bump it when a line's shape changes.
 VERSION = 1
+
+
+#: The greatest ``head_seq`` an import takes: well below the 64-bit limit,
+#: so that the store can go on logging changes after it.
+MAX_HEAD_SEQ = 2**62
 
 
 def header_line(name: str, epoch: str, head_seq: int) -> str:
@@ -119,8 +124,9 @@ def _header(obj: dict[str, object]) -> int:
             1, f"export format version {obj.get('version')!r}: this server reads {VERSION}"
         )
     head = obj.get("head_seq")
-    if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head <= INT64_MAX:
-        raise InvalidImport(1, "head_seq must be a non-negative integer")
+    # Room is left for the store to grow: each change takes the next number.
+    if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head <= MAX_HEAD_SEQ:
+        raise InvalidImport(1, f"head_seq must be an integer from 0 to {MAX_HEAD_SEQ}")
     return head
 
 
