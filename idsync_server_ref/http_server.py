@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -42,7 +43,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from .asgi import HANGUP_KEY, Hangup, HttpError, Response
 from .config import ServerConfig
-from .observe import ObservedApp
+from .observe import REQUEST_ID_HEADER, ObservedApp
 from .target import log_safe
 
 #: How long a refused connection stays open so that the client reads the 503.
@@ -60,8 +61,13 @@ class Guards:
 
 
 def error_response_bytes(err: HttpError) -> bytes:
-    """A whole HTTP/1.1 error response in our envelope, closing the connection."""
+    """A whole HTTP/1.1 error response in our envelope, closing the connection.
+
+    It carries a request id as every answer does (no request was parsed to
+    take one from: a fresh one).
+    """
     err.headers.append(("Connection", "close"))
+    err.headers.append((REQUEST_ID_HEADER, uuid.uuid4().hex))
     response = Response.error(err)
     headers, payload = response.encode()
     status = f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}\r\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 import uuid
@@ -653,8 +654,11 @@ def test_request_framed_two_ways_is_refused(server: ServerProcess, api: Api) -> 
     ids=["garbage", "huge-headers", "two-lengths", "bad-header"],
 )
 def test_server_layer_errors_use_the_envelope(server: ServerProcess, data: bytes) -> None:
-    error = _envelope(_exchange(server, data), 400)
+    raw = _exchange(server, data)
+    error = _envelope(raw, 400)
     assert error["code"] == "invalid_request" and error["retryable"] is False
+    head = raw.partition(b"\r\n\r\n")[0].lower()
+    assert re.search(rb"\r\nidsync-request-id: [0-9a-f]{32}\r\n", head + b"\r\n"), head
 
 
 # -- POST /v1/wait: one long-poll for many stores --------------------------------------------
