@@ -150,7 +150,12 @@ class Limits:
                 raise ValueError(f"unknown limit {name!r}")
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ValueError(f"limit {name} must be a positive number, got {value!r}")
-        return replace(self, **changes)
+        limits = replace(self, **changes)
+        if limits.default_page > limits.max_page:
+            raise ValueError(
+                f"limit default_page ({limits.default_page}) is over max_page ({limits.max_page})"
+            )
+        return limits
 
 
 class ProtocolViolation(ValueError):

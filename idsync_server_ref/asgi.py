@@ -276,6 +276,10 @@ def float_param(params: dict[str, str], name: str, high: float) -> float:
     if text is None:
         return 0.0
     try:
+        # Python's float() also takes "1_0" and padding spaces: not numbers here
+        # (the integer parameters refuse them too).
+        if "_" in text or text != text.strip():
+            raise ValueError(text)
         value = float(text)
     except ValueError:
         raise HttpError("invalid_request", f"{name} must be a number of seconds") from None

@@ -211,6 +211,8 @@ def test_limits_can_be_tightened(tmp_path) -> None:
         Limits().with_overrides(max_batch=0)
     with pytest.raises(ValueError):
         Limits().with_overrides(colour=3)
+    with pytest.raises(ValueError, match="over max_page"):
+        Limits().with_overrides(default_page=6000, max_page=5000)
 
 
 def test_schema_version_is_checked_at_open(tmp_path) -> None:

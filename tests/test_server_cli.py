@@ -57,6 +57,15 @@ def test_bad_limit_is_refused(flag: str, name: str) -> None:
     assert result.returncode == 2 and name in result.stderr
 
 
+def test_a_default_page_over_the_maximum_page_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "idsync_server_ref", "--default-page", "6000", "--max-page", "5000"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "default_page" in result.stderr
+
+
 def test_default_database_in_the_user_data_folder(tmp_path) -> None:
     env = dict(os.environ, XDG_DATA_HOME=str(tmp_path), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(

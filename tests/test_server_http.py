@@ -342,6 +342,9 @@ def test_limits_on_body_and_batch(tmp_path) -> None:
         {"wait": "-1"},
         {"wait": "31"},
         {"wait": "soon"},
+        {"wait": "1_0"},  # Python's float() takes it; limit=1_0 is refused too
+        {"wait": " 1"},
+        {"limit": "1_0"},
         {"color": "red"},
     ],
 )
