@@ -193,6 +193,13 @@ def test_a_delete_refused_before_the_record_came_back_is_sent_again(
 # -- and nothing is sent twice without a restore -------------------------------------------
 
 
+def the_one_delete_goes_once(client: Client, api: Api, store: str) -> None:
+    """One change waits, a delete: the next sync sends it, once, and it holds."""
+    assert client.db.pending_count(store) == 1
+    assert client.sync().pushed == 1
+    assert live_keys(api, store) == set() and client.rejected() == []
+
+
 def test_our_own_add_heard_back_after_its_delete_queues_nothing_more(
     server, api: Api, store: str, tmp_path: Path
 ) -> None:
@@ -205,9 +212,7 @@ def test_our_own_add_heard_back_after_its_delete_queues_nothing_more(
         assert a.flush(5.0)  # acknowledged, not pulled back yet
         notes.delete(key)
         pull_into(a, api, store)
-        assert a.db.pending_count(store) == 1
-        assert a.sync().pushed == 1
-        assert live_keys(api, store) == set() and a.rejected() == []
+        the_one_delete_goes_once(a, api, store)
 
 
 def test_resets_while_a_delete_waits_queue_nothing_more(
@@ -220,9 +225,7 @@ def test_resets_while_a_delete_waits_queue_nothing_more(
         notes.delete(key)
         for _ in range(3):
             reload_from_server(a, store)
-        assert a.db.pending_count(store) == 1
-        assert a.sync().pushed == 1
-        assert live_keys(api, store) == set() and a.rejected() == []
+        the_one_delete_goes_once(a, api, store)
 
 
 def test_an_add_and_its_delete_heard_back_in_one_page_queue_nothing(
