@@ -116,14 +116,21 @@ def logged_numbers(server_db: Path, client_id: str) -> dict[int, str]:
         return dict(conn.execute(sql, (client_id,)).fetchall())
 
 
-def test_a_v2_file_keeps_its_data_and_its_change_numbers(tmp_path) -> None:
+def placed_fixture(folder: Path, tmp_path: Path, version: int) -> tuple[Path, Path, dict[str, str]]:
+    """The client and server files of ``folder`` copied into ``tmp_path``, the
+    client file in its place (not a copy: its sidecar names it with its
+    marker); their paths, and the client file's meta as it was."""
     path, server_db = tmp_path / "client.sqlite", tmp_path / "server.sqlite"
-    shutil.copy(V2 / "client.sqlite", path)
-    shutil.copy(V2 / "server.sqlite", server_db)
+    shutil.copy(folder / "client.sqlite", path)
+    shutil.copy(folder / "server.sqlite", server_db)
     before = meta(path)
-    assert before["schema_version"] == "2"
-    # The file in its place (not a copy): its sidecar names it with its marker.
+    assert before["schema_version"] == str(version)
     instance.write_sidecar(path, before["instance"])
+    return path, server_db, before
+
+
+def test_a_v2_file_keeps_its_data_and_its_change_numbers(tmp_path) -> None:
+    path, server_db, before = placed_fixture(V2, tmp_path, 2)
     kept = {
         table: rows(path, f"SELECT * FROM {table} ORDER BY 1, 2")
         for table in ("records", "index_items", "tombstones", "deleted_records", "sync_state")
@@ -171,7 +178,8 @@ def test_a_v2_file_keeps_its_data_and_its_change_numbers(tmp_path) -> None:
             "new-1",
         ]
         assert rows(
-            path, "SELECT key, seq IS NOT NULL, own FROM records WHERE key IN ('pending-1', 'new-1')"
+            path,
+            "SELECT key, seq IS NOT NULL, own FROM records WHERE key IN ('pending-1', 'new-1')",
         ) == [("pending-1", 1, 1), ("new-1", 1, 1)]
         assert rows(path, "SELECT key, own FROM tombstones ORDER BY key") == [
             ("synced-1", 1),
@@ -180,12 +188,7 @@ def test_a_v2_file_keeps_its_data_and_its_change_numbers(tmp_path) -> None:
 
 
 def test_a_v3_file_keeps_its_pending_changes_and_their_numbers(tmp_path) -> None:
-    path, server_db = tmp_path / "client.sqlite", tmp_path / "server.sqlite"
-    shutil.copy(V3 / "client.sqlite", path)
-    shutil.copy(V3 / "server.sqlite", server_db)
-    before = meta(path)
-    assert before["schema_version"] == "3"
-    instance.write_sidecar(path, before["instance"])
+    path, server_db, before = placed_fixture(V3, tmp_path, 3)
     with Client(path) as client:
         assert client.client_id == before["client_id"], "a migration is not a copy"
         pending = client.db.pending("notes", 10)

@@ -132,13 +132,14 @@ def pull_into(client: Client, api: Api, store: str) -> None:
     assert client.db.apply_pulled(store, changes, new_cursor, cursor) is not None
 
 
-def pull_by_pages_of_one(client: Client, store: str) -> None:
-    """A pull whose pages hold one change each (as a long history is pulled)."""
+def pull_by_pages(client: Client, store: str, limit: int | None) -> None:
+    """A pull by pages of ``limit`` changes (the server's default page when
+    None); pages of one stand for a long history pulled page by page."""
     transport = client.transport
     assert transport is not None
     while True:
         cursor = client.db.cursor(store)
-        page = transport.pull(store, cursor, limit=1)
+        page = transport.pull(store, cursor, limit=limit)
         assert client.db.apply_pulled(store, page.changes, page.cursor, cursor) is not None
         if not page.more:
             return
@@ -228,22 +229,12 @@ def test_resets_while_a_delete_waits_queue_nothing_more(
         the_one_delete_goes_once(a, api, store)
 
 
-def test_an_add_and_its_delete_heard_back_in_one_page_queue_nothing(
-    server, api: Api, store: str, tmp_path: Path
+@pytest.mark.parametrize("limit", [None, 1], ids=["one page", "a page each"])
+def test_an_add_and_its_delete_heard_back_queue_nothing(
+    server, api: Api, store: str, tmp_path: Path, limit: int | None
 ) -> None:
-    with clients(tmp_path, server.url, "a") as (a,):
-        notes = a.store(store)
-        a.sync()
-        notes.delete(notes.add({"v": 1}))
-        assert a.flush(5.0)  # both acknowledged; the page holds both
-        pull_into(a, api, store)
-        assert a.db.pending_count(store) == 0
-
-
-def test_an_add_and_its_delete_heard_back_in_two_pages_queue_nothing(
-    server, api: Api, store: str, tmp_path: Path
-) -> None:
-    """A long history pulled back: our add in one page, our delete in the next."""
+    """Our add and our delete, both acknowledged, pulled back in one page or
+    (a long history) in two: no revival, nothing queued again."""
     with clients(tmp_path, server.url, "a") as (a,):
         notes = a.store(store)
         a.sync()
@@ -251,7 +242,7 @@ def test_an_add_and_its_delete_heard_back_in_two_pages_queue_nothing(
         assert a.flush(5.0)
         notes.delete(key)
         assert a.flush(5.0)  # both acknowledged, neither pulled back
-        pull_by_pages_of_one(a, store)
+        pull_by_pages(a, store, limit)
         assert a.db.pending_count(store) == 0 and notes.get(key) is None
         assert live_keys(api, store) == set()
 
