@@ -382,12 +382,11 @@ class HttpTransport:
                 )
         except requests.RequestException as exc:
             raise self._unreachable(exc, sent_at) from exc
-        with self._lock:
-            self._answered_sent_at = max(self._answered_sent_at, sent_at)
         self._note_backoff(response)
-        if classify_status(response.status_code) is not TemporaryError:
-            with self._lock:
-                self.contacts += 1
+        contact = classify_status(response.status_code) is not TemporaryError
+        with self._lock:  # one acquisition a request for both
+            self._answered_sent_at = max(self._answered_sent_at, sent_at)
+            self.contacts += contact
         if response.status_code < 400:
             try:
                 # No validation follows for the values in an answer: refuse
