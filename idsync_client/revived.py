@@ -46,11 +46,11 @@ def settle_revived(
     shown: set[str] = set()
     for change in revived:
         key = change["key"]
-        pending = db._sql(
-            "SELECT 1 FROM outbox WHERE store = ? AND op = 'delete' AND key = ?", (store, key)
-        ).fetchone()
-        if pending:
-            mark_seen_on_server(db, store, [key])
+        # A pending delete of the key notes that the server holds the record
+        # (the UPDATE finds it, or there is none: one statement for both).
+        if db._sql(
+            "UPDATE outbox SET seen = 1 WHERE store = ? AND op = 'delete' AND key = ?", (store, key)
+        ).rowcount:
             continue
         row = db._sql(
             "SELECT own, seq FROM tombstones WHERE store = ? AND key = ?", (store, key)
@@ -84,13 +84,3 @@ def settle_revived(
 def queue_delete_again(db: LocalTables, store: str, key: str) -> None:
     """Queue a delete of ``key`` sent again (behind any change already queued)."""
     db._sql("INSERT INTO outbox (store, op, key, resend) VALUES (?, 'delete', ?, 1)", (store, key))
-
-
-def mark_seen_on_server(db: LocalTables, store: str, keys: Sequence[str]) -> None:
-    """The server was seen holding ``keys``, whose deletes are pending: a
-    refusal ``key_not_found`` of those deletes, answered before the records
-    came back, sends them again (settling.py)."""
-    db._many(
-        "UPDATE outbox SET seen = 1 WHERE store = ? AND op = 'delete' AND key = ?",
-        [(store, k) for k in keys],
-    )
